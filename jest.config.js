@@ -1,0 +1,9 @@
+/** Tests run the TypeScript sources through @swc/jest; the native addon comes from build/. */
+module.exports = {
+  testEnvironment: 'node',
+  roots: ['<rootDir>/test'],
+  testMatch: ['**/*.test.ts'],
+  transform: { '^.+\\.ts$': ['@swc/jest', { jsc: { parser: { syntax: 'typescript' }, target: 'es2022' }, module: { type: 'commonjs' } }] },
+  testTimeout: 600000,
+  maxWorkers: 1,
+};

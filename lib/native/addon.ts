@@ -1,0 +1,33 @@
+// The compiled addon, found by node-gyp-build (prebuilds/ first, then build/Release) and typed here.
+import * as path from 'path';
+
+export type WeightDType = 'F32' | 'BF16' | 'F16';
+/** A row-major weight matrix as the kernels take it: fp32, or bf16/f16 bits in a Uint16Array. */
+export interface WeightView {
+  data: Float32Array | Uint16Array;
+  dtype: WeightDType;
+}
+export type Weight = Float32Array | WeightView;
+
+export interface NativeAddon {
+  mmapFile(path: string): ArrayBuffer;
+  simdLevel(cap?: 'scalar' | 'avx2' | 'avx512'): string;
+  setThreads(n: number): number;
+  getThreads(): number;
+  [name: string]: any;
+}
+
+function load(): NativeAddon {
+  const root = path.resolve(__dirname, '..', '..');
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    return require('node-gyp-build')(root) as NativeAddon;
+  } catch (e) {
+    throw new Error(
+      `lowbit: the native addon is not built (${(e as Error).message.split('\n')[0]}). ` +
+        `Run \`npm install\` (builds it with node-gyp; needs python3, make and a C++17 compiler) or \`npm run build:native\`.`,
+    );
+  }
+}
+
+export const addon: NativeAddon = load();
