@@ -1,0 +1,67 @@
+// The shapes the pipeline passes around: a normalized architecture config and the model's weights as
+// views into memory-mapped checkpoint files (never copied as a whole).
+import type { Weight } from '../native/addon';
+
+export type Architecture = 'Qwen3ForCausalLM' | 'Qwen2ForCausalLM' | 'LlamaForCausalLM';
+
+export interface ModelConfig {
+  architecture: Architecture;
+  modelType: string; // config.json model_type
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number; // config head_dim, else hidden_size / num_attention_heads
+  vocabSize: number;
+  rmsNormEps: number;
+  ropeTheta: number; // from rope_theta or rope_parameters.rope_theta
+  tieWordEmbeddings: boolean;
+  qkNorm: boolean; // Qwen3: per-head RMSNorm on q and k before RoPE
+  attentionBias: boolean; // Qwen2: q/k/v have biases
+  maxPositionEmbeddings: number;
+}
+
+export type LinearName = 'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down';
+export const LINEAR_NAMES: readonly LinearName[] = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'];
+/** HF tensor names of each linear inside a decoder layer. */
+export const LINEAR_TENSORS: Record<LinearName, string> = {
+  q: 'self_attn.q_proj',
+  k: 'self_attn.k_proj',
+  v: 'self_attn.v_proj',
+  o: 'self_attn.o_proj',
+  gate: 'mlp.gate_proj',
+  up: 'mlp.up_proj',
+  down: 'mlp.down_proj',
+};
+
+/** One linear layer: weight [outFeatures, inFeatures] row-major, optional bias [outFeatures] (fp32). */
+export interface Linear {
+  weight: Weight;
+  bias?: Float32Array;
+  outFeatures: number;
+  inFeatures: number;
+}
+
+export interface LayerWeights {
+  inputNorm: Float32Array; // [hidden]
+  postAttnNorm: Float32Array; // [hidden]
+  qNorm?: Float32Array; // [headDim], Qwen3
+  kNorm?: Float32Array; // [headDim], Qwen3
+  linears: Record<LinearName, Linear>;
+}
+
+export interface ModelWeights {
+  embed: Weight; // [vocab, hidden]
+  layers: LayerWeights[];
+  finalNorm: Float32Array; // [hidden]
+  lmHead: Weight; // [vocab, hidden]; the embedding itself when tied
+}
+
+export interface LoadedModel {
+  dir: string;
+  config: ModelConfig;
+  weights: ModelWeights;
+  /** Every file the weights came from, for fingerprints and error messages. */
+  files: string[];
+}
