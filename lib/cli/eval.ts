@@ -1,0 +1,68 @@
+import { Command } from 'commander';
+import { evaluate, TaskResult } from '../eval/evaluate';
+import { loadModel, scanNonFinite } from '../load/model';
+import { loadTokenizer } from '../load/tokenizer';
+import { applyThreads, DEFAULT_DATA_DIR, fail, intOption, interruptSignal, listOption } from './common';
+import { createProgress } from './progress';
+
+interface EvalCliOptions {
+  tasks: string[];
+  seqlen: number;
+  maxWindows?: number;
+  dataDir: string;
+  threads?: number;
+  json?: boolean;
+}
+
+export function evalCommand(): Command {
+  return new Command('eval')
+    .description('perplexity of a model (GPTQ protocol) on WikiText-2 and C4')
+    .argument('<model-dir>', 'folder with config.json, *.safetensors and tokenizer.json')
+    .option('--tasks <list>', 'comma-separated tasks: wikitext2,c4', listOption, ['wikitext2', 'c4'])
+    .option('--seqlen <n>', 'tokens per window', intOption('--seqlen', 2, 1 << 20), 2048)
+    .option('--max-windows <n>', 'score at most N windows per task', intOption('--max-windows', 1))
+    .option('--data-dir <dir>', 'folder with the evaluation data files', DEFAULT_DATA_DIR)
+    .option('--threads <n>', 'worker threads (default: one per core)', intOption('--threads', 1, 1024))
+    .option('--json', 'print exactly one JSON document on stdout')
+    .action(async (modelDir: string, o: EvalCliOptions) => {
+      try {
+        const signal = interruptSignal();
+        const t0 = performance.now();
+        const threads = applyThreads(o.threads);
+        const model = await loadModel(modelDir);
+        const tok = await loadTokenizer(modelDir);
+        const progress = createProgress(process.stderr, false);
+        const bad = scanNonFinite(model);
+        if (bad.length) progress.log(`lowbit: warning: non-finite values (NaN/Inf) in ${bad.join(', ')}; results will be NaN`);
+        const results = await evaluate(model, (t) => tok.encode(t), {
+          tasks: o.tasks,
+          dataDir: o.dataDir,
+          seqLen: o.seqlen,
+          maxWindows: o.maxWindows,
+          signal,
+          onTaskStart: (task, total) => progress.start(task, total),
+          onProgress: (p) => progress.update(p.windows, p.tokens),
+        });
+        progress.stop();
+        const seconds = (performance.now() - t0) / 1000;
+        if (o.json) {
+          process.stdout.write(JSON.stringify({ model: model.dir, threads, results, seconds }) + '\n');
+        } else {
+          printTable(model.dir, results, seconds);
+        }
+        if (bad.length) process.exitCode = 2;
+      } catch (e) {
+        fail(e);
+      }
+    });
+}
+
+function printTable(model: string, results: Record<string, TaskResult>, seconds: number): void {
+  const lines = [`model: ${model}`, 'task        ppl        windows  tokens    seconds'];
+  for (const [task, r] of Object.entries(results)) {
+    const ppl = r.ppl === null ? 'NaN' : r.ppl.toFixed(3);
+    lines.push(`${task.padEnd(11)} ${ppl.padEnd(10)} ${String(r.windows).padEnd(8)} ${String(r.tokens).padEnd(9)} ${r.seconds.toFixed(1)}`);
+  }
+  lines.push(`total ${seconds.toFixed(1)} s`);
+  process.stdout.write(lines.join('\n') + '\n');
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env node
+import { Command } from 'commander';
+import { evalCommand } from './eval';
+
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+const { version } = require('../../package.json');
+
+const program = new Command('lowbit')
+  .description('post-training quantization of LLMs and what it costs them')
+  .version(version)
+  .showHelpAfterError();
+program.addCommand(evalCommand());
+program.parseAsync(process.argv);

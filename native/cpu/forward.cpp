@@ -1,0 +1,323 @@
+// The decoder-layer forward (Llama/Qwen2/Qwen3 family) as async bindings. TypeScript drives the model a
+// layer at a time, which is what layer-by-layer calibration needs; each call runs off the event loop.
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <optional>
+
+#include "async.h"
+#include "attention.h"
+#include "gemm.h"
+#include "nll.h"
+#include "ops.h"
+#include "registry.h"
+
+namespace lowbit {
+namespace {
+
+struct LinearW {
+  MatView w;
+  const float* bias = nullptr;
+  int64_t out = 0, in = 0;
+};
+
+struct Cfg {
+  int64_t hidden, inter, nh, nkv, hd;
+  float eps, theta;
+};
+
+struct LayerW {
+  const float *in_norm = nullptr, *post_norm = nullptr, *q_norm = nullptr, *k_norm = nullptr;
+  LinearW q, k, v, o, gate, up, down;
+};
+
+int64_t num(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) throw std::invalid_argument(std::string("missing numeric option '") + key + "'");
+  return v.As<Napi::Number>().Int64Value();
+}
+
+Cfg parse_cfg(const Napi::Object& c) {
+  Cfg g;
+  g.hidden = num(c, "hiddenSize");
+  g.inter = num(c, "intermediateSize");
+  g.nh = num(c, "numHeads");
+  g.nkv = num(c, "numKvHeads");
+  g.hd = num(c, "headDim");
+  g.eps = c.Get("rmsNormEps").As<Napi::Number>().FloatValue();
+  g.theta = c.Get("ropeTheta").As<Napi::Number>().FloatValue();
+  if (g.nkv <= 0 || g.nh % g.nkv) throw std::invalid_argument("numHeads must be a multiple of numKvHeads");
+  return g;
+}
+
+LinearW parse_linear(const Napi::Object& lin, const char* name, int64_t out, int64_t in) {
+  LinearW l;
+  l.out = out;
+  l.in = in;
+  l.w = mat_from_js(lin.Get("weight"), out, in, name);
+  Napi::Value b = lin.Get("bias");
+  if (!b.IsUndefined() && !b.IsNull()) l.bias = cf32_from_js(b, out, name);
+  return l;
+}
+
+LayerW parse_layer(const Napi::Object& L, const Cfg& c) {
+  LayerW w;
+  w.in_norm = cf32_from_js(L.Get("inputNorm"), c.hidden, "inputNorm");
+  w.post_norm = cf32_from_js(L.Get("postAttnNorm"), c.hidden, "postAttnNorm");
+  if (L.Has("qNorm") && L.Get("qNorm").IsTypedArray()) w.q_norm = cf32_from_js(L.Get("qNorm"), c.hd, "qNorm");
+  if (L.Has("kNorm") && L.Get("kNorm").IsTypedArray()) w.k_norm = cf32_from_js(L.Get("kNorm"), c.hd, "kNorm");
+  Napi::Object lins = L.Get("linears").As<Napi::Object>();
+  w.q = parse_linear(lins.Get("q").As<Napi::Object>(), "q_proj", c.nh * c.hd, c.hidden);
+  w.k = parse_linear(lins.Get("k").As<Napi::Object>(), "k_proj", c.nkv * c.hd, c.hidden);
+  w.v = parse_linear(lins.Get("v").As<Napi::Object>(), "v_proj", c.nkv * c.hd, c.hidden);
+  w.o = parse_linear(lins.Get("o").As<Napi::Object>(), "o_proj", c.hidden, c.nh * c.hd);
+  w.gate = parse_linear(lins.Get("gate").As<Napi::Object>(), "gate_proj", c.inter, c.hidden);
+  w.up = parse_linear(lins.Get("up").As<Napi::Object>(), "up_proj", c.inter, c.hidden);
+  w.down = parse_linear(lins.Get("down").As<Napi::Object>(), "down_proj", c.hidden, c.inter);
+  return w;
+}
+
+// Heap buffer handed to JS without a copy once the work is done.
+struct Buf {
+  float* p = nullptr;
+  int64_t n = 0;
+  explicit Buf(int64_t count = 0) : n(count) {
+    if (count) {
+      p = static_cast<float*>(std::malloc(sizeof(float) * count));
+      if (!p) throw std::bad_alloc();
+    }
+  }
+  Buf(Buf&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr; o.n = 0; }
+  Buf& operator=(Buf&& o) noexcept { std::swap(p, o.p); std::swap(n, o.n); return *this; }
+  ~Buf() { std::free(p); }
+  Napi::Value to_js(Napi::Env env) {
+    auto ab = Napi::ArrayBuffer::New(env, p, n * sizeof(float), [](Napi::Env, void* d) { std::free(d); });
+    int64_t count = n;
+    p = nullptr;
+    n = 0;
+    return Napi::Float32Array::New(env, count, ab, 0);
+  }
+};
+
+void apply_linear(const LinearW& l, const float* x, int64_t T, float* y) {
+  linear(T, l.out, l.in, x, l.w, y);
+  if (l.bias)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t i = 0; i < l.out; ++i) y[t * l.out + i] += l.bias[i];
+}
+
+struct Captures {
+  bool on = false;
+  Buf attn_in, o_in, mlp_in, down_in;
+};
+
+// x: the attention block's (normed) input [T, hidden]; out: o_proj output [T, hidden].
+void attn_block(const LayerW& w, const Cfg& c, const float* x_in, float* out, int64_t T, int64_t S, int abits,
+                Captures* cap) {
+  const float* x = x_in;
+  Buf xq;
+  if (abits > 0) {
+    xq = Buf(T * c.hidden);
+    std::memcpy(xq.p, x_in, sizeof(float) * T * c.hidden);
+    fake_quant_rows_sym(xq.p, T, c.hidden, abits);
+    x = xq.p;
+  }
+  if (cap && cap->on) {
+    cap->attn_in = Buf(T * c.hidden);
+    std::memcpy(cap->attn_in.p, x, sizeof(float) * T * c.hidden);
+  }
+  Buf q(T * c.nh * c.hd), k(T * c.nkv * c.hd), v(T * c.nkv * c.hd);
+  apply_linear(w.q, x, T, q.p);
+  apply_linear(w.k, x, T, k.p);
+  apply_linear(w.v, x, T, v.p);
+  if (w.q_norm) rmsnorm(q.p, w.q_norm, q.p, T * c.nh, c.hd, c.eps, c.hd, c.hd);
+  if (w.k_norm) rmsnorm(k.p, w.k_norm, k.p, T * c.nkv, c.hd, c.eps, c.hd, c.hd);
+  rope(q.p, T, S, c.nh, c.hd, c.theta);
+  rope(k.p, T, S, c.nkv, c.hd, c.theta);
+  Buf att(T * c.nh * c.hd);
+  causal_attention(q.p, k.p, v.p, att.p, T, S, c.nh, c.nkv, c.hd);
+  if (abits > 0) fake_quant_rows_sym(att.p, T, c.nh * c.hd, abits);
+  apply_linear(w.o, att.p, T, out);
+  if (cap && cap->on) cap->o_in = std::move(att);
+}
+
+// x: the MLP's (normed) input [T, hidden]; out: down_proj output [T, hidden].
+void mlp_block(const LayerW& w, const Cfg& c, const float* x_in, float* out, int64_t T, int abits, Captures* cap) {
+  const float* x = x_in;
+  Buf xq;
+  if (abits > 0) {
+    xq = Buf(T * c.hidden);
+    std::memcpy(xq.p, x_in, sizeof(float) * T * c.hidden);
+    fake_quant_rows_sym(xq.p, T, c.hidden, abits);
+    x = xq.p;
+  }
+  if (cap && cap->on) {
+    cap->mlp_in = Buf(T * c.hidden);
+    std::memcpy(cap->mlp_in.p, x, sizeof(float) * T * c.hidden);
+  }
+  Buf g(T * c.inter), u(T * c.inter);
+  apply_linear(w.gate, x, T, g.p);
+  apply_linear(w.up, x, T, u.p);
+  silu_mul(g.p, u.p, T * c.inter);
+  if (abits > 0) fake_quant_rows_sym(g.p, T, c.inter, abits);
+  apply_linear(w.down, g.p, T, out);
+  if (cap && cap->on) cap->down_in = std::move(g);
+}
+
+struct Common {
+  Cfg cfg;
+  LayerW layer;
+  int64_t T, S;
+  int abits = 0;
+  std::vector<Napi::Value> keep;
+};
+
+Common parse_common(const Napi::CallbackInfo& info, const Napi::Value& xv, int64_t* T_out) {
+  Napi::Object o = info[1].As<Napi::Object>();
+  Common cm;
+  cm.cfg = parse_cfg(o.Get("cfg").As<Napi::Object>());
+  cm.layer = parse_layer(o.Get("layer").As<Napi::Object>(), cm.cfg);
+  cm.S = num(o, "seqLen");
+  auto x = xv.As<Napi::Float32Array>();
+  cm.T = static_cast<int64_t>(x.ElementLength()) / cm.cfg.hidden;
+  if (cm.T * cm.cfg.hidden != static_cast<int64_t>(x.ElementLength()) || cm.T % cm.S)
+    throw std::invalid_argument("activations must be [nseq*seqLen, hidden]");
+  if (o.Has("actBits") && o.Get("actBits").IsNumber()) cm.abits = o.Get("actBits").As<Napi::Number>().Int32Value();
+  if (cm.abits < 0 || cm.abits == 1 || cm.abits > 16) throw std::invalid_argument("actBits must be 2..16 (or 0 for none)");
+  cm.keep = {info[0], info[1]};
+  if (T_out) *T_out = cm.T;
+  return cm;
+}
+
+// layerForward(h, {cfg, layer, seqLen, actBits?, capture?}) → Promise<captures | undefined>; h updated in place.
+Napi::Value LayerForward(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    float* h = f32_from_js(info[0], -1, "h");
+    auto cm = std::make_shared<Common>(parse_common(info, info[0], nullptr));
+    auto cap = std::make_shared<Captures>();
+    Napi::Object o = info[1].As<Napi::Object>();
+    cap->on = o.Has("capture") && o.Get("capture").ToBoolean();
+    return run_async(info.Env(), [h, cm, cap] {
+      const Cfg& c = cm->cfg;
+      int64_t T = cm->T, n = T * c.hidden;
+      Buf xn(n), y(n);
+      rmsnorm(h, cm->layer.in_norm, xn.p, T, c.hidden, c.eps, c.hidden, c.hidden);
+      attn_block(cm->layer, c, xn.p, y.p, T, cm->S, cm->abits, cap.get());
+      for (int64_t i = 0; i < n; ++i) h[i] += y.p[i];
+      rmsnorm(h, cm->layer.post_norm, xn.p, T, c.hidden, c.eps, c.hidden, c.hidden);
+      mlp_block(cm->layer, c, xn.p, y.p, T, cm->abits, cap.get());
+      for (int64_t i = 0; i < n; ++i) h[i] += y.p[i];
+    }, [cap](Napi::Env env) -> Napi::Value {
+      if (!cap->on) return env.Undefined();
+      Napi::Object r = Napi::Object::New(env);
+      r.Set("attnIn", cap->attn_in.to_js(env));
+      r.Set("oIn", cap->o_in.to_js(env));
+      r.Set("mlpIn", cap->mlp_in.to_js(env));
+      r.Set("downIn", cap->down_in.to_js(env));
+      return r;
+    }, cm->keep);
+  });
+}
+
+// attnBlock(xNormed, opts) / mlpBlock(xNormed, opts) → Promise<Float32Array> (the block's output, no residual)
+template <bool Attn>
+Napi::Value Block(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const float* x = cf32_from_js(info[0], -1, "x");
+    auto cm = std::make_shared<Common>(parse_common(info, info[0], nullptr));
+    auto out = std::make_shared<Buf>(cm->T * cm->cfg.hidden);
+    return run_async(info.Env(), [x, cm, out] {
+      if (Attn) attn_block(cm->layer, cm->cfg, x, out->p, cm->T, cm->S, cm->abits, nullptr);
+      else mlp_block(cm->layer, cm->cfg, x, out->p, cm->T, cm->abits, nullptr);
+    }, [out](Napi::Env env) { return out->to_js(env); }, cm->keep);
+  });
+}
+
+// rmsnorm(x, weight, eps) → Float32Array (synchronous; small)
+Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    auto x = info[0].As<Napi::Float32Array>();
+    auto w = info[1].As<Napi::Float32Array>();
+    float eps = info[2].As<Napi::Number>().FloatValue();
+    int64_t n = w.ElementLength(), rows = x.ElementLength() / n;
+    Buf y(rows * n);
+    rmsnorm(x.Data(), w.Data(), y.p, rows, n, eps, n, n);
+    return y.to_js(info.Env());
+  });
+}
+
+// embed(ids: Int32Array, table: Weight, hidden) → Promise<Float32Array [n, hidden]>
+Napi::Value Embed(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    auto ids = info[0].As<Napi::Int32Array>();
+    int64_t hidden = info[2].As<Napi::Number>().Int64Value();
+    int64_t vocab = info[3].As<Napi::Number>().Int64Value();
+    MatView table = mat_from_js(info[1], vocab, hidden, "embed_tokens");
+    int64_t n = ids.ElementLength();
+    for (int64_t i = 0; i < n; ++i)
+      if (ids[i] < 0 || ids[i] >= vocab)
+        throw std::invalid_argument("token id " + std::to_string(ids[i]) + " at position " + std::to_string(i) +
+                                    " is outside the vocabulary (size " + std::to_string(vocab) + ")");
+    auto out = std::make_shared<Buf>(n * hidden);
+    const int32_t* idp = ids.Data();
+    return run_async(info.Env(), [=] { embed_rows(table, idp, n, hidden, out->p); },
+                     [out](Napi::Env env) { return out->to_js(env); }, {info[0], info[1]});
+  });
+}
+
+// headNll(h, {norm, head, vocab, eps, targets: Int32Array, topk?}) → Promise<{nll: Float64Array, topIdx?, topVal?}>
+Napi::Value HeadNll(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    auto hv = info[0].As<Napi::Float32Array>();
+    Napi::Object o = info[1].As<Napi::Object>();
+    const float* norm = cf32_from_js(o.Get("norm"), -1, "norm");
+    int64_t d = o.Get("norm").As<Napi::Float32Array>().ElementLength();
+    int64_t V = num(o, "vocab");
+    float eps = o.Get("eps").As<Napi::Number>().FloatValue();
+    MatView head = mat_from_js(o.Get("head"), V, d, "lm_head");
+    auto tg = o.Get("targets").As<Napi::Int32Array>();
+    int64_t T = hv.ElementLength() / d;
+    if (static_cast<int64_t>(tg.ElementLength()) != T) throw std::invalid_argument("targets must have one entry per row");
+    for (int64_t t = 0; t < T; ++t)
+      if (tg[t] >= V) throw std::invalid_argument("target id " + std::to_string(tg[t]) + " outside the vocabulary");
+    int topk = o.Has("topk") && o.Get("topk").IsNumber() ? o.Get("topk").As<Napi::Number>().Int32Value() : 0;
+    auto nll = std::make_shared<std::vector<double>>(T);
+    auto tidx = std::make_shared<std::vector<int32_t>>(T * topk);
+    auto tval = std::make_shared<std::vector<float>>(T * topk);
+    const float* h = hv.Data();
+    const int32_t* tp = tg.Data();
+    return run_async(info.Env(), [=] {
+      Buf xn(T * d);
+      rmsnorm(h, norm, xn.p, T, d, eps, d, d);
+      lm_head_nll(xn.p, head, T, d, V, tp, nll->data(), topk, tidx->data(), tval->data());
+    }, [=](Napi::Env env) -> Napi::Value {
+      Napi::Object r = Napi::Object::New(env);
+      auto a = Napi::Float64Array::New(env, T);
+      std::memcpy(a.Data(), nll->data(), T * sizeof(double));
+      r.Set("nll", a);
+      if (topk > 0) {
+        auto ti = Napi::Int32Array::New(env, T * topk);
+        auto tv = Napi::Float32Array::New(env, T * topk);
+        std::memcpy(ti.Data(), tidx->data(), T * topk * 4);
+        std::memcpy(tv.Data(), tval->data(), T * topk * 4);
+        r.Set("topIdx", ti);
+        r.Set("topVal", tv);
+      }
+      return r;
+    }, {info[0], info[1]});
+  });
+}
+
+}  // namespace
+
+LOWBIT_EXPORTS {
+  exports.Set("layerForward", Napi::Function::New(env, LayerForward));
+  exports.Set("attnBlock", Napi::Function::New(env, Block<true>));
+  exports.Set("mlpBlock", Napi::Function::New(env, Block<false>));
+  exports.Set("rmsnorm", Napi::Function::New(env, RmsNorm));
+  exports.Set("embed", Napi::Function::New(env, Embed));
+  exports.Set("headNll", Napi::Function::New(env, HeadNll));
+}
+
+}  // namespace lowbit
