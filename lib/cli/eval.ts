@@ -33,7 +33,7 @@ export function evalCommand(): Command {
         const tok = await loadTokenizer(modelDir);
         const progress = createProgress(process.stderr, false);
         const bad = scanNonFinite(model);
-        if (bad.length) progress.log(`lowbit: warning: non-finite values (NaN/Inf) in ${bad.join(', ')}; results will be NaN`);
+        if (bad.length) progress.log(`lowbit: warning: non-finite values (NaN/Inf) in ${bad.map((b) => `${b.name} (${b.count})`).join(", ")}; results will be NaN`);
         const results = await evaluate(model, (t) => tok.encode(t), {
           tasks: o.tasks,
           dataDir: o.dataDir,

@@ -18,7 +18,7 @@ export const PPL_MAX_WINDOWS: Record<PplTask, number> = { wikitext2: Infinity, c
 export function dataFile(dataDir: string, file: string): string {
   const p = path.join(dataDir, file);
   if (!fs.existsSync(p)) {
-    throw new LowbitError('missing-data', `data file not found: ${p} (set --data-dir to a folder holding ${file})`);
+    throw new LowbitError('FILE_NOT_FOUND', `data file not found: ${p} (set --data-dir to a folder holding ${file})`);
   }
   return p;
 }
@@ -34,10 +34,10 @@ export function readJsonlField(file: string, field: string, limit = Infinity): s
     try {
       rec = JSON.parse(line);
     } catch (e) {
-      throw new LowbitError('bad-data', `${file}:${i + 1}: not valid JSON (${(e as Error).message})`);
+      throw new LowbitError('BAD_DATA', `${file}:${i + 1}: not valid JSON (${(e as Error).message})`);
     }
     const v = (rec as Record<string, unknown>)[field];
-    if (typeof v !== 'string') throw new LowbitError('bad-data', `${file}:${i + 1}: field "${field}" missing or not a string`);
+    if (typeof v !== 'string') throw new LowbitError('BAD_DATA', `${file}:${i + 1}: field "${field}" missing or not a string`);
     out.push(v);
   }
   return out;
@@ -51,10 +51,10 @@ export function pplText(task: PplTask, dataDir: string): string {
     try {
       rows = JSON.parse(fs.readFileSync(file, 'utf8'));
     } catch (e) {
-      throw new LowbitError('bad-data', `${file}: not valid JSON (${(e as Error).message})`);
+      throw new LowbitError('BAD_DATA', `${file}: not valid JSON (${(e as Error).message})`);
     }
     if (!Array.isArray(rows) || rows.some((r) => typeof r !== 'string')) {
-      throw new LowbitError('bad-data', `${file}: expected a JSON array of strings (the "text" column)`);
+      throw new LowbitError('BAD_DATA', `${file}: expected a JSON array of strings (the "text" column)`);
     }
     return (rows as string[]).join('\n\n');
   }

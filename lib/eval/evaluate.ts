@@ -32,7 +32,7 @@ export interface TaskResult {
 export function checkTasks(tasks: string[]): PplTask[] {
   for (const t of tasks) {
     if (!(PPL_TASKS as readonly string[]).includes(t)) {
-      throw new LowbitError('bad-option', `unknown task "${t}" (--tasks): known tasks are ${PPL_TASKS.join(', ')}`);
+      throw new LowbitError('BAD_ARGUMENT', `unknown task "${t}" (--tasks): known tasks are ${PPL_TASKS.join(', ')}`);
     }
   }
   return tasks as PplTask[];

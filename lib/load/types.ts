@@ -18,7 +18,9 @@ export interface ModelConfig {
   ropeTheta: number; // from rope_theta or rope_parameters.rope_theta
   tieWordEmbeddings: boolean;
   qkNorm: boolean; // Qwen3: per-head RMSNorm on q and k before RoPE
-  attentionBias: boolean; // Qwen2: q/k/v have biases
+  attentionBias: boolean; // q/k/v have biases: always for Qwen2, per attention_bias for Llama/Qwen3
+  oBias: boolean; // o_proj has a bias: attention_bias for Llama/Qwen3, never for Qwen2
+  mlpBias: boolean; // gate/up/down have biases: Llama mlp_bias
   maxPositionEmbeddings: number;
 }
 

@@ -52,7 +52,7 @@ export function defaultSpec(method: Method): QuantSpec {
 }
 
 function bad(msg: string): never {
-  throw new LowbitError('bad-option', msg);
+  throw new LowbitError('BAD_ARGUMENT', msg);
 }
 
 export function validateSpec(s: QuantSpec): QuantSpec {

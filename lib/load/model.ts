@@ -1,0 +1,189 @@
+// A model directory → LoadedModel: config.json, the checkpoint's tensors checked against it, big weights
+// left as views over the mapped files, the small norm and bias vectors upcast to fp32 copies.
+import type { Weight } from '../native/addon';
+import { parseConfig } from './config';
+import { LowbitError } from './errors';
+import { CheckpointReader, Tensor, openCheckpoint } from './safetensors';
+import {
+  LINEAR_NAMES,
+  LINEAR_TENSORS,
+  LayerWeights,
+  Linear,
+  LinearName,
+  LoadedModel,
+  ModelConfig,
+  ModelWeights,
+} from './types';
+
+export function loadModel(dir: string): LoadedModel {
+  const config = parseConfig(dir);
+  const ckpt = openCheckpoint(dir);
+  return { dir, config, weights: buildWeights(config, ckpt), files: ckpt.files };
+}
+
+function buildWeights(config: ModelConfig, ckpt: CheckpointReader): ModelWeights {
+  const { hiddenSize: h, intermediateSize: inter, numHeads, numKvHeads, headDim, vocabSize } = config;
+  const get = (name: string, shape: number[]): Tensor => {
+    const t = ckpt.get(name);
+    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+      throw new LowbitError(
+        'SHAPE_MISMATCH',
+        `${t.file}: tensor "${name}" has shape [${t.shape.join(', ')}], config.json implies [${shape.join(', ')}]`,
+      );
+    }
+    return t;
+  };
+
+  const linearShape: Record<LinearName, [number, number]> = {
+    q: [numHeads * headDim, h],
+    k: [numKvHeads * headDim, h],
+    v: [numKvHeads * headDim, h],
+    o: [h, numHeads * headDim],
+    gate: [inter, h],
+    up: [inter, h],
+    down: [h, inter],
+  };
+  const hasBias: Record<LinearName, boolean> = {
+    q: config.attentionBias,
+    k: config.attentionBias,
+    v: config.attentionBias,
+    o: config.oBias,
+    gate: config.mlpBias,
+    up: config.mlpBias,
+    down: config.mlpBias,
+  };
+
+  const layers: LayerWeights[] = [];
+  for (let i = 0; i < config.numLayers; i++) {
+    const p = `model.layers.${i}.`;
+    const linears = {} as Record<LinearName, Linear>;
+    for (const n of LINEAR_NAMES) {
+      const [out, inF] = linearShape[n];
+      const base = p + LINEAR_TENSORS[n];
+      linears[n] = {
+        weight: toWeight(get(`${base}.weight`, [out, inF])),
+        bias: hasBias[n] ? toFloat32(get(`${base}.bias`, [out])) : undefined,
+        outFeatures: out,
+        inFeatures: inF,
+      };
+    }
+    layers.push({
+      inputNorm: toFloat32(get(`${p}input_layernorm.weight`, [h])),
+      postAttnNorm: toFloat32(get(`${p}post_attention_layernorm.weight`, [h])),
+      qNorm: config.qkNorm ? toFloat32(get(`${p}self_attn.q_norm.weight`, [headDim])) : undefined,
+      kNorm: config.qkNorm ? toFloat32(get(`${p}self_attn.k_norm.weight`, [headDim])) : undefined,
+      linears,
+    });
+  }
+
+  const embed = toWeight(get('model.embed_tokens.weight', [vocabSize, h]));
+  // Tied models share one matrix; transformers ties even when the file also stores lm_head, so do we.
+  const lmHead = config.tieWordEmbeddings ? embed : toWeight(get('lm_head.weight', [vocabSize, h]));
+  return { embed, layers, finalNorm: toFloat32(get('model.norm.weight', [h])), lmHead };
+}
+
+/** Zero-copy: the kernels take fp32 as is and bf16/f16 as their bits. */
+function toWeight(t: Tensor): Weight {
+  switch (t.dtype) {
+    case 'F32':
+      return t.data as Float32Array;
+    case 'BF16':
+    case 'F16':
+      return { data: t.data as Uint16Array, dtype: t.dtype };
+    default:
+      throw new LowbitError('BAD_DTYPE', `${t.file}: tensor "${t.name}" is ${t.dtype}; weights must be F32, BF16 or F16`);
+  }
+}
+
+/**
+ * Always a fresh array, even for F32: the mapped file is read-only memory, and scale-folding methods
+ * (SmoothQuant, AWQ) rewrite norm weights in place.
+ */
+function toFloat32(t: Tensor): Float32Array {
+  const n = t.data.length;
+  const out = new Float32Array(n);
+  switch (t.dtype) {
+    case 'F32':
+      out.set(t.data as Float32Array);
+      return out;
+    case 'BF16': {
+      const src = t.data as Uint16Array;
+      const bits = new Uint32Array(out.buffer);
+      for (let i = 0; i < n; i++) bits[i] = src[i] << 16;
+      return out;
+    }
+    case 'F16': {
+      const src = t.data as Uint16Array;
+      for (let i = 0; i < n; i++) out[i] = f16ToF32(src[i]);
+      return out;
+    }
+    default:
+      throw new LowbitError('BAD_DTYPE', `${t.file}: tensor "${t.name}" is ${t.dtype}; norms and biases must be F32, BF16 or F16`);
+  }
+}
+
+export function f16ToF32(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const frac = h & 0x3ff;
+  if (exp === 0) return sign * frac * 2 ** -24;
+  if (exp === 31) return frac ? NaN : sign * Infinity;
+  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+}
+
+/** Every weight, norm and bias of the model under its checkpoint name (lm_head only when untied). */
+export function namedTensors(model: LoadedModel): [string, Weight][] {
+  const w = model.weights;
+  const out: [string, Weight][] = [['model.embed_tokens.weight', w.embed]];
+  w.layers.forEach((layer, i) => {
+    const p = `model.layers.${i}.`;
+    out.push([`${p}input_layernorm.weight`, layer.inputNorm], [`${p}post_attention_layernorm.weight`, layer.postAttnNorm]);
+    if (layer.qNorm) out.push([`${p}self_attn.q_norm.weight`, layer.qNorm]);
+    if (layer.kNorm) out.push([`${p}self_attn.k_norm.weight`, layer.kNorm]);
+    for (const n of LINEAR_NAMES) {
+      const lin = layer.linears[n];
+      out.push([`${p}${LINEAR_TENSORS[n]}.weight`, lin.weight]);
+      if (lin.bias) out.push([`${p}${LINEAR_TENSORS[n]}.bias`, lin.bias]);
+    }
+  });
+  out.push(['model.norm.weight', w.finalNorm]);
+  if (w.lmHead !== w.embed) out.push(['lm_head.weight', w.lmHead]);
+  return out;
+}
+
+export interface NonFiniteTensor {
+  name: string;
+  /** How many elements are NaN or ±Inf. */
+  count: number;
+}
+
+/**
+ * Tensors holding NaN or Inf (a broken checkpoint or a diverged export). Tests the exponent bits instead
+ * of converting values: all-ones exponent ⇔ not finite, in each of fp32, bf16 and f16.
+ */
+export function scanNonFinite(model: LoadedModel): NonFiniteTensor[] {
+  const found: NonFiniteTensor[] = [];
+  for (const [name, w] of namedTensors(model)) {
+    const count = countNonFinite(w);
+    if (count > 0) found.push({ name, count });
+  }
+  return found;
+}
+
+function countNonFinite(w: Weight): number {
+  let bits: Uint16Array | Uint32Array;
+  let mask: number;
+  if (w instanceof Float32Array) {
+    bits = new Uint32Array(w.buffer, w.byteOffset, w.length);
+    mask = 0x7f800000;
+  } else if (w.data instanceof Float32Array) {
+    bits = new Uint32Array(w.data.buffer, w.data.byteOffset, w.data.length);
+    mask = 0x7f800000;
+  } else {
+    bits = w.data;
+    mask = w.dtype === 'F16' ? 0x7c00 : 0x7f80;
+  }
+  let count = 0;
+  for (let i = 0; i < bits.length; i++) if ((bits[i] & mask) === mask) count++;
+  return count;
+}
