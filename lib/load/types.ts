@@ -66,4 +66,12 @@ export interface LoadedModel {
   weights: ModelWeights;
   /** Every file the weights came from, for fingerprints and error messages. */
   files: string[];
+  quantization?: QuantizationState;
+}
+
+/** Set once a model has been quantized (in memory or loaded from a lowbit checkpoint). */
+export interface QuantizationState {
+  spec: import('../quant/spec').QuantSpec;
+  /** Activation fake-quantization bits the forward applies at every linear input (0: none). */
+  actBits: number;
 }

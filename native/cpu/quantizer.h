@@ -43,6 +43,17 @@ inline QParams awq_params(const float* w, int64_t n, int bits) {
   return p;
 }
 
+// SmoothQuant's symmetric absmax grid: s = max|w| / (2^(bits-1) - 1), integers in ±(2^(bits-1) - 1), stored with
+// the zero point at 2^(bits-1) so every grid dequantizes as scale * (q - zero).
+inline QParams absmax_params(const float* w, int64_t n, int bits) {
+  float m = 0.f;
+  for (int64_t i = 0; i < n; ++i) m = std::fmax(m, std::fabs(w[i]));
+  QParams p;
+  p.scale = std::fmax(m, 1e-5f) / static_cast<float>((1 << (bits - 1)) - 1);
+  p.zero = static_cast<float>(1 << (bits - 1));
+  return p;
+}
+
 inline float quant_int(float w, const QParams& p, float maxq) {
   return std::fmin(std::fmax(std::nearbyint(w / p.scale) + p.zero, 0.f), maxq);
 }

@@ -36,6 +36,7 @@ Napi::Object quant_out_to_js(Napi::Env env, QuantOut& r) {
 }
 
 // quantizeRtn(W, {rows, cols, bits, groupSize, sym, grid: 'gptq'|'awq'}) → Promise<{weight, qweight, scales, zeros}>
+// grid: gptq (range includes 0), awq (llm-awq's), absmax (SmoothQuant's symmetric per-channel).
 // scales/zeros are [rows, ngroups]; qweight [rows, cols] integers in [0, 2^bits).
 Napi::Value QuantizeRtn(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
@@ -44,7 +45,10 @@ Napi::Value QuantizeRtn(const Napi::CallbackInfo& info) {
     int bits = o.Get("bits").As<Napi::Number>().Int32Value();
     int64_t group = o.Get("groupSize").As<Napi::Number>().Int64Value();
     bool sym = o.Has("sym") && o.Get("sym").ToBoolean();
-    bool awq = o.Has("grid") && o.Get("grid").As<Napi::String>().Utf8Value() == "awq";
+    std::string grid = o.Has("grid") ? o.Get("grid").As<Napi::String>().Utf8Value() : "gptq";
+    if (grid != "gptq" && grid != "awq" && grid != "absmax") throw std::invalid_argument("grid must be gptq, awq or absmax");
+    bool awq = grid == "awq", absmax = grid == "absmax";
+    if (absmax && bits < 2) throw std::invalid_argument("symmetric absmax weights need bits >= 2");
     if (bits < 1 || bits > 8) throw std::invalid_argument("bits must be 1..8");
     if (group <= 0) group = cols;
     if (cols % group) throw std::invalid_argument("group size " + std::to_string(group) + " does not divide " + std::to_string(cols) + " columns");
@@ -63,7 +67,7 @@ Napi::Value QuantizeRtn(const Napi::CallbackInfo& info) {
           W.row_to_f32(i, 0, cols, row.data());
           for (int64_t g = 0; g < ng; ++g) {
             const float* blk = row.data() + g * group;
-            QParams p = awq ? awq_params(blk, group, bits) : gptq_params(blk, group, 1, bits, sym);
+            QParams p = awq ? awq_params(blk, group, bits) : absmax ? absmax_params(blk, group, bits) : gptq_params(blk, group, 1, bits, sym);
             r->scales[i * ng + g] = p.scale;
             r->zeros[i * ng + g] = p.zero;
             for (int64_t j = 0; j < group; ++j) {

@@ -1,0 +1,139 @@
+// The layer-by-layer quantization pipeline: calibration tokens → embeddings → for each decoder layer,
+// the method's statistics from that layer's inputs → quantize → push the inputs through the layer.
+import { LayerInputs } from '../calibrate/activations';
+import type { CalibrationSet } from '../calibrate/calibration';
+import { throwIfAborted } from '../eval/forward';
+import { LowbitError } from '../load/errors';
+import { LINEAR_NAMES, LoadedModel } from '../load/types';
+import { awqLayer } from './awq';
+import { billmQuantize } from './billm';
+import { gptqSolver, hessianLayer, LinearReport } from './gptq';
+import { rtnLinear } from './rtn';
+import { quantizeLayerWeightsSym, smoothLayer } from './smoothquant';
+import { QuantSpec, specName, validateSpec } from './spec';
+import { install } from './weights';
+
+export interface QuantizeProgress {
+  layer: number;
+  layers: number;
+  stage: string;
+}
+
+export interface QuantizeOptions {
+  calibration?: CalibrationSet;
+  signal?: AbortSignal;
+  onProgress?: (p: QuantizeProgress) => void;
+}
+
+export interface QuantizeReport {
+  spec: QuantSpec;
+  name: string;
+  seconds: number;
+  calibration?: string;
+  linears: LinearReport[];
+  /** BiLLM: weighted mean bits per weight over all quantized linears. */
+  avgBits?: number;
+}
+
+export function needsCalibration(spec: QuantSpec): boolean {
+  return spec.method === 'gptq' || spec.method === 'awq' || spec.method === 'billm' || (spec.method === 'smoothquant' && spec.alpha > 0);
+}
+
+/** Checks a spec against a model's shapes before any work starts. */
+export function checkSpecForModel(model: LoadedModel, spec: QuantSpec): void {
+  validateSpec(spec);
+  if (spec.groupSize <= 0) return;
+  model.weights.layers.forEach((layer, l) => {
+    for (const n of LINEAR_NAMES) {
+      const lin = layer.linears[n];
+      if (lin.inFeatures % spec.groupSize) {
+        throw new LowbitError(
+          'BAD_ARGUMENT',
+          `--group-size ${spec.groupSize} does not divide in_features ${lin.inFeatures} of model.layers.${l}.${n} (use a divisor or perchannel)`,
+        );
+      }
+    }
+  });
+}
+
+/**
+ * Quantizes the model in place (its linears get fp32 dequantized weights plus the integers a packed
+ * export needs). On abort it throws an AbortError and the in-memory model is partly quantized: discard it.
+ */
+export async function quantize(model: LoadedModel, spec: QuantSpec, opts: QuantizeOptions = {}): Promise<QuantizeReport> {
+  checkSpecForModel(model, spec);
+  const t0 = performance.now();
+  const { signal } = opts;
+  const layers = model.config.numLayers;
+  const cancel = new Int32Array(1);
+  const onAbort = () => (cancel[0] = 1);
+  signal?.addEventListener('abort', onAbort);
+  const linears: LinearReport[] = [];
+  let bitsWeighted = 0;
+  let weights = 0;
+  try {
+    let inputs: LayerInputs | undefined;
+    if (needsCalibration(spec)) {
+      const calib = opts.calibration;
+      if (!calib) throw new LowbitError('BAD_ARGUMENT', `${spec.method} needs calibration data`);
+      if (calib.seqLen !== spec.calibSeqLen || calib.nsamples !== spec.nsamples) {
+        throw new LowbitError('BAD_ARGUMENT', `calibration set is ${calib.nsamples}×${calib.seqLen}, the spec asks for ${spec.nsamples}×${spec.calibSeqLen}`);
+      }
+      opts.onProgress?.({ layer: 0, layers, stage: 'embed calibration' });
+      inputs = await LayerInputs.embed(model, calib);
+    }
+    for (let l = 0; l < layers; l++) {
+      throwIfAborted(signal);
+      const stage = (s: string) => opts.onProgress?.({ layer: l, layers, stage: s });
+      const layer = model.weights.layers[l];
+      switch (spec.method) {
+        case 'rtn':
+          stage('rtn');
+          for (const n of LINEAR_NAMES) await rtnLinear(layer.linears[n], spec);
+          break;
+        case 'gptq':
+          linears.push(...(await hessianLayer(model, l, inputs!, spec, gptqSolver(model, l, spec, cancel), signal, stage)));
+          stage('propagate');
+          await inputs!.propagate(model, l, signal);
+          break;
+        case 'billm':
+          linears.push(
+            ...(await hessianLayer(model, l, inputs!, spec, async (name, H) => {
+              const lin = layer.linears[name];
+              const r = await billmQuantize(lin.weight, H, { rows: lin.outFeatures, cols: lin.inFeatures, blockSize: spec.groupSize, damp: spec.damp, cancel });
+              install(lin, r.weight);
+              bitsWeighted += r.avgBits * lin.outFeatures * lin.inFeatures;
+              weights += lin.outFeatures * lin.inFeatures;
+              return { layer: l, name, avgBits: r.avgBits };
+            }, signal, stage)),
+          );
+          stage('propagate');
+          await inputs!.propagate(model, l, signal);
+          break;
+        case 'awq':
+          await awqLayer(model, l, inputs!, spec, cancel, signal, stage);
+          break;
+        case 'smoothquant':
+        case 'naive':
+          if (inputs) {
+            stage('smooth');
+            await smoothLayer(model, l, inputs, spec.alpha, signal);
+          }
+          stage('quantize');
+          await quantizeLayerWeightsSym(layer, spec);
+          break;
+      }
+    }
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
+  model.quantization = { spec, actBits: spec.abits };
+  return {
+    spec,
+    name: specName(spec),
+    seconds: (performance.now() - t0) / 1000,
+    calibration: needsCalibration(spec) ? opts.calibration?.source : undefined,
+    linears,
+    avgBits: weights ? bitsWeighted / weights : undefined,
+  };
+}

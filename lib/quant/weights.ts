@@ -1,0 +1,49 @@
+// Weight plumbing shared by the quantizers: fp32 copies of (read-only, memory-mapped) checkpoint weights,
+// column scaling, and installing a quantized result on a linear.
+import { f16ToF32 } from '../load/model';
+import type { Linear } from '../load/types';
+import type { Weight } from '../native/addon';
+
+/** An fp32 copy of a weight; a Float32Array already owned by lowbit is returned as is. */
+export function toF32(w: Weight): Float32Array {
+  if (w instanceof Float32Array) return w;
+  if (w.dtype === 'F32') return w.data as Float32Array;
+  const src = w.data as Uint16Array;
+  const out = new Float32Array(src.length);
+  if (w.dtype === 'BF16') {
+    const u = new Uint32Array(out.buffer);
+    for (let i = 0; i < src.length; i++) u[i] = src[i] << 16;
+  } else {
+    for (let i = 0; i < src.length; i++) out[i] = f16ToF32(src[i]);
+  }
+  return out;
+}
+
+/** W[:, j] *= s[j] for W [rows, cols]; returns a new array. */
+export function scaleColumns(w: Float32Array, cols: number, s: ArrayLike<number>, divide = false): Float32Array {
+  const out = new Float32Array(w.length);
+  for (let i = 0; i < w.length; i += cols) {
+    for (let j = 0; j < cols; j++) out[i + j] = divide ? w[i + j] / s[j] : w[i + j] * s[j];
+  }
+  return out;
+}
+
+/** What a packed export needs besides the dequantized weights: integers in [0, 2^bits), per-group scales/zeros. */
+export interface QuantizedTensor {
+  bits: number;
+  groupSize: number; // -1: one group per output channel
+  sym: boolean;
+  qweight: Uint8Array; // [out, in]
+  scales: Float32Array; // [out, ngroups]
+  zeros: Float32Array; // [out, ngroups]
+  gIdx?: Int32Array; // [in] group of each input column (act-order)
+}
+
+export interface QuantizedLinear extends Linear {
+  quantized?: QuantizedTensor;
+}
+
+export function install(lin: QuantizedLinear, weight: Float32Array, q?: QuantizedTensor): void {
+  lin.weight = weight;
+  lin.quantized = q;
+}
