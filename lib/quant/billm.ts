@@ -1,0 +1,56 @@
+// BiLLM 1-bit post-training quantization (Huang et al. 2024): Hessian-salient columns get a second-order
+// residual binarization, the rest a concentrated/sparse split binarization, with GPTQ-style block error
+// feedback. The native core is native/cpu/billm.cpp (its header comment lists where it departs from the
+// reference code and why).
+import { addon, Weight } from '../native/addon';
+
+export interface BillmOptions {
+  rows: number;
+  cols: number;
+  /** Columns per block (salient selection, split search and error feedback are per block). Default 128. */
+  blockSize?: number;
+  /** Dampening as a fraction of the mean Hessian diagonal. Default 0.01. */
+  damp?: number;
+  /** Search the number of salient columns per block (reference: 1..maxSalient-1). Default true;
+   *  false uses `fixedSalient` columns per block (0 by default: split binarization only). */
+  saliencySearch?: boolean;
+  fixedSalient?: number;
+  /** The reference's up_lim: salient counts 1..maxSalient-1 are searched. Default 50. */
+  maxSalient?: number;
+  /** 'hessian' (s_j = Σ w²/Hinv_jj², default) or 'magnitude' (Σ|w|). */
+  salientMetric?: 'hessian' | 'magnitude';
+  /** Run both searches on W²/Hinv_jj² as the reference's hessian path does (default: on the weights). */
+  searchOnSaliency?: boolean;
+  /** GPTQ-style error feedback to the following blocks. Default true (false = the reference's disable_gptq). */
+  errorFeedback?: boolean;
+  /** Also propagate the error inside the block (exact OBS feedback for the tail). Default false, as the reference. */
+  exactFeedback?: boolean;
+  /** Subtract the per-row group mean before each sign (the reference code). Default true; false = the paper's α·sign(w). */
+  centered?: boolean;
+  /** Set element 0 non-zero to cancel; the promise then rejects with an AbortError. */
+  cancel?: Int32Array;
+}
+
+export interface BillmResult {
+  /** Dequantized binarized weights, [rows, cols] row-major. */
+  weight: Float32Array;
+  /** The paper's W-bits: 2·r_salient + 1·(1 − r_salient). */
+  avgBits: number;
+  /** The paper's extra storing bits per weight: 1 + 1/blockSize (group bitmap + salient-column bitmap). */
+  storingBits: number;
+  /** Salient columns, summed over blocks. */
+  salientColumns: number;
+  /** Salient columns per block. */
+  blockSalient: Int32Array;
+  /** [cols]: 1 where a column was binarized as salient. */
+  salientMask: Uint8Array;
+  /** Σ (w − q)² / Hinv_jj² / 2 (0 without error feedback). */
+  loss: number;
+  deadColumns: number;
+}
+
+/** Argument errors (shapes, options, a non-finite weight, a Hessian not positive definite after damping)
+ *  reject the promise; they never throw synchronously. */
+export async function billmQuantize(weight: Weight, hessian: Float32Array, opts: BillmOptions): Promise<BillmResult> {
+  return (await addon.billmQuantize(weight, hessian, opts)) as BillmResult;
+}
