@@ -2,29 +2,29 @@ import { Command } from 'commander';
 import { evaluate, TaskResult } from '../eval/evaluate';
 import { loadModel, scanNonFinite } from '../load/model';
 import { loadTokenizer } from '../load/tokenizer';
-import { applyThreads, DEFAULT_DATA_DIR, fail, intOption, interruptSignal, listOption } from './common';
+import { applyThreads, fail, intOption, interruptSignal, listOption } from './common';
 import { createProgress } from './progress';
+import { addQuantOptions, QuantCliOptions, quantSummary, runQuantization, specFromOptions } from './quantize';
 
-interface EvalCliOptions {
+interface EvalCliOptions extends QuantCliOptions {
   tasks: string[];
   seqlen: number;
   maxWindows?: number;
-  dataDir: string;
   threads?: number;
   json?: boolean;
 }
 
 export function evalCommand(): Command {
-  return new Command('eval')
+  const cmd = new Command('eval')
     .description('perplexity of a model (GPTQ protocol) on WikiText-2 and C4')
     .argument('<model-dir>', 'folder with config.json, *.safetensors and tokenizer.json')
     .option('--tasks <list>', 'comma-separated tasks: wikitext2,c4', listOption, ['wikitext2', 'c4'])
     .option('--seqlen <n>', 'tokens per window', intOption('--seqlen', 2, 1 << 20), 2048)
     .option('--max-windows <n>', 'score at most N windows per task', intOption('--max-windows', 1))
-    .option('--data-dir <dir>', 'folder with the evaluation data files', DEFAULT_DATA_DIR)
     .option('--threads <n>', 'worker threads (default: one per core)', intOption('--threads', 1, 1024))
-    .option('--json', 'print exactly one JSON document on stdout')
-    .action(async (modelDir: string, o: EvalCliOptions) => {
+    .option('--json', 'print exactly one JSON document on stdout');
+  addQuantOptions(cmd);
+  return cmd.action(async (modelDir: string, o: EvalCliOptions) => {
       try {
         const signal = interruptSignal();
         const t0 = performance.now();
@@ -32,8 +32,10 @@ export function evalCommand(): Command {
         const model = await loadModel(modelDir);
         const tok = await loadTokenizer(modelDir);
         const progress = createProgress(process.stderr, false);
+        const spec = specFromOptions(o);
         const bad = scanNonFinite(model);
         if (bad.length) progress.log(`lowbit: warning: non-finite values (NaN/Inf) in ${bad.map((b) => `${b.name} (${b.count})`).join(", ")}; results will be NaN`);
+        const quant = spec ? quantSummary(await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal)) : undefined;
         const results = await evaluate(model, (t) => tok.encode(t), {
           tasks: o.tasks,
           dataDir: o.dataDir,
@@ -46,9 +48,9 @@ export function evalCommand(): Command {
         progress.stop();
         const seconds = (performance.now() - t0) / 1000;
         if (o.json) {
-          process.stdout.write(JSON.stringify({ model: model.dir, threads, results, seconds }) + '\n');
+          process.stdout.write(JSON.stringify({ model: model.dir, ...(quant ? { quant } : {}), threads, results, seconds }) + '\n');
         } else {
-          printTable(model.dir, results, seconds);
+          printTable(model.dir + (quant ? ` (${quant.spec})` : ''), results, seconds);
         }
         if (bad.length) process.exitCode = 2;
       } catch (e) {

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command } from 'commander';
 import { evalCommand } from './eval';
+import { quantizeCommand } from './quantize';
 
 // eslint-disable-next-line @typescript-eslint/no-var-requires
 const { version } = require('../../package.json');
@@ -10,4 +11,5 @@ const program = new Command('lowbit')
   .version(version)
   .showHelpAfterError();
 program.addCommand(evalCommand());
+program.addCommand(quantizeCommand());
 program.parseAsync(process.argv);

@@ -4,7 +4,8 @@ import { addon } from '../native/addon';
 import type { LoadedModel } from '../load/types';
 
 export interface ForwardOptions {
-  /** Per-token dynamic symmetric activation fake quantization at every linear input (W/A methods). */
+  /** Per-token dynamic symmetric activation fake quantization at every linear input (W/A methods);
+   *  defaults to what the model was quantized with. */
   actBits?: number;
   /** Also return the top-k logits of every position (exactness tests). */
   topk?: number;
@@ -72,7 +73,7 @@ export async function scoreSequences(
   const h = await embedTokens(model, ids);
   for (let l = 0; l < model.config.numLayers; l++) {
     throwIfAborted(opts.signal);
-    await runLayer(model, l, h, seqLen, { actBits: opts.actBits });
+    await runLayer(model, l, h, seqLen, { actBits: opts.actBits ?? model.quantization?.actBits ?? 0 });
   }
   throwIfAborted(opts.signal);
   const targets = new Int32Array(ids.length);

@@ -1,5 +1,7 @@
 // A model directory → LoadedModel: config.json, the checkpoint's tensors checked against it, big weights
 // left as views over the mapped files, the small norm and bias vectors upcast to fp32 copies.
+import * as fs from 'fs';
+import * as path from 'path';
 import type { Weight } from '../native/addon';
 import { parseConfig } from './config';
 import { LowbitError } from './errors';
@@ -13,12 +15,24 @@ import {
   LoadedModel,
   ModelConfig,
   ModelWeights,
+  QuantizationState,
 } from './types';
 
 export function loadModel(dir: string): LoadedModel {
   const config = parseConfig(dir);
   const ckpt = openCheckpoint(dir);
-  return { dir, config, weights: buildWeights(config, ckpt), files: ckpt.files };
+  return { dir, config, weights: buildWeights(config, ckpt), files: ckpt.files, quantization: readQuantization(dir) };
+}
+
+/** A lowbit checkpoint records how it was quantized; activation quantization must be re-applied when it runs. */
+function readQuantization(dir: string): QuantizationState | undefined {
+  const raw = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'))['lowbit_quantization'];
+  if (!raw) return undefined;
+  const abits = Number(raw.abits ?? 0);
+  if (!Number.isInteger(abits) || abits < 0 || abits > 16) {
+    throw new LowbitError('BAD_CONFIG', `${path.join(dir, 'config.json')}: lowbit_quantization.abits must be 0..16, got ${raw.abits}`);
+  }
+  return { spec: raw.settings, actBits: abits };
 }
 
 function buildWeights(config: ModelConfig, ckpt: CheckpointReader): ModelWeights {

@@ -1,0 +1,139 @@
+import { Command, Option } from 'commander';
+import { loadCalibration } from '../calibrate/resolve';
+import { evaluate } from '../eval/evaluate';
+import { saveQuantized } from '../export/checkpoint';
+import { LowbitError } from '../load/errors';
+import { loadModel } from '../load/model';
+import { loadTokenizer } from '../load/tokenizer';
+import type { LoadedModel } from '../load/types';
+import { needsCalibration, quantize, QuantizeReport } from '../quant/pipeline';
+import { defaultSpec, Method, METHODS, parseSpec, QuantSpec, validateSpec } from '../quant/spec';
+import { applyThreads, DEFAULT_DATA_DIR, fail, intOption, interruptSignal, listOption } from './common';
+import { createProgress, Progress } from './progress';
+
+export interface QuantCliOptions {
+  quant?: string;
+  method?: Method;
+  wbits?: number;
+  abits?: number;
+  groupSize?: number;
+  sym?: boolean;
+  actOrder?: boolean;
+  staticGroups?: boolean;
+  trueSequential?: boolean;
+  damp?: number;
+  alpha?: number;
+  nsamples?: number;
+  calibSeqlen?: number;
+  seed?: number;
+  calib?: string;
+  calibIds?: string;
+  dataDir: string;
+}
+
+/** Options shared by `quantize` and `eval --quant`. */
+export function addQuantOptions(cmd: Command): Command {
+  const float = (name: string) => (v: string) => {
+    const n = Number(v);
+    if (!Number.isFinite(n)) throw new LowbitError('BAD_ARGUMENT', `${name} must be a number, got "${v}"`);
+    return n;
+  };
+  return cmd
+    .option('--quant <spec>', 'METHOD:w<bits>[a<abits>][g<size>|perchannel][,option…], e.g. gptq:w4g128')
+    .addOption(new Option('--method <m>', 'quantization method').choices(METHODS as string[]))
+    .option('--wbits <n>', 'weight bits 1..8', intOption('--wbits', 1, 8))
+    .option('--abits <n>', 'activation bits (smoothquant, naive)', intOption('--abits', 2, 16))
+    .option('--group-size <n>', 'input columns per group; -1 = per output channel', intOption('--group-size', -1))
+    .option('--sym', 'symmetric weight grid')
+    .option('--no-act-order', 'GPTQ: quantize columns in order instead of by descending Hessian diagonal')
+    .option('--static-groups', 'GPTQ: group parameters from the weights before any update')
+    .option('--no-true-sequential', 'GPTQ/BiLLM: quantize all linears of a layer from the same inputs')
+    .option('--damp <f>', 'GPTQ dampening (fraction of the mean Hessian diagonal)', float('--damp'))
+    .option('--alpha <f>', 'SmoothQuant migration strength; 0 = no smoothing', float('--alpha'))
+    .option('--nsamples <n>', 'calibration windows', intOption('--nsamples', 1))
+    .option('--calib-seqlen <n>', 'tokens per calibration window', intOption('--calib-seqlen', 2))
+    .option('--seed <n>', 'seed for drawing calibration windows', intOption('--seed', 0))
+    .option('--calib <source>', 'calibration text: c4, wikitext2, or a .jsonl/.txt file', undefined)
+    .option('--calib-ids <file>', 'raw int16 LE token ids [n, 2048] (e.g. calib_c4_128x2048.i16)')
+    .option('--data-dir <dir>', 'folder with the evaluation/calibration data files', DEFAULT_DATA_DIR);
+}
+
+export function specFromOptions(o: QuantCliOptions): QuantSpec | undefined {
+  if (!o.quant && !o.method) return undefined;
+  const s = o.quant ? parseSpec(o.quant) : defaultSpec(o.method!);
+  if (o.quant && o.method && o.method !== s.method) throw new LowbitError('BAD_ARGUMENT', `--method ${o.method} contradicts --quant ${o.quant}`);
+  if (o.wbits !== undefined) s.wbits = o.wbits;
+  if (o.abits !== undefined) s.abits = o.abits;
+  if (o.groupSize !== undefined) s.groupSize = o.groupSize === 0 ? -1 : o.groupSize;
+  if (o.sym) s.sym = true;
+  if (o.actOrder === false) s.actOrder = false;
+  if (o.staticGroups) s.staticGroups = true;
+  if (o.trueSequential === false) s.trueSequential = false;
+  if (o.damp !== undefined) s.damp = o.damp;
+  if (o.alpha !== undefined) s.alpha = o.alpha;
+  if (o.nsamples !== undefined) s.nsamples = o.nsamples;
+  if (o.calibSeqlen !== undefined) s.calibSeqLen = o.calibSeqlen;
+  if (o.seed !== undefined) s.seed = o.seed;
+  return validateSpec(s);
+}
+
+/** Quantizes `model` in place per the CLI options, with progress on stderr. */
+export async function runQuantization(
+  model: LoadedModel,
+  encode: (t: string) => ArrayLike<number>,
+  spec: QuantSpec,
+  o: QuantCliOptions,
+  progress: Progress,
+  signal: AbortSignal,
+): Promise<QuantizeReport> {
+  const calibration = needsCalibration(spec) ? loadCalibration(model, encode, spec, o) : undefined;
+  if (calibration) progress.log(`calibration: ${calibration.nsamples} × ${calibration.seqLen} tokens from ${calibration.source}`);
+  progress.start(`quantize ${spec.method}`, model.config.numLayers);
+  const report = await quantize(model, spec, {
+    calibration,
+    signal,
+    onProgress: (p) => progress.update(p.layer, 0),
+  });
+  progress.update(model.config.numLayers, 0);
+  progress.stop();
+  progress.log(`quantized with ${report.name} in ${report.seconds.toFixed(1)} s${report.avgBits ? ` (${report.avgBits.toFixed(3)} bits/weight)` : ''}`);
+  return report;
+}
+
+export function quantSummary(r: QuantizeReport) {
+  return { spec: r.name, settings: r.spec, seconds: r.seconds, calibration: r.calibration ?? null, avgBits: r.avgBits ?? null };
+}
+
+export function quantizeCommand(): Command {
+  const cmd = new Command('quantize')
+    .description('quantize a model and write a checkpoint lowbit can evaluate')
+    .argument('<model-dir>', 'folder with config.json, *.safetensors and tokenizer.json')
+    .requiredOption('--out <dir>', 'output folder (written atomically)')
+    .option('--eval <tasks>', 'also evaluate perplexity on these tasks', listOption)
+    .option('--max-windows <n>', 'with --eval: at most N windows per task', intOption('--max-windows', 1))
+    .option('--threads <n>', 'worker threads (default: one per core)', intOption('--threads', 1, 1024))
+    .option('--json', 'print one JSON document on stdout');
+  addQuantOptions(cmd);
+  return cmd.action(async (modelDir: string, o: QuantCliOptions & { out: string; threads?: number; json?: boolean; eval?: string[]; maxWindows?: number }) => {
+    try {
+      const signal = interruptSignal();
+      applyThreads(o.threads);
+      const spec = specFromOptions(o);
+      if (!spec) throw new LowbitError('BAD_ARGUMENT', 'give --quant SPEC or --method (with --wbits, --group-size, …)');
+      const model = loadModel(modelDir);
+      const tok = loadTokenizer(modelDir);
+      const progress = createProgress();
+      const report = await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal);
+      const results = o.eval
+        ? await evaluate(model, (t) => tok.encode(t), { tasks: o.eval, dataDir: o.dataDir, maxWindows: o.maxWindows, signal, onTaskStart: (t, n) => progress.start(t, n), onProgress: (p) => progress.update(p.windows, p.tokens) })
+        : undefined;
+      progress.stop();
+      saveQuantized(model, o.out, report);
+      if (o.json) process.stdout.write(JSON.stringify({ model: model.dir, out: o.out, quant: quantSummary(report), results }) + '\n');
+      else process.stdout.write(`wrote ${o.out} (${report.name})\n` + (results ? JSON.stringify(results, null, 2) + '\n' : ''));
+    } catch (e) {
+      fail(e);
+    }
+  });
+}
+
