@@ -100,7 +100,7 @@ void axpy_scalar(int64_t n, float a, const float* x, float* y) {
 const Kernel& kernel_for(SimdLevel lvl) {
   static const Kernel scalar{kMRs, kNRs, 256, 64, 1024, ukr_scalar, pack_t_scalar, pack_n_scalar, cvt_scalar, dot_scalar, axpy_scalar};
 #ifdef LOWBIT_GEMM_X86
-  static const Kernel avx512{14, 32, 256, 14 * 24, 2048, ukr_avx512, pack_t_avx512, pack_n_avx512, cvt_avx512, dot_avx512, axpy_avx512};
+  static const Kernel avx512{14, 32, 256, 14 * 24, 768, ukr_avx512, pack_t_avx512, pack_n_avx512, cvt_avx512, dot_avx512, axpy_avx512};
   static const Kernel avx2{6, 16, 256, 6 * 40, 2048, ukr_avx2, pack_t_avx2, pack_n_avx2, cvt_avx2, dot_avx2, axpy_avx2};
   if (lvl == SimdLevel::Avx512) return avx512;
   if (lvl == SimdLevel::Avx2) return avx2;

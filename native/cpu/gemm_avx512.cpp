@@ -132,6 +132,14 @@ void pack_n_avx512(const void* src, int dtype, int64_t ld, int64_t j0, int n, in
 // 28 accumulators + 2 B vectors fill the 32 zmm registers; A is broadcast straight from memory.
 void ukr_avx512(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha, float beta, int mr, int nr) {
   __m512 acc[kMR512][2];
+  // C is written once per KC block; on large problems its tile has left the caches by then, so
+  // start fetching it while the k loop runs.
+#pragma GCC unroll 14
+  for (int i = 0; i < kMR512; ++i) {
+    if (i >= mr) break;
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 31), _MM_HINT_T0);
+  }
 #pragma GCC unroll 14
   for (int i = 0; i < kMR512; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
