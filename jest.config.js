@@ -6,4 +6,5 @@ module.exports = {
   transform: { '^.+\\.ts$': ['@swc/jest', { jsc: { parser: { syntax: 'typescript' }, target: 'es2022' }, module: { type: 'commonjs' } }] },
   testTimeout: 600000,
   maxWorkers: 1,
+  reporters: ['default', '<rootDir>/test/summary-reporter.js'],
 };

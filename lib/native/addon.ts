@@ -1,4 +1,5 @@
 // The compiled addon, found by node-gyp-build (prebuilds/ first, then build/Release) and typed here.
+import * as fs from 'fs';
 import * as path from 'path';
 
 export type WeightDType = 'F32' | 'BF16' | 'F16';
@@ -17,8 +18,16 @@ export interface NativeAddon {
   [name: string]: any;
 }
 
+/** The package root: the nearest folder above this file holding binding.gyp (dist/, lib/ or a bench build). */
+function packageRoot(): string {
+  for (let d = __dirname; ; d = path.dirname(d)) {
+    if (fs.existsSync(path.join(d, 'binding.gyp'))) return d;
+    if (path.dirname(d) === d) return process.cwd();
+  }
+}
+
 function load(): NativeAddon {
-  const root = path.resolve(__dirname, '..', '..');
+  const root = packageRoot();
   try {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     return require('node-gyp-build')(root) as NativeAddon;
