@@ -1,0 +1,108 @@
+// Golden logits: the full-model forward against the reference (transformers, fp32 on CPU) NLL and top-5
+// of both golden sequences, for qwen3-tiny and qwen3-small; thread count and SIMD level must not matter.
+import * as fs from 'fs';
+import * as path from 'path';
+import { scoreSequences, SequenceScores } from '../lib/eval/forward';
+import { loadModel } from '../lib/load/model';
+import type { LoadedModel } from '../lib/load/types';
+import { addon } from '../lib/native/addon';
+
+const SHARED = path.resolve(__dirname, '..', '..', 'shared');
+const SEQ = 256;
+
+interface Golden {
+  input_ids: number[][];
+  nll: number[][];
+  top5_idx: number[][][];
+}
+
+function golden(name: string): Golden {
+  return JSON.parse(fs.readFileSync(path.join(SHARED, 'golden', `${name}.json`), 'utf8')).golden as Golden;
+}
+
+function ids(g: Golden, rows: number[] = [0, 1]): Int32Array {
+  return Int32Array.from(rows.flatMap((r) => g.input_ids[r]));
+}
+
+function checkAgainstGolden(g: Golden, s: SequenceScores, rows: number[], tol: number): void {
+  rows.forEach((r, k) => {
+    const ref = g.nll[r];
+    expect(ref).toHaveLength(SEQ - 1);
+    let worst = 0;
+    for (let t = 0; t < SEQ - 1; t++) {
+      const got = s.nll[k * SEQ + t];
+      expect(Number.isFinite(got)).toBe(true);
+      worst = Math.max(worst, Math.abs(got - ref[t]));
+    }
+    expect(worst).toBeLessThan(tol);
+    expect(s.nll[k * SEQ + SEQ - 1]).toBe(0); // no target at the last position
+  });
+}
+
+function checkTop5(g: Golden, s: SequenceScores, rows: number[]): void {
+  expect(s.topIdx).toBeDefined();
+  rows.forEach((r, k) => {
+    const ref = g.top5_idx[r];
+    expect(ref).toHaveLength(SEQ);
+    const got: number[][] = [];
+    for (let t = 0; t < SEQ; t++) got.push(Array.from(s.topIdx!.subarray((k * SEQ + t) * 5, (k * SEQ + t + 1) * 5)));
+    expect(got).toEqual(ref);
+  });
+}
+
+describe.each(['qwen3-tiny', 'qwen3-small'])('golden forward of %s', (name) => {
+  let model: LoadedModel;
+  let g: Golden;
+  beforeAll(() => {
+    model = loadModel(path.join(SHARED, 'models', name));
+    g = golden(name);
+  });
+
+  test('per-position NLL within 2e-4 and identical top-5 on both golden sequences', async () => {
+    const s = await scoreSequences(model, ids(g), SEQ, { topk: 5 });
+    expect(s.nll).toHaveLength(2 * SEQ);
+    checkAgainstGolden(g, s, [0, 1], 2e-4);
+    checkTop5(g, s, [0, 1]);
+  });
+});
+
+describe('execution settings do not change results (qwen3-tiny)', () => {
+  let model: LoadedModel;
+  let g: Golden;
+  let threads0: number;
+  beforeAll(() => {
+    model = loadModel(path.join(SHARED, 'models', 'qwen3-tiny'));
+    g = golden('qwen3-tiny');
+    threads0 = addon.getThreads();
+  });
+  afterAll(() => {
+    addon.setThreads(threads0);
+    addon.simdLevel('avx512');
+  });
+
+  test('1 thread vs 2 threads agree to 1e-6', async () => {
+    addon.setThreads(1);
+    expect(addon.getThreads()).toBe(1);
+    const a = await scoreSequences(model, ids(g), SEQ, { topk: 5 });
+    addon.setThreads(2);
+    expect(addon.getThreads()).toBe(2);
+    const b = await scoreSequences(model, ids(g), SEQ, { topk: 5 });
+    let worst = 0;
+    for (let i = 0; i < a.nll.length; i++) worst = Math.max(worst, Math.abs(a.nll[i] - b.nll[i]));
+    expect(worst).toBeLessThanOrEqual(1e-6);
+    expect(Array.from(b.topIdx!)).toEqual(Array.from(a.topIdx!));
+    checkAgainstGolden(g, b, [0, 1], 2e-4);
+  });
+
+  test('scalar SIMD path matches the golden NLL within 2e-4', async () => {
+    expect(addon.simdLevel('scalar')).toBe('scalar');
+    try {
+      const s = await scoreSequences(model, ids(g, [1]), SEQ, { topk: 5 });
+      checkAgainstGolden(g, s, [1], 2e-4);
+      checkTop5(g, s, [1]);
+    } finally {
+      addon.simdLevel('avx512');
+    }
+    expect(addon.simdLevel()).not.toBe('scalar');
+  });
+});
