@@ -6,14 +6,14 @@ import * as path from 'path';
 import { LowbitError } from '../load/errors';
 import { DType, TensorToWrite, writeSafetensors } from '../load/safetensors';
 import { LINEAR_NAMES, LINEAR_TENSORS, LoadedModel } from '../load/types';
-import type { Weight } from '../native/addon';
+import { isF32Array, Weight } from '../native/addon';
 import type { QuantizeReport } from '../quant/pipeline';
 
 export const QUANT_CONFIG_KEY = 'lowbit_quantization';
 const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'special_tokens_map.json', 'vocab.json', 'merges.txt'];
 
 function tensor(w: Weight, shape: number[]): TensorToWrite {
-  if (w instanceof Float32Array) return { dtype: 'F32', shape, data: w };
+  if (isF32Array(w)) return { dtype: 'F32', shape, data: w };
   return { dtype: w.dtype as DType, shape, data: w.data };
 }
 

@@ -2,7 +2,7 @@
 // left as views over the mapped files, the small norm and bias vectors upcast to fp32 copies.
 import * as fs from 'fs';
 import * as path from 'path';
-import type { Weight } from '../native/addon';
+import { isF32Array, Weight } from '../native/addon';
 import { parseConfig } from './config';
 import { LowbitError } from './errors';
 import { CheckpointReader, Tensor, openCheckpoint } from './safetensors';
@@ -187,10 +187,10 @@ export function scanNonFinite(model: LoadedModel): NonFiniteTensor[] {
 function countNonFinite(w: Weight): number {
   let bits: Uint16Array | Uint32Array;
   let mask: number;
-  if (w instanceof Float32Array) {
+  if (isF32Array(w)) {
     bits = new Uint32Array(w.buffer, w.byteOffset, w.length);
     mask = 0x7f800000;
-  } else if (w.data instanceof Float32Array) {
+  } else if (isF32Array(w.data)) {
     bits = new Uint32Array(w.data.buffer, w.data.byteOffset, w.data.length);
     mask = 0x7f800000;
   } else {

@@ -40,3 +40,9 @@ function load(): NativeAddon {
 }
 
 export const addon: NativeAddon = load();
+
+/** A bare fp32 weight (owned by lowbit) rather than a {data, dtype} view. Not `instanceof`: arrays made by
+ *  the addon come from the main realm, which differs from a test sandbox's. */
+export function isF32Array(w: unknown): w is Float32Array {
+  return ArrayBuffer.isView(w) && Object.prototype.toString.call(w) === '[object Float32Array]';
+}

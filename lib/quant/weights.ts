@@ -2,11 +2,11 @@
 // column scaling, and installing a quantized result on a linear.
 import { f16ToF32 } from '../load/model';
 import type { Linear } from '../load/types';
-import type { Weight } from '../native/addon';
+import { isF32Array, Weight } from '../native/addon';
 
 /** An fp32 copy of a weight; a Float32Array already owned by lowbit is returned as is. */
 export function toF32(w: Weight): Float32Array {
-  if (w instanceof Float32Array) return w;
+  if (isF32Array(w)) return w;
   if (w.dtype === 'F32') return w.data as Float32Array;
   const src = w.data as Uint16Array;
   const out = new Float32Array(src.length);
