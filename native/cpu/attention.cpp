@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "gemm.h"
+#include "vexp.h"
 #include "threads.h"
 
 namespace lowbit {
@@ -35,11 +36,8 @@ void causal_attention(const float* q, const float* k, const float* v, float* out
       for (int64_t i = 0; i < nq; ++i) {
         float* row = scores.data() + i * nk;
         int64_t lim = q0 + i + 1;  // causal: keys [0, lim)
-        float m = -INFINITY;
-        for (int64_t j = 0; j < lim; ++j) m = std::max(m, row[j]);
-        float sum = 0;
-        for (int64_t j = 0; j < lim; ++j) { row[j] = std::exp(row[j] - m); sum += row[j]; }
-        float inv = 1.0f / sum;
+        const float m = max_f32(row, lim);
+        const float inv = static_cast<float>(1.0 / exp_shift_sum(row, row, lim, m));
         for (int64_t j = 0; j < lim; ++j) row[j] *= inv;
         for (int64_t j = lim; j < nk; ++j) row[j] = 0.0f;
       }

@@ -255,9 +255,10 @@ Napi::Value Embed(const Napi::CallbackInfo& info) {
     int64_t vocab = info[3].As<Napi::Number>().Int64Value();
     MatView table = mat_from_js(info[1], vocab, hidden, "embed_tokens");
     int64_t n = ids.ElementLength();
+    const int32_t* idv = ids.Data();
     for (int64_t i = 0; i < n; ++i)
-      if (ids[i] < 0 || ids[i] >= vocab)
-        throw std::invalid_argument("token id " + std::to_string(ids[i]) + " at position " + std::to_string(i) +
+      if (idv[i] < 0 || idv[i] >= vocab)
+        throw std::invalid_argument("token id " + std::to_string(idv[i]) + " at position " + std::to_string(i) +
                                     " is outside the vocabulary (size " + std::to_string(vocab) + ")");
     auto out = std::make_shared<Buf>(n * hidden);
     const int32_t* idp = ids.Data();
@@ -279,8 +280,9 @@ Napi::Value HeadNll(const Napi::CallbackInfo& info) {
     auto tg = o.Get("targets").As<Napi::Int32Array>();
     int64_t T = hv.ElementLength() / d;
     if (static_cast<int64_t>(tg.ElementLength()) != T) throw std::invalid_argument("targets must have one entry per row");
+    const int32_t* tgv = tg.Data();
     for (int64_t t = 0; t < T; ++t)
-      if (tg[t] >= V) throw std::invalid_argument("target id " + std::to_string(tg[t]) + " outside the vocabulary");
+      if (tgv[t] >= V) throw std::invalid_argument("target id " + std::to_string(tgv[t]) + " outside the vocabulary");
     int topk = o.Has("topk") && o.Get("topk").IsNumber() ? o.Get("topk").As<Napi::Number>().Int32Value() : 0;
     auto nll = std::make_shared<std::vector<double>>(T);
     auto tidx = std::make_shared<std::vector<int32_t>>(T * topk);

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "gemm.h"
+#include "vexp.h"
 #include "threads.h"
 
 namespace lowbit {
@@ -26,11 +27,8 @@ void lm_head_nll(const float* x, const MatView& head, int64_t T, int64_t d, int6
         const float* l = logits.data() + i * V;
         int64_t t = r0 + i;
         if (target[t] >= 0) {
-          float m = -INFINITY;
-          for (int64_t j = 0; j < V; ++j) m = std::max(m, l[j]);
-          double s = 0;
-          for (int64_t j = 0; j < V; ++j) s += std::exp(static_cast<double>(l[j] - m));
-          nll[t] = static_cast<double>(m) + std::log(s) - l[target[t]];
+          const float m = max_f32(l, V);
+          nll[t] = static_cast<double>(m) + std::log(exp_shift_sum(l, nullptr, V, m)) - l[target[t]];
         } else {
           nll[t] = 0;
         }
