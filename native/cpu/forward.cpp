@@ -112,21 +112,27 @@ struct Captures {
   Buf attn_in, o_in, mlp_in, down_in;
 };
 
+// What the first linears of a block see: the input, fake-quantized per token when activations are
+// quantized (into `scratch`), and copied into `capture` when calibration asks for it.
+const float* linear_input(const float* x, int64_t T, int64_t n, int abits, Buf& scratch, Buf* capture) {
+  if (abits > 0) {
+    scratch = Buf(T * n);
+    std::memcpy(scratch.p, x, sizeof(float) * T * n);
+    fake_quant_rows_sym(scratch.p, T, n, abits);
+    x = scratch.p;
+  }
+  if (capture) {
+    *capture = Buf(T * n);
+    std::memcpy(capture->p, x, sizeof(float) * T * n);
+  }
+  return x;
+}
+
 // x: the attention block's (normed) input [T, hidden]; out: o_proj output [T, hidden].
 void attn_block(const LayerW& w, const Cfg& c, const float* x_in, float* out, int64_t T, int64_t S, int abits,
                 Captures* cap) {
-  const float* x = x_in;
   Buf xq;
-  if (abits > 0) {
-    xq = Buf(T * c.hidden);
-    std::memcpy(xq.p, x_in, sizeof(float) * T * c.hidden);
-    fake_quant_rows_sym(xq.p, T, c.hidden, abits);
-    x = xq.p;
-  }
-  if (cap && cap->on) {
-    cap->attn_in = Buf(T * c.hidden);
-    std::memcpy(cap->attn_in.p, x, sizeof(float) * T * c.hidden);
-  }
+  const float* x = linear_input(x_in, T, c.hidden, abits, xq, cap && cap->on ? &cap->attn_in : nullptr);
   Buf q(T * c.nh * c.hd), k(T * c.nkv * c.hd), v(T * c.nkv * c.hd);
   apply_linear(w.q, x, T, q.p);
   apply_linear(w.k, x, T, k.p);
@@ -144,18 +150,8 @@ void attn_block(const LayerW& w, const Cfg& c, const float* x_in, float* out, in
 
 // x: the MLP's (normed) input [T, hidden]; out: down_proj output [T, hidden].
 void mlp_block(const LayerW& w, const Cfg& c, const float* x_in, float* out, int64_t T, int abits, Captures* cap) {
-  const float* x = x_in;
   Buf xq;
-  if (abits > 0) {
-    xq = Buf(T * c.hidden);
-    std::memcpy(xq.p, x_in, sizeof(float) * T * c.hidden);
-    fake_quant_rows_sym(xq.p, T, c.hidden, abits);
-    x = xq.p;
-  }
-  if (cap && cap->on) {
-    cap->mlp_in = Buf(T * c.hidden);
-    std::memcpy(cap->mlp_in.p, x, sizeof(float) * T * c.hidden);
-  }
+  const float* x = linear_input(x_in, T, c.hidden, abits, xq, cap && cap->on ? &cap->mlp_in : nullptr);
   Buf g(T * c.inter), u(T * c.inter);
   apply_linear(w.gate, x, T, g.p);
   apply_linear(w.up, x, T, u.p);
