@@ -186,7 +186,7 @@ export function saveQuantized(model: LoadedModel, outDir: string, report: Quanti
   const config = JSON.parse(fs.readFileSync(path.join(model.dir, 'config.json'), 'utf8'));
   delete config.quantization_config;
   config[QUANT_CONFIG_KEY] = {
-    format,
+    format: format === 'dequant' ? 'dequantized' : format,
     method: spec.method,
     spec: report.name,
     wbits: spec.wbits,
