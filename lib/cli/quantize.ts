@@ -1,7 +1,7 @@
 import { Command, Option } from 'commander';
 import { loadCalibration } from '../calibrate/resolve';
 import { evaluate } from '../eval/evaluate';
-import { saveQuantized } from '../export/checkpoint';
+import { defaultFormat, EXPORT_FORMATS, ExportFormat, roundScalesForFormat, saveQuantized } from '../export/checkpoint';
 import { LowbitError } from '../load/errors';
 import { loadModel } from '../load/model';
 import { loadTokenizer } from '../load/tokenizer';
@@ -112,9 +112,13 @@ export function quantizeCommand(): Command {
     .option('--eval <tasks>', 'also evaluate perplexity on these tasks', listOption)
     .option('--max-windows <n>', 'with --eval: at most N windows per task', intOption('--max-windows', 1))
     .option('--threads <n>', 'worker threads (default: one per core)', intOption('--threads', 1, 1024))
+    .addOption(
+      new Option('--format <f>', 'checkpoint format: gptq (default when the quantization fits it: 2/3/4/8-bit weight-only), gptq_v2, awq (4-bit, no act-order), lowbit (anything, e.g. BiLLM, SmoothQuant), dequant (fp32 weights)')
+        .choices(EXPORT_FORMATS as string[]),
+    )
     .option('--json', 'print one JSON document on stdout');
   addQuantOptions(cmd);
-  return cmd.action(async (modelDir: string, o: QuantCliOptions & { out: string; threads?: number; json?: boolean; eval?: string[]; maxWindows?: number }) => {
+  return cmd.action(async (modelDir: string, o: QuantCliOptions & { out: string; format?: ExportFormat; threads?: number; json?: boolean; eval?: string[]; maxWindows?: number }) => {
     try {
       const signal = interruptSignal();
       applyThreads(o.threads);
@@ -124,13 +128,16 @@ export function quantizeCommand(): Command {
       const tok = loadTokenizer(modelDir);
       const progress = createProgress();
       const report = await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal);
+      const format = o.format ?? defaultFormat(model, spec);
+      // GPTQ/AWQ store fp16 scales: evaluate (--eval) exactly the weights the checkpoint will load as.
+      roundScalesForFormat(model, format);
       const results = o.eval
         ? await evaluate(model, (t) => tok.encode(t), { tasks: o.eval, dataDir: o.dataDir, maxWindows: o.maxWindows, signal, onTaskStart: (t, n) => progress.start(t, n), onProgress: (p) => progress.update(p.windows, p.tokens) })
         : undefined;
       progress.stop();
-      saveQuantized(model, o.out, report);
-      if (o.json) process.stdout.write(JSON.stringify({ model: model.dir, out: o.out, quant: quantSummary(report), results }) + '\n');
-      else process.stdout.write(`wrote ${o.out} (${report.name})\n` + (results ? JSON.stringify(results, null, 2) + '\n' : ''));
+      const saved = saveQuantized(model, o.out, report, { format, onWarning: (m) => progress.log(`warning: ${m}`) });
+      if (o.json) process.stdout.write(JSON.stringify({ model: model.dir, out: o.out, format, quant: quantSummary(report), results }) + '\n');
+      else process.stdout.write(`wrote ${o.out} (${report.name}, ${format} format${saved.kinds ? ` ${JSON.stringify(saved.kinds)}` : ''})\n` + (results ? JSON.stringify(results, null, 2) + '\n' : ''));
     } catch (e) {
       fail(e);
     }

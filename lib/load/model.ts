@@ -5,6 +5,7 @@ import * as path from 'path';
 import { isF32Array, Weight } from '../native/addon';
 import { parseConfig } from './config';
 import { LowbitError } from './errors';
+import { loadQuantizedLinear, QuantConfig, quantizationStateOf, readQuantConfig } from './quantized';
 import { CheckpointReader, Tensor, openCheckpoint } from './safetensors';
 import {
   LINEAR_NAMES,
@@ -18,15 +19,28 @@ import {
   QuantizationState,
 } from './types';
 
+/**
+ * Loads a model folder. A quantized checkpoint (config.json quantization_config with quant_method gptq, awq
+ * or lowbit — lowbit's exports and other tools' GPTQ v1/v2 and AWQ GEMM files) gives linears carrying
+ * their integers as `lin.quantized` and an fp32 dequantized `lin.weight`.
+ */
 export function loadModel(dir: string): LoadedModel {
   const config = parseConfig(dir);
+  const rawConfig = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
+  const qc = readQuantConfig(rawConfig, dir);
   const ckpt = openCheckpoint(dir);
-  return { dir, config, weights: buildWeights(config, ckpt), files: ckpt.files, quantization: readQuantization(dir) };
+  return {
+    dir,
+    config,
+    weights: buildWeights(config, ckpt, qc),
+    files: ckpt.files,
+    quantization: qc ? quantizationStateOf(qc, rawConfig['lowbit_quantization']) : readQuantization(dir, rawConfig),
+  };
 }
 
 /** A lowbit checkpoint records how it was quantized; activation quantization must be re-applied when it runs. */
-function readQuantization(dir: string): QuantizationState | undefined {
-  const raw = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'))['lowbit_quantization'];
+function readQuantization(dir: string, rawConfig: Record<string, unknown>): QuantizationState | undefined {
+  const raw = rawConfig['lowbit_quantization'] as { abits?: unknown; settings: QuantizationState['spec'] } | undefined;
   if (!raw) return undefined;
   const abits = Number(raw.abits ?? 0);
   if (!Number.isInteger(abits) || abits < 0 || abits > 16) {
@@ -35,7 +49,7 @@ function readQuantization(dir: string): QuantizationState | undefined {
   return { spec: raw.settings, actBits: abits };
 }
 
-function buildWeights(config: ModelConfig, ckpt: CheckpointReader): ModelWeights {
+function buildWeights(config: ModelConfig, ckpt: CheckpointReader, qc?: QuantConfig): ModelWeights {
   const { hiddenSize: h, intermediateSize: inter, numHeads, numKvHeads, headDim, vocabSize } = config;
   const get = (name: string, shape: number[]): Tensor => {
     const t = ckpt.get(name);
@@ -74,12 +88,17 @@ function buildWeights(config: ModelConfig, ckpt: CheckpointReader): ModelWeights
     for (const n of LINEAR_NAMES) {
       const [out, inF] = linearShape[n];
       const base = p + LINEAR_TENSORS[n];
+      const packed = qc ? loadQuantizedLinear(ckpt, base, out, inF, qc) : undefined;
+      if (qc && !packed && !ckpt.has(`${base}.weight`)) {
+        throw new LowbitError('MISSING_TENSOR', `"${base}": neither ${base}.qweight (${qc.quantMethod} checkpoint) nor ${base}.weight in ${ckpt.files.join(', ')}`);
+      }
       linears[n] = {
-        weight: toWeight(get(`${base}.weight`, [out, inF])),
+        weight: packed ? packed.weight : toWeight(get(`${base}.weight`, [out, inF])),
         bias: hasBias[n] ? toFloat32(get(`${base}.bias`, [out])) : undefined,
         outFeatures: out,
         inFeatures: inF,
       };
+      if (packed?.quantized) linears[n].quantized = packed.quantized;
     }
     layers.push({
       inputNorm: toFloat32(get(`${p}input_layernorm.weight`, [h])),

@@ -1,6 +1,9 @@
 // The shapes the pipeline passes around: a normalized architecture config and the model's weights as
 // views into memory-mapped checkpoint files (never copied as a whole).
 import type { Weight } from '../native/addon';
+import type { QuantizedTensor } from '../quant/weights';
+
+export type { QuantizedTensor };
 
 export type Architecture = 'Qwen3ForCausalLM' | 'Qwen2ForCausalLM' | 'LlamaForCausalLM';
 
@@ -37,9 +40,14 @@ export const LINEAR_TENSORS: Record<LinearName, string> = {
   down: 'mlp.down_proj',
 };
 
-/** One linear layer: weight [outFeatures, inFeatures] row-major, optional bias [outFeatures] (fp32). */
+/**
+ * One linear layer: weight [outFeatures, inFeatures] row-major, optional bias [outFeatures] (fp32).
+ * A quantized linear (quantized in memory, or loaded from a GPTQ/AWQ/lowbit checkpoint) also carries its
+ * integers, scales, zeros and g_idx; `weight` is then their fp32 dequantization.
+ */
 export interface Linear {
   weight: Weight;
+  quantized?: QuantizedTensor;
   bias?: Float32Array;
   outFeatures: number;
   inFeatures: number;
