@@ -27,6 +27,7 @@ struct V256 {
   static inline F loadu(const float* p) { return _mm256_loadu_ps(p); }
   static inline void storeu(float* p, F v) { _mm256_storeu_ps(p, v); }
   static inline I loadi(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+  static inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
   static inline F set1(float v) { return _mm256_set1_ps(v); }
   static inline F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static inline F add(F a, F b) { return _mm256_add_ps(a, b); }

@@ -27,6 +27,7 @@ struct V512 {
   static inline F loadu(const float* p) { return _mm512_loadu_ps(p); }
   static inline void storeu(float* p, F v) { _mm512_storeu_ps(p, v); }
   static inline I loadi(const void* p) { return _mm512_loadu_si512(p); }
+  static inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
   static inline F set1(float v) { return _mm512_set1_ps(v); }
   static inline F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static inline F add(F a, F b) { return _mm512_add_ps(a, b); }
