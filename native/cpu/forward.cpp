@@ -5,12 +5,16 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <initializer_list>
+#include <string>
+#include <vector>
 
 #include "async.h"
 #include "attention.h"
 #include "gemm.h"
 #include "nll.h"
 #include "ops.h"
+#include "packed.h"
 #include "registry.h"
 
 namespace lowbit {
@@ -20,6 +24,10 @@ struct LinearW {
   MatView w;
   const float* bias = nullptr;
   int64_t out = 0, in = 0;
+  // `packed` on the JS linear: low-bit packed weights (packLinear) or W8A8 int8 weights (packInt8).
+  enum class Kind { Dense, Packed, Int8 } kind = Kind::Dense;
+  PackedView packed;
+  Int8View int8;
 };
 
 struct Cfg {
@@ -55,7 +63,21 @@ LinearW parse_linear(const Napi::Object& lin, const char* name, int64_t out, int
   LinearW l;
   l.out = out;
   l.in = in;
-  l.w = mat_from_js(lin.Get("weight"), out, in, name);
+  Napi::Value pk = lin.Get("packed");
+  if (pk.IsObject()) {
+    std::string kind = pk.As<Napi::Object>().Get("kind").ToString().Utf8Value();
+    if (kind == "int8") {
+      l.kind = LinearW::Kind::Int8;
+      l.int8 = int8_from_js(pk);
+      if (l.int8.rows != out || l.int8.cols != in) throw std::invalid_argument(std::string(name) + ": packed int8 weight shape mismatch");
+    } else {
+      l.kind = LinearW::Kind::Packed;
+      l.packed = packed_from_js(pk);
+      if (l.packed.rows != out || l.packed.cols != in) throw std::invalid_argument(std::string(name) + ": packed weight shape mismatch");
+    }
+  } else {
+    l.w = mat_from_js(lin.Get("weight"), out, in, name);
+  }
   Napi::Value b = lin.Get("bias");
   if (!b.IsUndefined() && !b.IsNull()) l.bias = cf32_from_js(b, out, name);
   return l;
@@ -100,11 +122,43 @@ struct Buf {
   }
 };
 
-void apply_linear(const LinearW& l, const float* x, int64_t T, float* y) {
-  linear(T, l.out, l.in, x, l.w, y);
+// Per-token int8 activations of one linear input, shared by the linears reading it (q/k/v, gate/up).
+struct QAct {
+  std::vector<uint8_t> u;  // [T, kpad] x/s + 128
+  std::vector<float> s;    // [T]
+  int64_t kpad = 0;
+};
+
+void apply_linear(const LinearW& l, const float* x, int64_t T, float* y, QAct* qa = nullptr) {
+  if (l.kind == LinearW::Kind::Int8) {
+    // W8A8: x quantized to int8 for real (same integers and scales as fake_quant_rows_sym with 8 bits),
+    // exact int32 products, y = sx·sw·Σ.
+    QAct local;
+    if (!qa) qa = &local;
+    if (qa->kpad != l.int8.kpad) {
+      qa->kpad = l.int8.kpad;
+      qa->u.resize(T * qa->kpad);
+      qa->s.resize(T);
+      quantize_rows_u8(x, T, l.in, qa->kpad, qa->u.data(), qa->s.data());
+    }
+    int8_matmul(l.int8, qa->u.data(), qa->s.data(), T, y);
+  } else if (l.kind == LinearW::Kind::Packed) {
+    packed_matmul(l.packed, x, T, y);
+  } else {
+    linear(T, l.out, l.in, x, l.w, y);
+  }
   if (l.bias)
     for (int64_t t = 0; t < T; ++t)
       for (int64_t i = 0; i < l.out; ++i) y[t * l.out + i] += l.bias[i];
+}
+
+// True when every linear reading an input has int8 weights and the activations are 8-bit: those
+// linears then quantize the input themselves (real int8) instead of reading a fake-quantized copy.
+bool native_int8(int abits, std::initializer_list<const LinearW*> ls) {
+  if (abits != 8) return false;
+  for (const LinearW* l : ls)
+    if (l->kind != LinearW::Kind::Int8) return false;
+  return true;
 }
 
 struct Captures {
@@ -132,18 +186,21 @@ const float* linear_input(const float* x, int64_t T, int64_t n, int abits, Buf& 
 void attn_block(const LayerW& w, const Cfg& c, const float* x_in, float* out, int64_t T, int64_t S, int abits,
                 Captures* cap) {
   Buf xq;
-  const float* x = linear_input(x_in, T, c.hidden, abits, xq, cap && cap->on ? &cap->attn_in : nullptr);
+  // W8A8 with int8 weights: the linears quantize their input to int8 themselves (native_int8).
+  const bool nq = !(cap && cap->on) && native_int8(abits, {&w.q, &w.k, &w.v});
+  const float* x = linear_input(x_in, T, c.hidden, nq ? 0 : abits, xq, cap && cap->on ? &cap->attn_in : nullptr);
+  QAct qa;
   Buf q(T * c.nh * c.hd), k(T * c.nkv * c.hd), v(T * c.nkv * c.hd);
-  apply_linear(w.q, x, T, q.p);
-  apply_linear(w.k, x, T, k.p);
-  apply_linear(w.v, x, T, v.p);
+  apply_linear(w.q, x, T, q.p, &qa);
+  apply_linear(w.k, x, T, k.p, &qa);
+  apply_linear(w.v, x, T, v.p, &qa);
   if (w.q_norm) rmsnorm(q.p, w.q_norm, q.p, T * c.nh, c.hd, c.eps, c.hd, c.hd);
   if (w.k_norm) rmsnorm(k.p, w.k_norm, k.p, T * c.nkv, c.hd, c.eps, c.hd, c.hd);
   rope(q.p, T, S, c.nh, c.hd, c.theta);
   rope(k.p, T, S, c.nkv, c.hd, c.theta);
   Buf att(T * c.nh * c.hd);
   causal_attention(q.p, k.p, v.p, att.p, T, S, c.nh, c.nkv, c.hd);
-  if (abits > 0) fake_quant_rows_sym(att.p, T, c.nh * c.hd, abits);
+  if (abits > 0 && !native_int8(abits, {&w.o})) fake_quant_rows_sym(att.p, T, c.nh * c.hd, abits);
   apply_linear(w.o, att.p, T, out);
   if (cap && cap->on) cap->o_in = std::move(att);
 }
@@ -151,12 +208,15 @@ void attn_block(const LayerW& w, const Cfg& c, const float* x_in, float* out, in
 // x: the MLP's (normed) input [T, hidden]; out: down_proj output [T, hidden].
 void mlp_block(const LayerW& w, const Cfg& c, const float* x_in, float* out, int64_t T, int abits, Captures* cap) {
   Buf xq;
-  const float* x = linear_input(x_in, T, c.hidden, abits, xq, cap && cap->on ? &cap->mlp_in : nullptr);
+  // W8A8 with int8 weights: the linears quantize their input to int8 themselves (native_int8).
+  const bool nq = !(cap && cap->on) && native_int8(abits, {&w.gate, &w.up});
+  const float* x = linear_input(x_in, T, c.hidden, nq ? 0 : abits, xq, cap && cap->on ? &cap->mlp_in : nullptr);
+  QAct qa;
   Buf g(T * c.inter), u(T * c.inter);
-  apply_linear(w.gate, x, T, g.p);
-  apply_linear(w.up, x, T, u.p);
+  apply_linear(w.gate, x, T, g.p, &qa);
+  apply_linear(w.up, x, T, u.p, &qa);
   silu_mul(g.p, u.p, T * c.inter);
-  if (abits > 0) fake_quant_rows_sym(g.p, T, c.inter, abits);
+  if (abits > 0 && !native_int8(abits, {&w.down})) fake_quant_rows_sym(g.p, T, c.inter, abits);
   apply_linear(w.down, g.p, T, out);
   if (cap && cap->on) cap->down_in = std::move(g);
 }

@@ -1,0 +1,124 @@
+/**
+ * Packed low-bit GEMV/GEMM benchmark: y = x·Wᵀ with W packed (int2/3/4/8, group 128), fp32 activations,
+ * against (a) memory bandwidth measured in the same run (1 GiB memcpy: read+write and read-only GB/s),
+ * (b) our fp32 GEMM (addon.gemm, same M) and (c) OpenBLAS cblas_sgemv (M = 1) / cblas_sgemm (M > 1).
+ *
+ *   apt-get install -y libopenblas-dev
+ *   sh bench/packed/run.sh [--threads 1,2] [--quick]
+ */
+import { execFileSync } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+
+function arg(name: string, dflt: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
+}
+
+function repoRoot(): string {
+  for (const start of [__dirname, process.cwd()]) {
+    for (let d = start; ; d = path.dirname(d)) {
+      if (fs.existsSync(path.join(d, 'binding.gyp'))) return d;
+      if (path.dirname(d) === d) break;
+    }
+  }
+  throw new Error('run from the lowbit checkout');
+}
+
+const root = repoRoot();
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+const addon = require(require.resolve('node-gyp-build', { paths: [root] }))(root);
+
+interface Case {
+  bits: number;
+  M: number;
+  rows: number;
+  cols: number;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[s.length >> 1];
+}
+
+function time(fn: () => void, reps: number): number {
+  fn();
+  fn();
+  const t: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t0 = process.hrtime.bigint();
+    fn();
+    t.push(Number(process.hrtime.bigint() - t0) * 1e-9);
+  }
+  return median(t);
+}
+
+function packed(c: Case, threads: number): { s: number; bytes: number } {
+  addon.setThreads(threads);
+  const G = 128;
+  const ng = c.cols / G;
+  const maxq = (1 << c.bits) - 1;
+  const q = new Uint8Array(c.rows * c.cols);
+  for (let i = 0; i < q.length; i++) q[i] = ((i * 2654435761) >>> 11) & maxq;
+  const scales = new Float32Array(c.rows * ng).fill(0.01);
+  const zeros = new Float32Array(c.rows * ng).fill((maxq + 1) / 2);
+  const p = addon.packLinear(q, scales, zeros, null, { rows: c.rows, cols: c.cols, bits: c.bits, groupSize: G });
+  const x = Float32Array.from({ length: c.M * c.cols }, () => Math.random() - 0.5);
+  const y = new Float32Array(c.M * c.rows);
+  const s = time(() => addon.packedMatmulSync(x, p, y), c.M === 1 ? 25 : 7);
+  // Weight bytes read: packed integers + scales + zeros.
+  return { s, bytes: p.data.byteLength + p.scales.byteLength + p.zeros.byteLength };
+}
+
+function fp32(c: Case, threads: number): number {
+  addon.setThreads(threads);
+  const W = Float32Array.from({ length: c.rows * c.cols }, () => Math.random() - 0.5);
+  const A = Float32Array.from({ length: c.M * c.cols }, () => Math.random() - 0.5);
+  const opts = { M: c.M, N: c.rows, K: c.cols, transB: true, A, B: W, C: new Float32Array(c.M * c.rows) };
+  return time(() => addon.gemm(opts), c.M === 1 ? 15 : 5);
+}
+
+function openblas(bin: string, c: Case, threads: number): number {
+  const env: NodeJS.ProcessEnv = { ...process.env, OPENBLAS_NUM_THREADS: String(threads) };
+  delete env.OPENBLAS_CORETYPE;
+  const out = execFileSync(bin, [String(threads), c.M === 1 ? '15' : '5', `${c.M},${c.rows},${c.cols}`], { env, encoding: 'utf8' });
+  return JSON.parse(out.trim().split('\n').pop()!).ms * 1e-3;
+}
+
+function main(): void {
+  const bin = arg('openblas', '/tmp/lowbit-openblas-sgemv');
+  const threadCounts = arg('threads', '1,2').split(',').map(Number);
+  const quick = process.argv.includes('--quick');
+  const cpu = /model name\s*:\s*(.*)/.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown';
+  const bw = JSON.parse(execFileSync(bin, ['memcpy'], { encoding: 'utf8' }).trim());
+  console.log(`CPU: ${cpu}; SIMD level: ${addon.simdLevel()}`);
+  console.log(`memcpy 1 GiB (1 thread): ${bw.copy_gbps.toFixed(1)} GB/s read+write, ${bw.read_gbps.toFixed(1)} GB/s read`);
+  const cases: Case[] = [
+    { bits: 4, M: 1, rows: 4096, cols: 14336 },
+    { bits: 4, M: 1, rows: 14336, cols: 4096 },
+  ];
+  if (!quick) {
+    for (const bits of [2, 3, 8]) cases.push({ bits, M: 1, rows: 4096, cols: 14336 });
+    for (const M of [16, 64]) cases.push({ bits: 4, M, rows: 4096, cols: 14336 });
+  }
+  const rows: string[] = [];
+  for (const threads of threadCounts) {
+    for (const c of cases) {
+      const pk = packed(c, threads);
+      const f = fp32(c, threads);
+      const ob = openblas(bin, c, threads);
+      const gbs = pk.bytes / pk.s * 1e-9;
+      const row =
+        `| int${c.bits} g128 | ${c.M} | ${c.rows}×${c.cols} | ${threads} | ${(pk.s * 1e3).toFixed(2)} | ${gbs.toFixed(1)} | ` +
+        `${(gbs / bw.copy_gbps).toFixed(2)} / ${(gbs / bw.read_gbps).toFixed(2)} | ${(f * 1e3).toFixed(2)} | ${(f / pk.s).toFixed(1)}× | ` +
+        `${(ob * 1e3).toFixed(2)} | ${(ob / pk.s).toFixed(1)}× |`;
+      rows.push(row);
+      console.error(row);
+    }
+  }
+  console.log('| weights | M | rows×cols | threads | packed ms | weight GB/s | ÷ copy BW (r+w / read) | fp32 lowbit::gemm ms | speedup | OpenBLAS ms | speedup |');
+  console.log('|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const r of rows) console.log(r);
+}
+
+main();

@@ -1,0 +1,88 @@
+// Packed low-bit weights for inference: a QuantizedTensor (integers + group scales/zeros) packed into the
+// CPU kernels' layout (native/cpu/packed.h), and a model whose linears run from packed weights only.
+import { LINEAR_NAMES, LoadedModel } from '../load/types';
+import { addon } from '../native/addon';
+import type { QuantizedLinear, QuantizedTensor } from './weights';
+
+/** 2/3/4/8-bit weights in the kernels' layout. Buffers are ordinary JS typed arrays (GC-owned). */
+export interface PackedWeight {
+  kind: 'packed';
+  bits: number;
+  rows: number;
+  cols: number;
+  groupSize: number; // -1: one group per row
+  data: Uint8Array;
+  scales: Float32Array; // [rows rounded up to 4, ngroups]
+  zeros: Float32Array; // [rows rounded up to 4, ngroups]
+  perm?: Int32Array; // act-order: packed column j holds original column perm[j]
+}
+
+/** W8A8: int8 weights with per-channel scales, run with per-token int8 activations. */
+export interface Int8Weight {
+  kind: 'int8';
+  rows: number;
+  cols: number;
+  kpad: number;
+  data: Int8Array; // [rows, kpad]
+  scales: Float32Array; // [rows]
+  wsum: Int32Array; // [rows] Σ_k w
+}
+
+export type AnyPackedWeight = PackedWeight | Int8Weight;
+
+export interface PackedLinear extends QuantizedLinear {
+  packed?: AnyPackedWeight;
+}
+
+/** Packs a quantized [rows, cols] weight (bits 2, 3, 4 or 8; act-order gIdx supported). */
+export function packLinear(q: QuantizedTensor, rows: number, cols: number): PackedWeight {
+  return addon.packLinear(q.qweight, q.scales, q.zeros, q.gIdx ?? null, { rows, cols, bits: q.bits, groupSize: q.groupSize }) as PackedWeight;
+}
+
+/** The integers, scales and zeros back (original column order), bit for bit. */
+export function unpackLinear(p: PackedWeight): { qweight: Uint8Array; scales: Float32Array; zeros: Float32Array; gIdx?: Int32Array } {
+  return addon.unpackLinear(p);
+}
+
+/** Whether a QuantizedTensor is a per-channel 8-bit grid with integer zeros (W8A8-packable). */
+export function isInt8Packable(q: QuantizedTensor): boolean {
+  return q.bits === 8 && q.groupSize <= 0 && !q.gIdx && q.zeros.every((z) => Number.isInteger(z));
+}
+
+/** Packs a per-channel 8-bit QuantizedTensor as int8 weights for the W8A8 GEMM. */
+export function packInt8(q: QuantizedTensor, rows: number, cols: number): Int8Weight {
+  if (!isInt8Packable(q)) throw new Error('packInt8: needs 8-bit per-channel weights with integer zeros');
+  return addon.packInt8(q.qweight, q.scales, q.zeros, { rows, cols }) as Int8Weight;
+}
+
+/** y [M, rows] = x [M, cols] · Wᵀ from packed weights. */
+export function packedMatmul(x: Float32Array, p: AnyPackedWeight): Promise<Float32Array> {
+  return p.kind === 'int8' ? addon.int8Matmul(x, p) : addon.packedMatmul(x, p);
+}
+
+export interface AttachOptions {
+  /** Use the int8×int8 path for 8-bit per-channel weights when the model runs 8-bit activations
+   *  (W8A8: SmoothQuant / naive). Default true. */
+  int8?: boolean;
+}
+
+/**
+ * Converts every linear that has `quantized` into packed form and drops its fp32 weight, so the model
+ * is never held in fp32 again; the forward (layerForward etc.) then runs the packed kernels.
+ * Returns the number of linears converted.
+ */
+export function attachPacked(model: LoadedModel, opts: AttachOptions = {}): number {
+  const w8a8 = (opts.int8 ?? true) && model.quantization?.actBits === 8;
+  let n = 0;
+  for (const layer of model.weights.layers) {
+    for (const name of LINEAR_NAMES) {
+      const lin = layer.linears[name] as PackedLinear;
+      const q = lin.quantized;
+      if (!q) continue;
+      lin.packed = w8a8 && isInt8Packable(q) ? packInt8(q, lin.outFeatures, lin.inFeatures) : packLinear(q, lin.outFeatures, lin.inFeatures);
+      (lin as { weight?: unknown }).weight = undefined;
+      n++;
+    }
+  }
+  return n;
+}

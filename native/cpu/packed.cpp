@@ -1,0 +1,394 @@
+// Packed low-bit weights: packing/unpacking (layout in packed.h), the scalar reference kernels, dispatch
+// by SIMD level and batch size, and the JS bindings packLinear / unpackLinear / packedMatmul.
+#include "packed.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "async.h"
+#include "gemm.h"
+#include "registry.h"
+#include "simd.h"
+#include "threads.h"
+
+namespace lowbit {
+namespace {
+
+inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+struct Aligned {
+  float* p = nullptr;
+  std::size_t n = 0;
+  ~Aligned() { std::free(p); }
+  float* get(std::size_t count) {
+    if (count > n) {
+      std::free(p);
+      p = static_cast<float*>(std::aligned_alloc(64, (count * sizeof(float) + 63) / 64 * 64));
+      if (!p) {
+        n = 0;
+        throw std::bad_alloc();
+      }
+      n = count;
+    }
+    return p;
+  }
+};
+
+thread_local Aligned t_panel;
+
+// ---- scalar reference kernels (SimdLevel::Scalar) ------------------------------------------------
+void dequant_scalar(const PackedView& p, int64_t r0, int64_t n, int64_t k0, int64_t kc, float* out) {
+  for (int64_t r = r0; r < r0 + n; ++r)
+    for (int64_t j = k0; j < k0 + kc; ++j) {
+      const int64_t g = std::min(j / p.group, p.ngroups - 1);
+      const float s = p.scales[r * p.ngroups + g], z = p.zeros[r * p.ngroups + g];
+      out[(r - r0) * kc + (j - k0)] = s * (static_cast<float>(packed_q(p, r, j)) - z);
+    }
+}
+
+// y[m, row] for rows of row blocks [rb0, rb1): Σ_g s·Σ_j (q − z)·x, fp32.
+void small_scalar(const PackedView& p, const float* xp, int64_t M, float* y, int64_t rb0, int64_t rb1) {
+  for (int64_t r = rb0 * kPackRB; r < std::min(p.rows, rb1 * kPackRB); ++r)
+    for (int64_t m = 0; m < M; ++m) {
+      const float* x = xp + m * p.kpad;
+      float acc = 0;
+      for (int64_t g = 0; g < p.ngroups; ++g) {
+        const int64_t j0 = g * p.group, j1 = g == p.ngroups - 1 ? p.cols : j0 + p.group;
+        const float z = p.zeros[r * p.ngroups + g];
+        float s = 0;
+        for (int64_t j = j0; j < j1; ++j) s += (static_cast<float>(packed_q(p, r, j)) - z) * x[j];
+        acc += p.scales[r * p.ngroups + g] * s;
+      }
+      y[m * p.rows + r] = acc;
+    }
+}
+
+// xp[m, j] = x[m, perm[j]], zero past cols; xsum[m, g] = Σ over group g.
+void prepare_x(const PackedView& p, const float* x, int64_t M, float* xp, float* xsum) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xr = x + m * p.cols;
+    float* o = xp + m * p.kpad;
+    if (p.perm)
+      for (int64_t j = 0; j < p.cols; ++j) o[j] = xr[p.perm[j]];
+    else
+      std::memcpy(o, xr, sizeof(float) * p.cols);
+    std::fill(o + p.cols, o + p.kpad, 0.f);
+    if (xsum)
+      for (int64_t g = 0; g < p.ngroups; ++g) {
+        const int64_t j0 = g * p.group, j1 = g == p.ngroups - 1 ? p.cols : j0 + p.group;
+        float s = 0;
+        for (int64_t j = j0; j < j1; ++j) s += o[j];
+        xsum[m * p.ngroups + g] = s;
+      }
+  }
+}
+
+const packed_detail::Kernels* simd_kernels(const PackedView& p) {
+  // The SIMD kernels step through groups 16 columns at a time.
+  if (p.ngroups > 1 && p.group % 16) return nullptr;
+#if defined(__x86_64__) && defined(__GNUC__)
+  switch (simd_level()) {
+    case SimdLevel::Avx512: return packed_detail::kernels_avx512(p.bits);
+    case SimdLevel::Avx2: return packed_detail::kernels_avx2(p.bits);
+    default: return nullptr;
+  }
+#else
+  return nullptr;
+#endif
+}
+
+constexpr int64_t kSmallM = 8;    // below: register tiles; from here: fp32 panels + lowbit::gemm
+constexpr int64_t kPanelRows = 128, kPanelK = 1024;
+
+}  // namespace
+
+void packed_matmul(const PackedView& p, const float* x, int64_t M, float* y, bool parallel) {
+  if (M <= 0 || p.rows <= 0) return;
+  const packed_detail::Kernels* kr = simd_kernels(p);
+  std::vector<float> xp(static_cast<std::size_t>(M * p.kpad)), xsum;
+  const bool gemv = M == 1 && kr;
+  if (gemv) xsum.resize(p.ngroups);
+  prepare_x(p, x, M, xp.data(), gemv ? xsum.data() : nullptr);
+  const int64_t nrb = p.rows_pad / kPackRB;
+  auto run = [&](std::size_t n, std::size_t min_chunk, const std::function<void(std::size_t, std::size_t, int)>& fn) {
+    if (parallel) parallel_for(n, fn, min_chunk);
+    else fn(0, n, 0);
+  };
+  if (M < kSmallM) {
+    // Enough row blocks per chunk that a chunk is worth a thread handoff (~64k weights).
+    const std::size_t chunk = static_cast<std::size_t>(std::max<int64_t>(1, 65536 / (kPackRB * p.kpad)));
+    run(nrb, chunk, [&](std::size_t b, std::size_t e, int) {
+      if (!kr) small_scalar(p, xp.data(), M, y, b, e);
+      else if (gemv) kr->gemv(p, xp.data(), xsum.data(), y, b, e);
+      else kr->tile(p, xp.data(), M, y, b, e);
+    });
+    return;
+  }
+  // M >= 8: per thread, a [kPanelRows, kPanelK] fp32 panel at a time, multiplied with lowbit::gemm.
+  const packed_detail::DequantFn dq = kr ? kr->dequant : dequant_scalar;
+  const int64_t uk = pack_unit_k(p.bits), kc_max = std::max<int64_t>(uk, kPanelK / uk * uk);
+  const int64_t ntiles = cdiv(p.rows_pad, kPanelRows);
+  run(ntiles, 1, [&](std::size_t b, std::size_t e, int) {
+    for (int64_t t = b; t < static_cast<int64_t>(e); ++t) {
+      const int64_t r0 = t * kPanelRows, nr = std::min(kPanelRows, p.rows_pad - r0);
+      const int64_t nvalid = std::min(nr, p.rows - r0);
+      if (nvalid <= 0) continue;
+      float* panel = t_panel.get(static_cast<std::size_t>(nr * kc_max));
+      for (int64_t k0 = 0; k0 < p.cols; k0 += kc_max) {
+        const int64_t kc = std::min(kc_max, p.kpad - k0);
+        dq(p, r0, nr, k0, kc, panel);
+        GemmArgs g;
+        g.M = M;
+        g.N = nvalid;
+        g.K = std::min(kc, p.cols - k0);
+        g.transB = true;
+        g.A = xp.data() + k0;
+        g.lda = p.kpad;
+        g.B = MatView{panel, DType::F32, kc};
+        g.C = y + r0;
+        g.ldc = p.rows;
+        g.beta = k0 == 0 ? 0.f : 1.f;
+        g.parallel = false;
+        gemm(g);
+      }
+    }
+  });
+}
+
+void packed_matmul_reference(const PackedView& p, const float* x, int64_t M, float* y) {
+  std::vector<int64_t> col(p.cols);
+  for (int64_t j = 0; j < p.cols; ++j) col[j] = p.perm ? p.perm[j] : j;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t r = 0; r < p.rows; ++r) {
+      double s = 0;
+      for (int64_t j = 0; j < p.cols; ++j) {
+        const int64_t g = std::min(j / p.group, p.ngroups - 1);
+        const double w = static_cast<double>(p.scales[r * p.ngroups + g]) * (packed_q(p, r, j) - static_cast<double>(p.zeros[r * p.ngroups + g]));
+        s += w * x[m * p.cols + col[j]];
+      }
+      y[m * p.rows + r] = static_cast<float>(s);
+    }
+}
+
+namespace {
+
+int64_t get_int(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) throw std::invalid_argument(std::string("packed: missing numeric '") + key + "'");
+  return v.As<Napi::Number>().Int64Value();
+}
+
+template <class T>
+T* typed_data(const Napi::Value& v, napi_typedarray_type type, int64_t expect, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type)
+    throw std::invalid_argument(std::string("packed: ") + what + " has the wrong array type");
+  auto ta = v.As<Napi::TypedArray>();
+  if (expect >= 0 && static_cast<int64_t>(ta.ElementLength()) != expect)
+    throw std::invalid_argument(std::string("packed: ") + what + " has " + std::to_string(ta.ElementLength()) + " elements, expected " +
+                                std::to_string(expect));
+  return reinterpret_cast<T*>(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
+}
+
+void check_bits(int64_t bits) {
+  if (bits != 2 && bits != 3 && bits != 4 && bits != 8) throw std::invalid_argument("packed: bits must be 2, 3, 4 or 8");
+}
+
+// Geometry shared by pack and parse.
+PackedView geometry(int bits, int64_t rows, int64_t cols, int64_t group_size) {
+  check_bits(bits);
+  if (rows <= 0 || cols <= 0) throw std::invalid_argument("packed: rows and cols must be positive");
+  PackedView p;
+  p.bits = bits;
+  p.rows = rows;
+  p.cols = cols;
+  p.group = group_size <= 0 ? cols : group_size;
+  if (cols % p.group) throw std::invalid_argument("packed: groupSize " + std::to_string(group_size) + " does not divide cols " + std::to_string(cols));
+  p.ngroups = cols / p.group;
+  p.kpad = cdiv(cols, pack_unit_k(bits)) * pack_unit_k(bits);
+  p.nunits = p.kpad / pack_unit_k(bits);
+  p.rows_pad = cdiv(rows, kPackRB) * kPackRB;
+  return p;
+}
+
+int64_t data_bytes(const PackedView& p) { return p.rows_pad / kPackRB * p.nunits * kPackRB * pack_unit_bytes(p.bits); }
+
+// packLinear(qweight, scales, zeros, gIdx|null, {rows, cols, bits, groupSize}) → PackedWeight
+Napi::Value PackLinear(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    Napi::Object o = info[4].As<Napi::Object>();
+    const int64_t group_size = get_int(o, "groupSize");
+    PackedView p = geometry(static_cast<int>(get_int(o, "bits")), get_int(o, "rows"), get_int(o, "cols"), group_size);
+    const int64_t rows = p.rows, cols = p.cols, ng = p.ngroups;
+    const uint8_t* q = typed_data<uint8_t>(info[0], napi_uint8_array, rows * cols, "qweight");
+    const float* sc = typed_data<float>(info[1], napi_float32_array, rows * ng, "scales");
+    const float* zr = typed_data<float>(info[2], napi_float32_array, rows * ng, "zeros");
+    std::vector<int32_t> perm;
+    if (!info[3].IsNull() && !info[3].IsUndefined()) {
+      const int32_t* gidx = typed_data<int32_t>(info[3], napi_int32_array, cols, "gIdx");
+      // Stable counting sort of the columns by group; every group must hold exactly `group` columns.
+      std::vector<int64_t> count(ng, 0);
+      for (int64_t c = 0; c < cols; ++c) {
+        if (gidx[c] < 0 || gidx[c] >= ng) throw std::invalid_argument("packed: gIdx[" + std::to_string(c) + "] is outside [0, ngroups)");
+        ++count[gidx[c]];
+      }
+      for (int64_t g = 0; g < ng; ++g)
+        if (count[g] != p.group)
+          throw std::invalid_argument("packed: act-order group " + std::to_string(g) + " has " + std::to_string(count[g]) + " columns, expected " +
+                                      std::to_string(p.group));
+      std::vector<int64_t> next(ng);
+      for (int64_t g = 0; g < ng; ++g) next[g] = g * p.group;
+      perm.resize(cols);
+      bool identity = true;
+      for (int64_t c = 0; c < cols; ++c) {
+        int64_t j = next[gidx[c]]++;
+        perm[j] = static_cast<int32_t>(c);
+        identity &= j == c;
+      }
+      if (identity) perm.clear();
+    }
+    const uint8_t maxq = static_cast<uint8_t>((1 << p.bits) - 1);
+    for (int64_t i = 0; i < rows * cols; ++i)
+      if (q[i] > maxq) throw std::invalid_argument("packed: qweight[" + std::to_string(i) + "] = " + std::to_string(q[i]) + " does not fit in " + std::to_string(p.bits) + " bits");
+    auto data = Napi::Uint8Array::New(env, data_bytes(p));
+    auto scales = Napi::Float32Array::New(env, p.rows_pad * ng);
+    auto zeros = Napi::Float32Array::New(env, p.rows_pad * ng);
+    std::memset(scales.Data(), 0, p.rows_pad * ng * 4);
+    std::memset(zeros.Data(), 0, p.rows_pad * ng * 4);
+    std::memcpy(scales.Data(), sc, rows * ng * 4);
+    std::memcpy(zeros.Data(), zr, rows * ng * 4);
+    uint8_t* d = data.Data();
+    std::memset(d, 0, data_bytes(p));
+    const int bits = p.bits, UK = pack_unit_k(bits), UB = pack_unit_bytes(bits);
+    const int32_t* pm = perm.empty() ? nullptr : perm.data();
+    parallel_for(rows, [&](std::size_t r0, std::size_t r1, int) {
+      for (int64_t r = r0; r < static_cast<int64_t>(r1); ++r) {
+        const int64_t rb = r / kPackRB, i = r % kPackRB;
+        const uint8_t* qr = q + r * cols;
+        for (int64_t j = 0; j < cols; ++j) {
+          const uint32_t v = qr[pm ? pm[j] : j];
+          const int64_t u = j / UK, c = j % UK;
+          const int step = static_cast<int>(c / 16), lane = static_cast<int>(c % 16);
+          uint32_t* dw = reinterpret_cast<uint32_t*>(d + ((rb * p.nunits + u) * kPackRB + i) * UB);
+          if (bits == 3) {
+            dw[(step / 16) * 16 + lane] |= (v & 3u) << (2 * (step % 16));
+            dw[32 + lane] |= ((v >> 2) & 1u) << step;
+          } else {
+            dw[lane] |= v << (bits * step);
+          }
+        }
+      }
+    }, 16);
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("kind", "packed");
+    r.Set("bits", p.bits);
+    r.Set("rows", Napi::Number::New(env, static_cast<double>(rows)));
+    r.Set("cols", Napi::Number::New(env, static_cast<double>(cols)));
+    r.Set("groupSize", Napi::Number::New(env, static_cast<double>(group_size <= 0 ? -1 : group_size)));
+    r.Set("data", data);
+    r.Set("scales", scales);
+    r.Set("zeros", zeros);
+    if (!perm.empty()) {
+      auto pa = Napi::Int32Array::New(env, cols);
+      std::memcpy(pa.Data(), perm.data(), cols * 4);
+      r.Set("perm", pa);
+    }
+    return r;
+  });
+}
+
+}  // namespace
+
+// The PackedView of a JS PackedWeight (shared with forward.cpp).
+PackedView packed_from_js(const Napi::Value& v) {
+  if (!v.IsObject()) throw std::invalid_argument("packed: expected a PackedWeight object");
+  Napi::Object o = v.As<Napi::Object>();
+  PackedView p = geometry(static_cast<int>(get_int(o, "bits")), get_int(o, "rows"), get_int(o, "cols"), get_int(o, "groupSize"));
+  p.data = typed_data<uint8_t>(o.Get("data"), napi_uint8_array, data_bytes(p), "data");
+  p.scales = typed_data<float>(o.Get("scales"), napi_float32_array, p.rows_pad * p.ngroups, "scales");
+  p.zeros = typed_data<float>(o.Get("zeros"), napi_float32_array, p.rows_pad * p.ngroups, "zeros");
+  Napi::Value perm = o.Get("perm");
+  if (!perm.IsUndefined() && !perm.IsNull()) {
+    p.perm = typed_data<int32_t>(perm, napi_int32_array, p.cols, "perm");
+    for (int64_t j = 0; j < p.cols; ++j)
+      if (p.perm[j] < 0 || p.perm[j] >= p.cols) throw std::invalid_argument("packed: perm entry out of range");
+  }
+  return p;
+}
+
+namespace {
+
+// unpackLinear(packed) → {qweight, scales, zeros, gIdx?} in the original column order.
+Napi::Value UnpackLinear(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    PackedView p = packed_from_js(info[0]);
+    auto q = Napi::Uint8Array::New(env, p.rows * p.cols);
+    for (int64_t r = 0; r < p.rows; ++r)
+      for (int64_t j = 0; j < p.cols; ++j) q.Data()[r * p.cols + (p.perm ? p.perm[j] : j)] = static_cast<uint8_t>(packed_q(p, r, j));
+    auto s = Napi::Float32Array::New(env, p.rows * p.ngroups);
+    auto z = Napi::Float32Array::New(env, p.rows * p.ngroups);
+    std::memcpy(s.Data(), p.scales, p.rows * p.ngroups * 4);
+    std::memcpy(z.Data(), p.zeros, p.rows * p.ngroups * 4);
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("qweight", q);
+    r.Set("scales", s);
+    r.Set("zeros", z);
+    if (p.perm) {
+      auto gi = Napi::Int32Array::New(env, p.cols);
+      for (int64_t j = 0; j < p.cols; ++j) gi.Data()[p.perm[j]] = static_cast<int32_t>(j / p.group);
+      r.Set("gIdx", gi);
+    }
+    return r;
+  });
+}
+
+// packedMatmul(x: Float32Array [M, cols], packed, {reference?}) → Promise<Float32Array [M, rows]>
+Napi::Value PackedMatmul(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    PackedView p = packed_from_js(info[1]);
+    const float* x = cf32_from_js(info[0], -1, "x");
+    const int64_t n = info[0].As<Napi::Float32Array>().ElementLength();
+    if (n % p.cols) throw std::invalid_argument("packedMatmul: x length " + std::to_string(n) + " is not a multiple of cols " + std::to_string(p.cols));
+    const int64_t M = n / p.cols;
+    const bool ref = info.Length() > 2 && info[2].IsObject() && info[2].As<Napi::Object>().Get("reference").ToBoolean();
+    auto out = std::make_shared<std::vector<float>>(static_cast<std::size_t>(M * p.rows));
+    return run_async(info.Env(), [=] {
+      if (ref) packed_matmul_reference(p, x, M, out->data());
+      else packed_matmul(p, x, M, out->data());
+    }, [out](Napi::Env env) -> Napi::Value {
+      auto a = Napi::Float32Array::New(env, out->size());
+      std::memcpy(a.Data(), out->data(), out->size() * 4);
+      return a;
+    }, {info[0], info[1]});
+  });
+}
+
+// packedMatmulSync(x, packed, y) — y written in place; for benchmarks (no promise/worker overhead).
+Napi::Value PackedMatmulSync(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    PackedView p = packed_from_js(info[1]);
+    const float* x = cf32_from_js(info[0], -1, "x");
+    const int64_t M = info[0].As<Napi::Float32Array>().ElementLength() / p.cols;
+    float* y = f32_from_js(info[2], M * p.rows, "y");
+    packed_matmul(p, x, M, y);
+    return info.Env().Undefined();
+  });
+}
+
+}  // namespace
+
+LOWBIT_EXPORTS {
+  exports.Set("packLinear", Napi::Function::New(env, PackLinear));
+  exports.Set("unpackLinear", Napi::Function::New(env, UnpackLinear));
+  exports.Set("packedMatmul", Napi::Function::New(env, PackedMatmul));
+  exports.Set("packedMatmulSync", Napi::Function::New(env, PackedMatmulSync));
+}
+
+}  // namespace lowbit

@@ -1,0 +1,131 @@
+// Packed low-bit weights (2/3/4/8-bit integers with per-group fp32 scales/zeros) and the CPU kernels
+// that multiply by them without ever expanding the whole matrix to fp32.
+//
+// Quantized weight: w[r, c] = scale[r, g] * (q[r, c] - zero[r, g]), q in [0, 2^bits), g = c / groupSize
+// (groupSize = cols: one group per row), or g = gIdx[c] for act-order (GPTQ desc_act) weights.
+//
+// ---- Layout (PackedView::data) -------------------------------------------------------------------
+// Columns are first put in "packed order": identity, or for act-order the stable sort of the columns
+// by gIdx (perm[j] = original column of packed column j), which makes every group contiguous.
+// The kernels gather the activations into the same order once per call (xp[j] = x[perm[j]]), so
+// act-order costs one gather of M×cols floats and nothing inside the inner loops. Every group must
+// then hold exactly groupSize columns (what GPTQ's act-order produces); packLinear checks it.
+//
+// Packed columns are padded with q = 0 to kpad, a multiple of the unit width unit_k(bits), and rows to
+// a multiple of RB = 4 (zero data, zero scales). The matrix is a sequence of row blocks of RB rows; a
+// row block is a sequence of units along K; a unit stores RB rows one after the other, unit_bytes each:
+//   data[((rb * nunits + u) * RB + i) * unit_bytes ...]  = row rb*RB+i, columns [u*unit_k, (u+1)*unit_k)
+// Inside a unit, columns go in steps of 16 (one AVX-512 vector of fp32): step j, lane l <-> column
+// u*unit_k + 16*j + l. A unit is 16 little-endian uint32 "lanes" (per bit plane):
+//   bits 2, 4, 8: one plane, 16 dwords; dword l holds F = 32/bits fields, field j (bits [j*b, j*b+b))
+//                 is the q of step j, lane l.     unit_k = 16*F (256 / 128 / 64), unit_bytes = 64
+//   bits 3:       two 2-bit planes (steps 0..15, then 16..31: the low 2 bits of q, as above) followed
+//                 by a 1-bit plane (bit j of dword l = bit 2 of q at step j, lane l).
+//                 unit_k = 512, unit_bytes = 192
+// So a vector of 16 consecutive columns is unpacked with one shift and one mask per plane: no
+// cross-lane shuffles. The shift places q at the top of a float mantissa: or-ing exponent bits of 1.0
+// gives f = 1 + q / 2^bits exactly, and w = A*f + B with A = scale*2^bits, B = -scale*(2^bits + zero),
+// i.e. one FMA per 16 weights replaces int→float conversion plus zero subtraction.
+//
+// ---- Kernels ----------------------------------------------------------------------------------------
+// GEMV (M = 1): per row block, per group, Σ f·x accumulates in a vector per row; at the end of the
+//   group it is scaled by A (vector FMA) and B·Σx (Σx of the group, computed once per call) is added as
+//   a scalar; one horizontal sum per row at the end. 3 vector ops per 16 weights for 2/4/8-bit.
+// Small GEMM (M = 2..7): a tile of up to 4 tokens × RB rows, weights dequantized in registers (A*f+B)
+//   once per step and used for every token of the tile.
+// GEMM (M ≥ 8): a tile of 128 rows × 1024 columns is dequantized into a per-thread row-major fp32
+//   panel (512 KiB) and multiplied with lowbit::gemm (its packing + AVX-512/AVX2 microkernel), then
+//   accumulated over K blocks. Only one panel per thread ever exists in fp32.
+// Multithreading: lowbit::parallel_for over row blocks / row tiles. Every SIMD kernel has a scalar
+// reference (packed.cpp), which is also what SimdLevel::Scalar runs.
+//
+// W8A8 (int8gemm.cpp): weights int8 row-major [rows, kpad8] (kpad8 multiple of 64, zero padded) with
+// per-channel fp32 scales and per-row sums Σw; activations quantized per token (absmax/127, round half
+// to even, as fake_quant_rows_sym) to int8 and stored +128 as uint8 for VNNI vpdpbusd (u8×s8):
+// Σ(x+128)·w − 128·Σw = Σx·w exactly in int32. AVX2 fallback (vpmaddubsw-free: widening madd) and
+// a scalar reference.
+#pragma once
+#include <napi.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace lowbit {
+
+constexpr int kPackRB = 4;  // rows per row block
+
+inline int pack_unit_k(int bits) { return bits == 3 ? 512 : 16 * (32 / bits); }
+inline int pack_unit_bytes(int bits) { return bits == 3 ? 192 : 64; }
+
+struct PackedView {
+  int bits = 4;
+  int64_t rows = 0, cols = 0;
+  int64_t group = 0;    // actual group size in columns (cols for one group per row)
+  int64_t ngroups = 1;
+  int64_t kpad = 0, rows_pad = 0, nunits = 0;
+  const uint8_t* data = nullptr;
+  const float* scales = nullptr;  // [rows_pad, ngroups] (rows past `rows` are zero)
+  const float* zeros = nullptr;   // [rows_pad, ngroups]
+  const int32_t* perm = nullptr;  // [cols] packed column j = original column perm[j]; null: identity
+};
+
+// y[M, rows] = x[M, cols] · Wᵀ (fp32 activations, original column order). Uses the SIMD level in force
+// and the thread pool (parallel = false: the calling thread only).
+void packed_matmul(const PackedView& p, const float* x, int64_t M, float* y, bool parallel = true);
+// The float64 reference, for tests of the kernels themselves.
+void packed_matmul_reference(const PackedView& p, const float* x, int64_t M, float* y);
+
+// q of (row r, packed column j) — the layout's definition, used by unpack and the scalar kernels.
+inline int packed_q(const PackedView& p, int64_t r, int64_t j) {
+  const int64_t rb = r / kPackRB, i = r % kPackRB, u = j / pack_unit_k(p.bits), c = j % pack_unit_k(p.bits);
+  const int step = static_cast<int>(c / 16), lane = static_cast<int>(c % 16);
+  const uint32_t* d = reinterpret_cast<const uint32_t*>(p.data + ((rb * p.nunits + u) * kPackRB + i) * pack_unit_bytes(p.bits));
+  if (p.bits == 3) {
+    uint32_t lo = (d[(step / 16) * 16 + lane] >> (2 * (step % 16))) & 3u;
+    uint32_t hi = (d[32 + lane] >> step) & 1u;
+    return static_cast<int>(lo | (hi << 2));
+  }
+  return static_cast<int>((d[lane] >> (p.bits * step)) & ((1u << p.bits) - 1));
+}
+
+// ---- W8A8 --------------------------------------------------------------------------------------------
+struct Int8View {
+  int64_t rows = 0, cols = 0, kpad = 0;  // kpad: multiple of 64
+  const int8_t* w = nullptr;             // [rows, kpad]
+  const float* scales = nullptr;         // [rows]
+  const int32_t* wsum = nullptr;         // [rows] Σ_k w
+};
+// Per-token symmetric int8: s = max(max|x|, 1e-5)/127, xq = nearbyint(x/s); stored as xq+128 in
+// u[M, kpad] (padding 128 ≡ 0). Same integers and scale as fake_quant_rows_sym(x, M, cols, 8).
+void quantize_rows_u8(const float* x, int64_t M, int64_t cols, int64_t kpad, uint8_t* u, float* sx, bool parallel = true);
+// acc[M, rows] = Σ_k (u−128)·w exactly (int32). Uses the SIMD level in force.
+void int8_gemm_i32(const Int8View& w, const uint8_t* u, int64_t M, int32_t* acc, bool parallel = true);
+// y[M, rows] = sx[m]·sw[n]·acc (+ nothing else; callers add bias).
+void int8_matmul(const Int8View& w, const uint8_t* u, const float* sx, int64_t M, float* y, bool parallel = true);
+
+// Views of the JS objects packLinear / packInt8 return (validated; the buffers stay owned by JS).
+PackedView packed_from_js(const Napi::Value& v);
+Int8View int8_from_js(const Napi::Value& v);
+
+namespace packed_detail {
+// Per-ISA kernels over row blocks [rb0, rb1). xp: [M, kpad] packed-order, zero padded activations.
+// xsum: [M, ngroups] Σ of xp over each group (GEMV only).
+using GemvFn = void (*)(const PackedView&, const float* xp, const float* xsum, float* y, int64_t rb0, int64_t rb1);
+// Small-M tile: y[m, row] (ldy = rows) for m < M <= 4, over all of K.
+using TileFn = void (*)(const PackedView&, const float* xp, int64_t M, float* y, int64_t rb0, int64_t rb1);
+// Dequantizes rows [r0, r0+n) (n multiple of RB), packed columns [k0, k0+kc) (k0, kc multiples of
+// unit_k) into out[n, kc] row-major.
+using DequantFn = void (*)(const PackedView&, int64_t r0, int64_t n, int64_t k0, int64_t kc, float* out);
+
+struct Kernels {
+  GemvFn gemv;
+  TileFn tile;
+  DequantFn dequant;
+};
+#if defined(__x86_64__) && defined(__GNUC__)
+const Kernels* kernels_avx512(int bits);
+const Kernels* kernels_avx2(int bits);
+#endif
+}  // namespace packed_detail
+
+}  // namespace lowbit

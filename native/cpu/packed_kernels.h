@@ -1,0 +1,215 @@
+// The packed-weight kernels, written once over a vector-traits type V and instantiated by
+// packed_avx512.cpp (V = 16 fp32 lanes) and packed_avx2.cpp (V = 8 lanes, two halves per 16-lane
+// step). Include this only after the translation unit's `#pragma GCC target`, inside its own
+// anonymous namespace: every function here then has internal linkage and that TU's ISA.
+// See packed.h for the layout and the arithmetic (f = 1 + q/2^bits, w = A*f + B).
+//
+// V provides: F, I, L (lanes), zero(), loadu(const float*), storeu(float*, F), loadi(const void*),
+// set1(float), fma(a, b, c) = a*b + c, add(a, b), hsum(F), sh<SH>(I) (left for SH > 0, right for SH < 0),
+// field(I v, mask) = float bits (v & mask) | 1.0f, field2(I a, I b, sel, mask) = ((a & sel) | (b & ~sel)) & mask | 1.0f.
+
+template <int J, int N, class Fn>
+inline __attribute__((always_inline)) void static_for(Fn&& f) {
+  if constexpr (J < N) {
+    f(std::integral_constant<int, J>{});
+    static_for<J + 1, N>(f);
+  }
+}
+
+template <class V, int BITS>
+struct Unpack {
+  static constexpr int S = 32 / BITS;  // steps per unit
+  static constexpr int P = 23 - BITS;  // q's lowest bit in the mantissa
+  static constexpr uint32_t MASK = ((1u << BITS) - 1u) << P;
+  template <int J>
+  static inline __attribute__((always_inline)) typename V::F get(const uint8_t* d, int h) {
+    return V::field(V::template sh<P - BITS * J>(V::loadi(d + h * V::L * 4)), MASK);
+  }
+};
+
+template <class V>
+struct Unpack<V, 3> {
+  static constexpr int S = 32;
+  template <int J>
+  static inline __attribute__((always_inline)) typename V::F get(const uint8_t* d, int h) {
+    typename V::I lo = V::template sh<20 - 2 * (J % 16)>(V::loadi(d + (J / 16) * 64 + h * V::L * 4));
+    typename V::I hi = V::template sh<22 - J>(V::loadi(d + 128 + h * V::L * 4));
+    return V::field2(lo, hi, 0x00300000u, 0x00700000u);
+  }
+};
+
+constexpr int64_t kNoBoundary = INT64_MAX;
+constexpr int64_t kPrefetchBytes = 2048;
+
+template <class V, int BITS>
+void gemv_t(const PackedView& p, const float* xp, const float* xsum, float* y, int64_t rb0, int64_t rb1) {
+  using F = typename V::F;
+  using U = Unpack<V, BITS>;
+  constexpr int S = U::S, NH = 16 / V::L, RB = kPackRB;
+  constexpr float TWO_B = static_cast<float>(1 << BITS);
+  const int64_t UB = pack_unit_bytes(BITS), ng = p.ngroups, gs = p.group / 16;
+  for (int64_t rb = rb0; rb < rb1; ++rb) {
+    F gacc[RB][NH], racc[RB][NH];
+    float corr[RB] = {};
+    for (int i = 0; i < RB; ++i)
+      for (int h = 0; h < NH; ++h) gacc[i][h] = racc[i][h] = V::zero();
+    const float* sc = p.scales + rb * RB * ng;
+    const float* zr = p.zeros + rb * RB * ng;
+    int64_t g = 0, left = ng > 1 ? gs : kNoBoundary;
+    auto flush = [&](int64_t gg) {
+      for (int i = 0; i < RB; ++i) {
+        const float s = sc[i * ng + gg], z = zr[i * ng + gg];
+        const F a = V::set1(s * TWO_B);
+        for (int h = 0; h < NH; ++h) {
+          racc[i][h] = V::fma(gacc[i][h], a, racc[i][h]);
+          gacc[i][h] = V::zero();
+        }
+        corr[i] += -s * (TWO_B + z) * xsum[gg];
+      }
+    };
+    const uint8_t* base = p.data + rb * p.nunits * RB * UB;
+    for (int64_t u = 0; u < p.nunits; ++u) {
+      const uint8_t* ud = base + u * RB * UB;
+      const float* xu = xp + u * S * 16;
+      // Hardware prefetchers lose this stream among the scale/zero/x streams: fetch ~2 KiB ahead.
+      for (int64_t o = 0; o < RB * UB; o += 64) V::prefetch(ud + kPrefetchBytes + o);
+      static_for<0, S>([&](auto jc) {
+        constexpr int J = decltype(jc)::value;
+        for (int h = 0; h < NH; ++h) {
+          const F xv = V::loadu(xu + J * 16 + h * V::L);
+          for (int i = 0; i < RB; ++i) gacc[i][h] = V::fma(U::template get<J>(ud + i * UB, h), xv, gacc[i][h]);
+        }
+        if (--left == 0) {
+          flush(g);
+          ++g;
+          left = g == ng - 1 ? kNoBoundary : gs;
+        }
+      });
+    }
+    flush(g);
+    for (int i = 0; i < RB; ++i) {
+      const int64_t row = rb * RB + i;
+      if (row >= p.rows) break;
+      F t = racc[i][0];
+      for (int h = 1; h < NH; ++h) t = V::add(t, racc[i][h]);
+      y[row] = V::hsum(t) + corr[i];
+    }
+  }
+}
+
+// MR tokens × RB rows over all of K, weights dequantized in registers once per step.
+template <class V, int BITS, int MR>
+void tile_mr(const PackedView& p, const float* xp, float* y, int64_t rb) {
+  using F = typename V::F;
+  using U = Unpack<V, BITS>;
+  constexpr int S = U::S, NH = 16 / V::L, RB = kPackRB;
+  constexpr float TWO_B = static_cast<float>(1 << BITS);
+  const int64_t UB = pack_unit_bytes(BITS), ng = p.ngroups, gs = p.group / 16, kpad = p.kpad;
+  F acc[MR][RB][NH], A[RB], B[RB];
+  for (int m = 0; m < MR; ++m)
+    for (int i = 0; i < RB; ++i)
+      for (int h = 0; h < NH; ++h) acc[m][i][h] = V::zero();
+  const float* sc = p.scales + rb * RB * ng;
+  const float* zr = p.zeros + rb * RB * ng;
+  auto load_ab = [&](int64_t gg) {
+    for (int i = 0; i < RB; ++i) {
+      const float s = sc[i * ng + gg], z = zr[i * ng + gg];
+      A[i] = V::set1(s * TWO_B);
+      B[i] = V::set1(-s * (TWO_B + z));
+    }
+  };
+  int64_t g = 0, left = ng > 1 ? gs : kNoBoundary;
+  load_ab(0);
+  const uint8_t* base = p.data + rb * p.nunits * RB * UB;
+  for (int64_t u = 0; u < p.nunits; ++u) {
+    const uint8_t* ud = base + u * RB * UB;
+    const float* xu = xp + u * S * 16;
+    for (int64_t o = 0; o < RB * UB; o += 64) V::prefetch(ud + kPrefetchBytes + o);
+    static_for<0, S>([&](auto jc) {
+      constexpr int J = decltype(jc)::value;
+      for (int h = 0; h < NH; ++h) {
+        F xv[MR];
+        for (int m = 0; m < MR; ++m) xv[m] = V::loadu(xu + m * kpad + J * 16 + h * V::L);
+        for (int i = 0; i < RB; ++i) {
+          const F w = V::fma(U::template get<J>(ud + i * UB, h), A[i], B[i]);
+          for (int m = 0; m < MR; ++m) acc[m][i][h] = V::fma(w, xv[m], acc[m][i][h]);
+        }
+      }
+      if (--left == 0) {
+        ++g;
+        left = g == ng - 1 ? kNoBoundary : gs;
+        load_ab(g);
+      }
+    });
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int i = 0; i < RB; ++i) {
+      const int64_t row = rb * RB + i;
+      if (row >= p.rows) break;
+      F t = acc[m][i][0];
+      for (int h = 1; h < NH; ++h) t = V::add(t, acc[m][i][h]);
+      y[m * p.rows + row] = V::hsum(t);
+    }
+}
+
+template <class V, int BITS>
+void tile_t(const PackedView& p, const float* xp, int64_t M, float* y, int64_t rb0, int64_t rb1) {
+  for (int64_t rb = rb0; rb < rb1; ++rb)
+    for (int64_t m0 = 0; m0 < M; m0 += V::MRMAX) {
+      const float* x = xp + m0 * p.kpad;
+      float* yy = y + m0 * p.rows;
+      switch ((M - m0 < V::MRMAX ? M - m0 : V::MRMAX)) {
+        case 1: tile_mr<V, BITS, 1>(p, x, yy, rb); break;
+        case 2: tile_mr<V, BITS, 2>(p, x, yy, rb); break;
+        case 3: if constexpr (V::MRMAX >= 3) tile_mr<V, BITS, 3>(p, x, yy, rb); break;
+        default: if constexpr (V::MRMAX >= 4) tile_mr<V, BITS, 4>(p, x, yy, rb); break;
+      }
+    }
+}
+
+template <class V, int BITS>
+void dequant_t(const PackedView& p, int64_t r0, int64_t n, int64_t k0, int64_t kc, float* out) {
+  using U = Unpack<V, BITS>;
+  constexpr int S = U::S, NH = 16 / V::L, RB = kPackRB;
+  constexpr float TWO_B = static_cast<float>(1 << BITS);
+  const int64_t UB = pack_unit_bytes(BITS), UK = pack_unit_k(BITS), ng = p.ngroups, gs = p.group / 16;
+  for (int64_t r = r0; r < r0 + n; ++r) {
+    const int64_t rb = r / RB, i = r % RB;
+    float* o = out + (r - r0) * kc;
+    const float* sc = p.scales + r * ng;
+    const float* zr = p.zeros + r * ng;
+    int64_t g = ng > 1 ? (k0 / p.group < ng - 1 ? k0 / p.group : ng - 1) : 0;
+    int64_t left = g == ng - 1 ? kNoBoundary : (g + 1) * gs - k0 / 16;
+    typename V::F A = V::set1(sc[g] * TWO_B), B = V::set1(-sc[g] * (TWO_B + zr[g]));
+    for (int64_t u = k0 / UK; u < (k0 + kc) / UK; ++u) {
+      const uint8_t* ud = p.data + ((rb * p.nunits + u) * RB + i) * UB;
+      float* ou = o + u * UK - k0;
+      for (int64_t b = 0; b < UB; b += 64) V::prefetch(ud + RB * UB * 4 + b);
+      static_for<0, S>([&](auto jc) {
+        constexpr int J = decltype(jc)::value;
+        for (int h = 0; h < NH; ++h) V::storeu(ou + J * 16 + h * V::L, V::fma(U::template get<J>(ud, h), A, B));
+        if (--left == 0) {
+          ++g;
+          left = g == ng - 1 ? kNoBoundary : gs;
+          A = V::set1(sc[g] * TWO_B);
+          B = V::set1(-sc[g] * (TWO_B + zr[g]));
+        }
+      });
+    }
+  }
+}
+
+template <class V>
+const Kernels* kernels_for_bits(int bits) {
+  static const Kernels k2{gemv_t<V, 2>, tile_t<V, 2>, dequant_t<V, 2>};
+  static const Kernels k3{gemv_t<V, 3>, tile_t<V, 3>, dequant_t<V, 3>};
+  static const Kernels k4{gemv_t<V, 4>, tile_t<V, 4>, dequant_t<V, 4>};
+  static const Kernels k8{gemv_t<V, 8>, tile_t<V, 8>, dequant_t<V, 8>};
+  switch (bits) {
+    case 2: return &k2;
+    case 3: return &k3;
+    case 4: return &k4;
+    case 8: return &k8;
+    default: return nullptr;
+  }
+}

@@ -1,0 +1,292 @@
+// Packed low-bit weights: pack → unpack round trip, packed GEMV/GEMM against a float64 reference written
+// here (every SIMD level, 1 and 2 threads), the W8A8 int8 GEMM, and the full forward on packed weights
+// against the fake-quant (dense dequantized) model.
+import * as fs from 'fs';
+import * as path from 'path';
+import { scoreSequences } from '../lib/eval/forward';
+import { perplexity } from '../lib/eval/perplexity';
+import { loadModel } from '../lib/load/model';
+import { LINEAR_NAMES, LoadedModel } from '../lib/load/types';
+import { addon } from '../lib/native/addon';
+import { attachPacked, Int8Weight, packInt8, packLinear, PackedLinear, unpackLinear } from '../lib/quant/packed';
+import { quantize } from '../lib/quant/pipeline';
+import { parseSpec } from '../lib/quant/spec';
+import type { QuantizedTensor } from '../lib/quant/weights';
+
+const SHARED = path.resolve(__dirname, '..', '..', 'shared');
+const LEVELS = ['scalar', 'avx2', 'avx512'] as const;
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s / 4294967296;
+  };
+}
+
+function randomQuantized(bits: number, rows: number, cols: number, groupSize: number, actOrder: boolean, seed: number): QuantizedTensor {
+  const r = rng(seed);
+  const g = groupSize < 0 ? cols : groupSize;
+  const ng = cols / g;
+  const maxq = (1 << bits) - 1;
+  const q: QuantizedTensor = {
+    bits,
+    groupSize,
+    sym: false,
+    qweight: Uint8Array.from({ length: rows * cols }, () => Math.floor(r() * (maxq + 1))),
+    scales: Float32Array.from({ length: rows * ng }, () => 0.005 + r() * 0.05),
+    zeros: Float32Array.from({ length: rows * ng }, () => Math.floor(r() * (maxq + 1))),
+  };
+  if (actOrder) {
+    const order = Array.from({ length: cols }, (_, i) => i);
+    for (let i = cols - 1; i > 0; i--) {
+      const j = Math.floor(r() * (i + 1));
+      [order[i], order[j]] = [order[j], order[i]];
+    }
+    q.gIdx = new Int32Array(cols);
+    order.forEach((c, pos) => (q.gIdx![c] = Math.floor(pos / g)));
+  }
+  return q;
+}
+
+/** x·Wᵀ in float64 with W dequantized from the QuantizedTensor; also Σ|w·x| per output for tolerances. */
+function reference(q: QuantizedTensor, rows: number, cols: number, x: Float32Array, M: number): { y: Float64Array; mag: Float64Array } {
+  const g = q.groupSize < 0 ? cols : q.groupSize;
+  const ng = cols / g;
+  const y = new Float64Array(M * rows);
+  const mag = new Float64Array(M * rows);
+  const w = new Float64Array(cols);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      const grp = q.gIdx ? q.gIdx[c] : Math.floor(c / g);
+      w[c] = q.scales[r * ng + grp] * (q.qweight[r * cols + c] - q.zeros[r * ng + grp]);
+    }
+    for (let m = 0; m < M; m++) {
+      let s = 0;
+      let a = 0;
+      for (let c = 0; c < cols; c++) {
+        s += w[c] * x[m * cols + c];
+        a += Math.abs(w[c] * x[m * cols + c]);
+      }
+      y[m * rows + r] = s;
+      mag[m * rows + r] = a;
+    }
+  }
+  return { y, mag };
+}
+
+let threads0: number;
+beforeAll(() => {
+  threads0 = addon.getThreads();
+});
+afterAll(() => {
+  addon.setThreads(threads0);
+  addon.simdLevel('avx512');
+});
+
+describe('pack → unpack round trip is bit-exact', () => {
+  const cases: [number, number, boolean][] = [];
+  for (const bits of [2, 3, 4, 8]) for (const gs of [-1, 32, 128]) for (const act of [false, true]) cases.push([bits, gs, act]);
+  test.each(cases)('bits %i, group %i, act-order %s', (bits, gs, act) => {
+    const rows = 13;
+    const cols = 256;
+    const q = randomQuantized(bits, rows, cols, gs, act, bits * 100 + gs + (act ? 7 : 0));
+    const p = packLinear(q, rows, cols);
+    expect(p.data.length).toBeLessThanOrEqual(Math.ceil(rows / 4) * 4 * Math.ceil(cols / 512) * 512 * bits / 8);
+    const u = unpackLinear(p);
+    expect(Buffer.from(u.qweight).equals(Buffer.from(q.qweight))).toBe(true);
+    expect(Array.from(u.scales)).toEqual(Array.from(q.scales));
+    expect(Array.from(u.zeros)).toEqual(Array.from(q.zeros));
+    if (act && gs > 0) expect(Array.from(u.gIdx!)).toEqual(Array.from(q.gIdx!));
+  });
+
+  test('rejects values that do not fit, unequal act-order groups and bad bit widths', () => {
+    const q = randomQuantized(4, 4, 64, 32, false, 1);
+    q.qweight[5] = 16;
+    expect(() => packLinear(q, 4, 64)).toThrow(/does not fit in 4 bits/);
+    const a = randomQuantized(4, 4, 64, 32, true, 2);
+    a.gIdx![a.gIdx!.indexOf(0)] = 1;
+    expect(() => packLinear(a, 4, 64)).toThrow(/act-order group/);
+    expect(() => packLinear({ ...randomQuantized(4, 4, 64, 32, false, 3), bits: 5 }, 4, 64)).toThrow(/bits must be/);
+  });
+});
+
+describe('packedMatmul vs float64 reference', () => {
+  // [bits, rows, cols, groupSize, actOrder]
+  const shapes: [number, number, number, number, boolean][] = [
+    [4, 37, 256, 128, false],
+    [4, 40, 384, 32, true],
+    [4, 9, 100, -1, false],
+    [2, 21, 512, 64, false],
+    [3, 19, 640, 128, true],
+    [3, 8, 96, -1, false],
+    [8, 33, 192, 32, false],
+    [8, 12, 77, -1, false],
+  ];
+  test.each(shapes)('bits %i, %i×%i, group %i, act-order %s: M 1/3/16/64, every SIMD level, 1 and 2 threads', async (bits, rows, cols, gs, act) => {
+    const q = randomQuantized(bits, rows, cols, gs, act, rows * cols + bits);
+    const p = packLinear(q, rows, cols);
+    const r = rng(cols);
+    for (const M of [1, 3, 16, 64]) {
+      const x = Float32Array.from({ length: M * cols }, () => r() - 0.5);
+      const ref = reference(q, rows, cols, x, M);
+      for (const lvl of LEVELS) {
+        for (const th of [1, 2]) {
+          addon.setThreads(th);
+          addon.simdLevel(lvl);
+          const y = await addon.packedMatmul(x, p);
+          addon.simdLevel('avx512');
+          expect(y).toHaveLength(M * rows);
+          let worst = 0;
+          for (let i = 0; i < y.length; i++) worst = Math.max(worst, Math.abs(y[i] - ref.y[i]) / (ref.mag[i] + 1e-30));
+          if (worst >= 2e-6) throw new Error(`M=${M} ${lvl} threads=${th}: relative error ${worst}`);
+        }
+      }
+    }
+  });
+});
+
+describe('W8A8 int8 GEMM', () => {
+  function int8Weights(rows: number, cols: number, seed: number): QuantizedTensor {
+    const r = rng(seed);
+    return {
+      bits: 8,
+      groupSize: -1,
+      sym: true,
+      qweight: Uint8Array.from({ length: rows * cols }, () => 1 + Math.floor(r() * 255)),
+      scales: Float32Array.from({ length: rows }, () => 0.001 + r() * 0.01),
+      zeros: new Float32Array(rows).fill(128),
+    };
+  }
+
+  test.each([
+    [1, 5, 64],
+    [3, 17, 200],
+    [16, 12, 130],
+    [64, 9, 320],
+  ])('M %i, %i×%i: exact int32 sums and scaled output at every SIMD level', async (M, rows, cols) => {
+    const q = int8Weights(rows, cols, M * rows);
+    const p: Int8Weight = packInt8(q, rows, cols);
+    const r = rng(cols + M);
+    const x = Float32Array.from({ length: M * cols }, () => (r() - 0.5) * (1 + 10 * r()));
+    const { xq, scales: sx } = addon.quantizeActInt8(x, cols) as { xq: Int8Array; scales: Float32Array };
+    // Per-token absmax quantization exactly as fake_quant_rows_sym (8 bits).
+    for (let m = 0; m < M; m++) {
+      let mx = 0;
+      for (let c = 0; c < cols; c++) mx = Math.max(mx, Math.abs(x[m * cols + c]));
+      expect(sx[m]).toBe(Math.fround(Math.fround(Math.max(mx, 1e-5)) / 127));
+    }
+    const exact = new Int32Array(M * rows);
+    for (let m = 0; m < M; m++) {
+      for (let n = 0; n < rows; n++) {
+        let s = 0;
+        for (let c = 0; c < cols; c++) s += xq[m * cols + c] * (q.qweight[n * cols + c] - 128);
+        exact[m * rows + n] = s;
+      }
+    }
+    for (const lvl of LEVELS) {
+      for (const th of [1, 2]) {
+        addon.setThreads(th);
+        addon.simdLevel(lvl);
+        const acc = addon.int8MatmulI32(xq, p) as Int32Array;
+        const y = (await addon.int8Matmul(x, p)) as Float32Array;
+        addon.simdLevel('avx512');
+        expect(Array.from(acc)).toEqual(Array.from(exact));
+        for (let m = 0; m < M; m++) {
+          for (let n = 0; n < rows; n++) {
+            const want = sx[m] * q.scales[n] * exact[m * rows + n];
+            expect(Math.abs(y[m * rows + n] - want)).toBeLessThanOrEqual(1e-6 * Math.abs(want) + 1e-30);
+          }
+        }
+      }
+    }
+  });
+});
+
+describe('forward on packed weights (qwen3-tiny) matches the fake-quant model', () => {
+  const SEQ = 256;
+  let ids: Int32Array;
+  let pplIds: Int32Array;
+  beforeAll(() => {
+    const g = JSON.parse(fs.readFileSync(path.join(SHARED, 'golden', 'qwen3-tiny.json'), 'utf8')).golden;
+    ids = Int32Array.from([...g.input_ids[0], ...g.input_ids[1]]);
+    pplIds = Int32Array.from([...g.input_ids[0], ...g.input_ids[1], ...g.input_ids[0].slice(0, 128)]);
+  });
+
+  function nllStats(a: Float64Array, b: Float64Array): { worst: number; mean: number } {
+    let worst = 0;
+    let sum = 0;
+    for (let i = 0; i < a.length; i++) {
+      const e = Math.abs(a[i] - b[i]);
+      worst = Math.max(worst, e);
+      sum += e;
+    }
+    return { worst, mean: sum / a.length };
+  }
+
+  async function prepare(specText: string): Promise<LoadedModel> {
+    addon.setThreads(2);
+    const model: LoadedModel = loadModel(path.join(SHARED, 'models', 'qwen3-tiny'));
+    await quantize(model, parseSpec(specText));
+    return model;
+  }
+
+  function attachAndCheck(model: LoadedModel, kind: 'packed' | 'int8'): void {
+    expect(attachPacked(model)).toBe(model.config.numLayers * LINEAR_NAMES.length);
+    for (const layer of model.weights.layers) {
+      for (const n of LINEAR_NAMES) {
+        const lin = layer.linears[n] as PackedLinear;
+        expect(lin.packed?.kind).toBe(kind);
+        expect(lin.weight).toBeUndefined();
+      }
+    }
+  }
+
+  test('rtn:w4g128 → packed 4-bit kernels: per-position NLL within 1e-3, perplexity to 4 significant digits', async () => {
+    const model = await prepare('rtn:w4g128');
+    const dense = await scoreSequences(model, ids, SEQ);
+    const densePpl = await perplexity(model, pplIds, { seqLen: 128, maxWindows: 5 });
+    attachAndCheck(model, 'packed');
+    const packed = await scoreSequences(model, ids, SEQ);
+    expect(nllStats(dense.nll, packed.nll).worst).toBeLessThan(1e-3);
+    const packedPpl = await perplexity(model, pplIds, { seqLen: 128, maxWindows: 5 });
+    expect(packedPpl.windows).toBe(5);
+    expect(packedPpl.ppl.toPrecision(4)).toBe(densePpl.ppl.toPrecision(4));
+  }, 30000);
+
+  // W8A8 on this model is chaotic under fp32 rounding: per-token 8-bit activation rounding turns a 1-ulp
+  // change of the weights into flipped integers downstream (measured: up to 0.14 NLL at single positions,
+  // mean 0.03). The int8 path (exact integer sums, one rounding at the end) can't match fake quant more
+  // closely than that, so it is held to the size of the dense model's own 1-ulp sensitivity.
+  test('naive:w8a8 → int8 weights × int8 activations: within the fake-quant model\'s own fp32 sensitivity', async () => {
+    const model = await prepare('naive:w8a8');
+    const dense = await scoreSequences(model, ids, SEQ);
+    const densePpl = await perplexity(model, pplIds, { seqLen: 128, maxWindows: 5 });
+    // The dense model with every weight moved by about one ulp.
+    const perturbed = await prepare('naive:w8a8');
+    let seed = 12345;
+    for (const layer of perturbed.weights.layers) {
+      for (const n of LINEAR_NAMES) {
+        const w = layer.linears[n].weight as Float32Array;
+        layer.linears[n].weight = w.map((v) => {
+          seed = (seed * 1103515245 + 12345) >>> 0;
+          return Math.fround(v * (1 + (seed / 4294967296 - 0.5) * 1.2e-7));
+        });
+      }
+    }
+    const noise = nllStats(dense.nll, (await scoreSequences(perturbed, ids, SEQ)).nll);
+    attachAndCheck(model, 'int8');
+    const packed = await scoreSequences(model, ids, SEQ);
+    const d = nllStats(dense.nll, packed.nll);
+    expect(d.mean).toBeLessThan(2 * noise.mean + 1e-6);
+    expect(d.worst).toBeLessThan(2 * noise.worst + 1e-6);
+    const meanNll = (a: Float64Array) => a.reduce((x, y) => x + y, 0) / a.length;
+    expect(Math.abs(meanNll(dense.nll) - meanNll(packed.nll))).toBeLessThan(5e-3);
+    const packedPpl = await perplexity(model, pplIds, { seqLen: 128, maxWindows: 5 });
+    expect(Math.abs(packedPpl.ppl / densePpl.ppl - 1)).toBeLessThan(5e-3);
+  }, 30000);
+});
