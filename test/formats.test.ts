@@ -13,7 +13,7 @@ import { buildCodebook, decodeCodebook, lowbitLinearTensors } from '../lib/expor
 import { dequantize, f32ToF16Bits, fromF16Bits, roundF16 } from '../lib/export/pack';
 import { loadModel } from '../lib/load/model';
 import { openCheckpoint, TensorToWrite, writeSafetensors } from '../lib/load/safetensors';
-import { LINEAR_NAMES, LINEAR_TENSORS, LoadedModel } from '../lib/load/types';
+import { Linear, LINEAR_NAMES, LINEAR_TENSORS, LoadedModel } from '../lib/load/types';
 import { addon } from '../lib/native/addon';
 import { quantize, QuantizeReport } from '../lib/quant/pipeline';
 import { parseSpec } from '../lib/quant/spec';
@@ -260,8 +260,19 @@ function header(file: string): Record<string, { dtype: string; shape: number[]; 
   return j;
 }
 
+/** The weights each linear stands for: dense ones as they are, packed ones through their integers. */
+function weightsOf(lin: Linear): Float32Array {
+  return lin.weight ? (lin.weight as Float32Array) : dequantize(lin.quantized!, lin.inFeatures);
+}
+
 function sameLinears(a: LoadedModel, b: LoadedModel): boolean {
-  return a.weights.layers.every((l, i) => LINEAR_NAMES.every((n) => maxDiff(l.linears[n].weight as Float32Array, b.weights.layers[i].linears[n].weight as Float32Array) === 0));
+  return a.weights.layers.every((l, i) => LINEAR_NAMES.every((n) => maxDiff(weightsOf(l.linears[n]), weightsOf(b.weights.layers[i].linears[n])) === 0));
+}
+
+function meanAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += Math.abs(a[i] - b[i]);
+  return s / a.length;
 }
 
 describe('export → loadModel on qwen3-tiny', () => {
@@ -296,8 +307,10 @@ describe('export → loadModel on qwen3-tiny', () => {
       expect(q0.quantized!.qweight).toEqual(model.weights.layers[0].linears.q.quantized!.qweight);
       expect(loaded.quantization?.spec.method).toBe(m);
       expect(sameLinears(model, loaded)).toBe(true);
+      // The file runs through the packed kernels (fp32 sums in another order than the dense GEMM).
+      expect(loaded.weights.layers[0].linears.q.weight).toBeUndefined();
       const fileNll = await nlls(loaded);
-      expect(maxDiff(memNll, fileNll)).toBe(0);
+      expect(maxDiff(memNll, fileNll)).toBeLessThan(1e-3);
       expect(maxDiff(memNll, fpNll)).toBeGreaterThan(1e-3); // quantization did something
       // Without the rounding, the fp32-scale fake-quant model differs from the file by fp16 scale rounding only.
       let mean = 0;
@@ -305,7 +318,7 @@ describe('export → loadModel on qwen3-tiny', () => {
       const d = maxDiff(fp32ScalesNll, fileNll);
       expect(mean).toBeLessThan(1e-3);
       expect(d).toBeLessThan(1e-2);
-      console.log(`${m}:w4g128 gptq export: |ΔNLL| file vs fp32-scale fake quant: mean ${mean.toExponential(2)}, max ${d.toExponential(2)}; vs fp16-rounded: 0; zero-0 groups ${res.zeroZeroGroups} (${warnings.length} warning)`);
+      console.log(`${m}:w4g128 gptq export: |ΔNLL| file vs fp32-scale fake quant: mean ${mean.toExponential(2)}, max ${d.toExponential(2)}; vs fp16-rounded (packed kernels): ${maxDiff(memNll, fileNll).toExponential(2)}; zero-0 groups ${res.zeroZeroGroups} (${warnings.length} warning)`);
     });
   }
 
@@ -342,7 +355,7 @@ describe('export → loadModel on qwen3-tiny', () => {
     expect(fs.existsSync(path.join(tmp, 'gptq-awq'))).toBe(false);
   });
 
-  test('SmoothQuant W8A8 → lowbit int8 layout: identical NLL, abits kept, folded norms in F32', async () => {
+  test('SmoothQuant W8A8 → lowbit int8 layout: same mean NLL, abits kept, folded norms in F32', async () => {
     const model = loadModel(TINY);
     const spec = parseSpec(`smoothquant:w8a8,nsamples=2,seqlen=${SEQ}`);
     const report = await quantize(model, spec, { calibration: readCalibIds(CALIB, 2, SEQ, 2048, 8192) });
@@ -357,7 +370,14 @@ describe('export → loadModel on qwen3-tiny', () => {
     const loaded = loadModel(out);
     expect(loaded.quantization?.actBits).toBe(8);
     expect(sameLinears(model, loaded)).toBe(true);
-    expect(maxDiff(await nlls(model), await nlls(loaded))).toBe(0);
+    // int8×int8 kernels vs fp32 fake quantization: per-token 8-bit activation rounding amplifies last-ulp
+    // differences (see test/packed.test.ts: one-ulp weight changes alone move positions by ~0.03), so
+    // the bounds are on the mean NLL and on the mean per-position change.
+    const a = await nlls(model);
+    const b = await nlls(loaded);
+    const mean = (x: ArrayLike<number>) => Array.from(x).reduce((p, v) => p + v, 0) / x.length;
+    expect(Math.abs(mean(a) - mean(b))).toBeLessThan(5e-3);
+    expect(meanAbsDiff(a, b)).toBeLessThan(0.06);
   });
 });
 

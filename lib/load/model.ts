@@ -5,6 +5,7 @@ import * as path from 'path';
 import { isF32Array, Weight } from '../native/addon';
 import { parseConfig } from './config';
 import { LowbitError } from './errors';
+import { isInt8Packable, packInt8, packLinear, PackedLinear } from '../quant/packed';
 import { loadQuantizedLinear, QuantConfig, quantizationStateOf, readQuantConfig } from './quantized';
 import { CheckpointReader, Tensor, openCheckpoint } from './safetensors';
 import {
@@ -21,8 +22,8 @@ import {
 
 /**
  * Loads a model folder. A quantized checkpoint (config.json quantization_config with quant_method gptq, awq
- * or lowbit — lowbit's exports and other tools' GPTQ v1/v2 and AWQ GEMM files) gives linears carrying
- * their integers as `lin.quantized` and an fp32 dequantized `lin.weight`.
+ * or lowbit — lowbit's exports and other tools' GPTQ v1/v2 and AWQ GEMM files) gives linears that run
+ * from packed kernels (`lin.packed`, no dense weight); widths without a kernel are dequantized.
  */
 export function loadModel(dir: string): LoadedModel {
   const config = parseConfig(dir);
@@ -32,7 +33,7 @@ export function loadModel(dir: string): LoadedModel {
   return {
     dir,
     config,
-    weights: buildWeights(config, ckpt, qc),
+    weights: buildWeights(config, ckpt, qc, qc ? quantizationStateOf(qc, rawConfig['lowbit_quantization']).actBits : 0),
     files: ckpt.files,
     quantization: qc ? quantizationStateOf(qc, rawConfig['lowbit_quantization']) : readQuantization(dir, rawConfig),
   };
@@ -49,7 +50,7 @@ function readQuantization(dir: string, rawConfig: Record<string, unknown>): Quan
   return { spec: raw.settings, actBits: abits };
 }
 
-function buildWeights(config: ModelConfig, ckpt: CheckpointReader, qc?: QuantConfig): ModelWeights {
+function buildWeights(config: ModelConfig, ckpt: CheckpointReader, qc: QuantConfig | undefined, actBits: number): ModelWeights {
   const { hiddenSize: h, intermediateSize: inter, numHeads, numKvHeads, headDim, vocabSize } = config;
   const get = (name: string, shape: number[]): Tensor => {
     const t = ckpt.get(name);
@@ -92,13 +93,18 @@ function buildWeights(config: ModelConfig, ckpt: CheckpointReader, qc?: QuantCon
       if (qc && !packed && !ckpt.has(`${base}.weight`)) {
         throw new LowbitError('MISSING_TENSOR', `"${base}": neither ${base}.qweight (${qc.quantMethod} checkpoint) nor ${base}.weight in ${ckpt.files.join(', ')}`);
       }
-      linears[n] = {
-        weight: packed ? packed.weight : toWeight(get(`${base}.weight`, [out, inF])),
+      const lin: PackedLinear = {
+        weight: packed ? (packed.weight as Float32Array) : toWeight(get(`${base}.weight`, [out, inF])),
         bias: hasBias[n] ? toFloat32(get(`${base}.bias`, [out])) : undefined,
         outFeatures: out,
         inFeatures: inF,
       };
-      if (packed?.quantized) linears[n].quantized = packed.quantized;
+      if (packed?.quantized) {
+        // The integers stay (re-export, inspection); the forward runs from the kernel layout.
+        const q = (lin.quantized = packed.quantized);
+        if (!packed.weight) lin.packed = actBits === 8 && isInt8Packable(q) ? packInt8(q, out, inF) : packLinear(q, out, inF);
+      }
+      linears[n] = lin;
     }
     layers.push({
       inputNorm: toFloat32(get(`${p}input_layernorm.weight`, [h])),
@@ -175,7 +181,8 @@ export function namedTensors(model: LoadedModel): [string, Weight][] {
     if (layer.kNorm) out.push([`${p}self_attn.k_norm.weight`, layer.kNorm]);
     for (const n of LINEAR_NAMES) {
       const lin = layer.linears[n];
-      out.push([`${p}${LINEAR_TENSORS[n]}.weight`, lin.weight]);
+      // Packed linears hold integers and finite scales checked at load; only dense weights are scanned.
+      if (lin.weight) out.push([`${p}${LINEAR_TENSORS[n]}.weight`, lin.weight]);
       if (lin.bias) out.push([`${p}${LINEAR_TENSORS[n]}.bias`, lin.bias]);
     }
   });

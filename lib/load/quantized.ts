@@ -133,8 +133,12 @@ function ngroupsOf(qc: QuantConfig, inF: number, base: string, file: string): nu
   return qc.groupSize > 0 ? inF / qc.groupSize : 1;
 }
 
+/** Bit widths the packed CPU kernels run (native/cpu/packed.h). */
+export const PACKED_BITS = [2, 3, 4, 8];
+
 export interface LoadedLinear {
-  weight: Float32Array;
+  /** Dense fp32 weights, only where no packed kernel runs this linear (BiLLM codebooks, 1/5/6/7 bits). */
+  weight?: Float32Array;
   quantized?: QuantizedTensor;
 }
 
@@ -222,5 +226,6 @@ export function loadQuantizedLinear(ckpt: CheckpointReader, base: string, out: n
     }
     q = { bits: qc.bits, groupSize: qc.groupSize, sym: qc.sym, qweight: unpackAlongInput(qw.data as Int32Array, out, inF, qc.bits), scales, zeros, gIdx: checkGIdx(gt, ng) };
   }
-  return { weight: dequantize(q, inF), quantized: q };
+  // Packable widths run from the packed kernels and are never expanded; other widths are dequantized.
+  return PACKED_BITS.includes(q.bits) ? { quantized: q } : { weight: dequantize(q, inF), quantized: q };
 }

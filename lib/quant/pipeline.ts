@@ -42,6 +42,9 @@ export function needsCalibration(spec: QuantSpec): boolean {
 /** Checks a spec against a model's shapes before any work starts. */
 export function checkSpecForModel(model: LoadedModel, spec: QuantSpec): void {
   validateSpec(spec);
+  if (model.quantization) {
+    throw new LowbitError('BAD_ARGUMENT', `${model.dir} is already quantized (${model.quantization.spec?.method ?? 'unknown method'}); quantize the full-precision checkpoint`);
+  }
   if (spec.groupSize <= 0) return;
   model.weights.layers.forEach((layer, l) => {
     for (const n of LINEAR_NAMES) {
