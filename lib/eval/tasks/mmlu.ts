@@ -9,7 +9,8 @@ import type { ChoiceDoc } from './types';
 
 export type MmluCategory = 'stem' | 'humanities' | 'social_sciences' | 'other';
 
-/** The standard subject → category map (Hendrycks et al.'s categories, as lm-eval groups them). */
+/** The standard subject → category map as lm-eval's mmlu groups it (stem 19, humanities 13, social sciences
+ *  12, other 13 subjects; lm-eval files anatomy under STEM where Hendrycks' categories.py has health/other). */
 export const MMLU_CATEGORIES: Record<string, MmluCategory> = {
   abstract_algebra: 'stem',
   anatomy: 'stem',
