@@ -68,11 +68,11 @@ function printTable(model: string, results: Record<string, TaskResult>, seconds:
   const f = (x: number | null | undefined, d = 4) => (x === undefined ? '–' : x === null || !Number.isFinite(x) ? 'NaN' : x.toFixed(d));
   const lines = [`model: ${model}`, 'task            ppl        acc      acc_norm  n/windows  tokens     seconds'];
   const row = (name: string, r: TaskResult) =>
-    `${name.padEnd(15)} ${f(r.ppl, 3).padEnd(10)} ${f(r.acc).padEnd(8)} ${f(r.acc_norm).padEnd(9)} ${String(r.windows ?? r.n ?? '–').padEnd(10)} ${String(r.tokens ?? '–').padEnd(10)} ${r.seconds.toFixed(1)}`;
+    `${name.padEnd(16)}${f(r.ppl, 3).padEnd(11)}${f(r.acc).padEnd(9)}${f(r.acc_norm).padEnd(10)}${String(r.windows ?? r.n ?? '–').padEnd(11)}${String(r.tokens ?? '–').padEnd(11)}${r.seconds.toFixed(1)}`;
   for (const [task, r] of Object.entries(results)) {
     lines.push(row(task, r));
     if (r.categories) {
-      for (const [c, g] of Object.entries(r.categories)) lines.push(`  ${c.padEnd(13)} ${'–'.padEnd(10)} ${g.acc.toFixed(4).padEnd(8)} ${'–'.padEnd(9)} ${g.n}`);
+      for (const [c, g] of Object.entries(r.categories)) lines.push(`${('  ' + c).padEnd(18)}${'–'.padEnd(9)}${g.acc.toFixed(4).padEnd(9)}${'–'.padEnd(10)}${g.n}`);
     }
   }
   lines.push(`total ${seconds.toFixed(1)} s`);

@@ -150,6 +150,8 @@ export function choiceOutcomes(docs: ChoiceDoc[], logprobs: number[]): { acc: nu
   return { acc, accNorm };
 }
 
+const CATEGORY_ORDER = ['stem', 'humanities', 'social_sciences', 'other'];
+
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 export function scoreChoices(docs: ChoiceDoc[], logprobs: number[], withNorm: boolean, seconds: number): ChoiceTaskResult {
@@ -185,7 +187,9 @@ export function scoreMmlu(docs: ChoiceDoc[], logprobs: number[], seconds: number
     acc_stderr: meanStderr(acc),
     n: docs.length,
     subjects: groups((d) => d.subject!),
-    categories: groups((d) => MMLU_CATEGORIES[d.subject!]),
+    categories: Object.fromEntries(
+      Object.entries(groups((d) => MMLU_CATEGORIES[d.subject!])).sort(([a], [b]) => CATEGORY_ORDER.indexOf(a) - CATEGORY_ORDER.indexOf(b)),
+    ),
     seconds,
   };
 }
