@@ -64,7 +64,7 @@ export function checkTasks(tasks: string[]): string[] {
 
 type Prepared =
   | { task: string; kind: 'perplexity'; text: string }
-  | { task: string; kind: 'choice' | 'mmlu'; docs: ChoiceDoc[] }
+  | { task: string; kind: 'choice' | 'mmlu'; docs: ChoiceDoc[]; encode: (text: string) => ArrayLike<number> }
   | { task: string; kind: 'lambada'; requests: TextRequest[] };
 
 export async function evaluate(
@@ -80,7 +80,9 @@ export async function evaluate(
     const kind = TASKS[task].kind;
     if (kind === 'perplexity') return { task, kind, text: pplText(task as PplTask, opts.dataDir) };
     if (kind === 'lambada') return { task, kind, requests: loadLambada(opts.dataDir, { limit: opts.limit }) };
-    return { task, kind, docs: loadChoiceTask(task, opts.dataDir, { limit: opts.limit, encode, maxContext }) };
+    // MMLU encodes each prompt to fit its shots; keep those ids for the requests (a per-task cache).
+    const enc = memoEncode(encode);
+    return { task, kind, docs: loadChoiceTask(task, opts.dataDir, { limit: opts.limit, encode: enc, maxContext }), encode: enc };
   });
   const results: Record<string, TaskResult> = {};
   for (const p of prepared) {
@@ -102,7 +104,7 @@ export async function evaluate(
     }
     const t0 = performance.now();
     const text = p.kind === 'lambada' ? p.requests : p.docs.flatMap((d) => d.requests);
-    const reqs = tokenizeRequests(encode, text);
+    const reqs = tokenizeRequests(p.kind === 'lambada' ? encode : p.encode, text);
     opts.onTaskStart?.(task, reqs.length);
     const ll = await loglikelihood(model, reqs, {
       maxContext,
@@ -119,14 +121,19 @@ export async function evaluate(
   return results;
 }
 
-/** Tokenizes requests as the harness does, encoding each distinct string once. */
-export function tokenizeRequests(encode: (text: string) => ArrayLike<number>, reqs: TextRequest[]): LoglikelihoodRequest[] {
+/** `encode` remembering its results (contexts shared by several choices are encoded once). */
+export function memoEncode(encode: (text: string) => ArrayLike<number>): (text: string) => ArrayLike<number> {
   const cache = new Map<string, ArrayLike<number>>();
-  const cached = (t: string) => {
+  return (t: string) => {
     let v = cache.get(t);
     if (!v) cache.set(t, (v = encode(t)));
     return v;
   };
+}
+
+/** Tokenizes requests as the harness does, encoding each distinct string once. */
+export function tokenizeRequests(encode: (text: string) => ArrayLike<number>, reqs: TextRequest[]): LoglikelihoodRequest[] {
+  const cached = memoEncode(encode);
   return reqs.map((r) => encodePair(cached, r.context, r.continuation));
 }
 
