@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { evaluate, TaskResult } from '../eval/evaluate';
+import { TASKS, TASK_NAMES } from '../eval/tasks/registry';
 import { loadModel, scanNonFinite } from '../load/model';
 import { loadTokenizer } from '../load/tokenizer';
 import { applyThreads, fail, intOption, interruptSignal, listOption } from './common';
@@ -10,19 +11,22 @@ interface EvalCliOptions extends QuantCliOptions {
   tasks: string[];
   seqlen: number;
   maxWindows?: number;
+  limit?: number;
   threads?: number;
   json?: boolean;
 }
 
 export function evalCommand(): Command {
   const cmd = new Command('eval')
-    .description('perplexity of a model (GPTQ protocol) on WikiText-2 and C4')
+    .description('perplexity (GPTQ protocol) and zero-/few-shot accuracy (lm-evaluation-harness) of a model')
     .argument('<model-dir>', 'folder with config.json, *.safetensors and tokenizer.json')
-    .option('--tasks <list>', 'comma-separated tasks: wikitext2,c4', listOption, ['wikitext2', 'c4'])
+    .option('--tasks <list>', `comma-separated tasks: ${TASK_NAMES.join(',')}`, listOption, ['wikitext2', 'c4'])
     .option('--seqlen <n>', 'tokens per window', intOption('--seqlen', 2, 1 << 20), 2048)
     .option('--max-windows <n>', 'score at most N windows per task', intOption('--max-windows', 1))
+    .option('--limit <n>', 'lm-eval tasks: the first N documents of each (mmlu: of each subject)', intOption('--limit', 1))
     .option('--threads <n>', 'worker threads (default: one per core)', intOption('--threads', 1, 1024))
-    .option('--json', 'print exactly one JSON document on stdout');
+    .option('--json', 'print exactly one JSON document on stdout')
+    .addHelpText('after', '\nTasks:\n' + TASK_NAMES.map((t) => `  ${t.padEnd(15)} ${TASKS[t].description}`).join('\n'));
   addQuantOptions(cmd);
   return cmd.action(async (modelDir: string, o: EvalCliOptions) => {
       try {
@@ -41,6 +45,7 @@ export function evalCommand(): Command {
           dataDir: o.dataDir,
           seqLen: o.seqlen,
           maxWindows: o.maxWindows,
+          limit: o.limit,
           signal,
           onTaskStart: (task, total) => progress.start(task, total),
           onProgress: (p) => progress.update(p.windows, p.tokens),
@@ -60,10 +65,15 @@ export function evalCommand(): Command {
 }
 
 function printTable(model: string, results: Record<string, TaskResult>, seconds: number): void {
-  const lines = [`model: ${model}`, 'task        ppl        windows  tokens    seconds'];
+  const f = (x: number | null | undefined, d = 4) => (x === undefined ? '–' : x === null || !Number.isFinite(x) ? 'NaN' : x.toFixed(d));
+  const lines = [`model: ${model}`, 'task            ppl        acc      acc_norm  n/windows  tokens     seconds'];
+  const row = (name: string, r: TaskResult) =>
+    `${name.padEnd(16)}${f(r.ppl, 3).padEnd(11)}${f(r.acc).padEnd(9)}${f(r.acc_norm).padEnd(10)}${String(r.windows ?? r.n ?? '–').padEnd(11)}${String(r.tokens ?? '–').padEnd(11)}${r.seconds.toFixed(1)}`;
   for (const [task, r] of Object.entries(results)) {
-    const ppl = r.ppl === null ? 'NaN' : r.ppl.toFixed(3);
-    lines.push(`${task.padEnd(11)} ${ppl.padEnd(10)} ${String(r.windows).padEnd(8)} ${String(r.tokens).padEnd(9)} ${r.seconds.toFixed(1)}`);
+    lines.push(row(task, r));
+    if (r.categories) {
+      for (const [c, g] of Object.entries(r.categories)) lines.push(`${('  ' + c).padEnd(18)}${'–'.padEnd(9)}${g.acc.toFixed(4).padEnd(9)}${'–'.padEnd(10)}${g.n}`);
+    }
   }
   lines.push(`total ${seconds.toFixed(1)} s`);
   process.stdout.write(lines.join('\n') + '\n');

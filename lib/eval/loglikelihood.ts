@@ -1,0 +1,178 @@
+// Log-likelihood of continuations given contexts, as lm-evaluation-harness's `loglikelihood` requests:
+// one causal forward of context+continuation (left-truncated to the model's context), the sum of
+// log p(continuation tokens), and whether every continuation token is the argmax (greedy).
+// Requests are sorted by total length (longest first, as the harness does), packed into batches of
+// similar length, right-padded (harmless under causal attention; padded positions are ignored) and
+// returned in the caller's order. The forward is scoreSequences' (embedding, decoder layers, fused
+// norm + LM head + log-softmax NLL with top-1), except that the head runs only on the positions that
+// predict continuation tokens, and requests with the same input share one forward.
+import { LowbitError } from '../load/errors';
+import type { LoadedModel } from '../load/types';
+import { addon } from '../native/addon';
+import { embedTokens, runLayer, throwIfAborted } from './forward';
+
+export interface LoglikelihoodRequest {
+  context: ArrayLike<number>;
+  continuation: ArrayLike<number>;
+}
+
+export interface LoglikelihoodResult {
+  /** Σ log p(continuation token | everything before it), natural log. */
+  logprob: number;
+  /** Every continuation token is the model's argmax at its position. */
+  greedy: boolean;
+}
+
+export interface LoglikelihoodOptions {
+  signal?: AbortSignal;
+  onProgress?: (p: { done: number; total: number; tokens: number }) => void;
+  /** Padded tokens per forward call (default: from the model size, at least one full sequence). */
+  batchTokens?: number;
+  /** Context length of the model (default: config max_position_embeddings). */
+  maxContext?: number;
+  actBits?: number;
+}
+
+/** Padded tokens per forward that keep activations (tokens × max(intermediate, vocab/8) floats × 4) near 512 MiB. */
+export function defaultBatchTokens(model: LoadedModel): number {
+  const perToken = Math.max(model.config.intermediateSize, model.config.vocabSize / 8) * 4 * 4;
+  return Math.max(512, Math.min(16384, Math.floor((512 << 20) / perToken)));
+}
+
+export async function loglikelihood(
+  model: LoadedModel,
+  requests: LoglikelihoodRequest[],
+  opts: LoglikelihoodOptions = {},
+): Promise<LoglikelihoodResult[]> {
+  const maxContext = opts.maxContext ?? model.config.maxPositionEmbeddings;
+  // The harness feeds inp = (context+continuation)[-(maxContext+1):][:-1] and scores the last
+  // len(continuation) positions. Requests with the same inp (e.g. the four one-token answers of an MMLU
+  // question) share one forward: only the target of their last position differs.
+  const groups: { inp: Int32Array; members: number[] }[] = [];
+  const byKey = new Map<string, number>();
+  const contTokens: Int32Array[] = [];
+  requests.forEach((r, i) => {
+    const nc = r.continuation.length;
+    if (nc === 0) throw new LowbitError('BAD_ARGUMENT', `loglikelihood request ${i}: empty continuation`);
+    if (r.context.length === 0) throw new LowbitError('BAD_ARGUMENT', `loglikelihood request ${i}: empty context`);
+    if (nc > maxContext) throw new LowbitError('BAD_ARGUMENT', `loglikelihood request ${i}: continuation of ${nc} tokens exceeds the context of ${maxContext}`);
+    const total = r.context.length + nc;
+    const keep = Math.min(total, maxContext + 1);
+    const inp = new Int32Array(keep - 1);
+    for (let t = 0; t < keep - 1; t++) {
+      const k = total - keep + t;
+      inp[t] = k < r.context.length ? r.context[k] : r.continuation[k - r.context.length];
+    }
+    contTokens.push(Int32Array.from(r.continuation));
+    const key = inp.join(',');
+    let g = byKey.get(key);
+    if (g === undefined) {
+      g = groups.length;
+      byKey.set(key, g);
+      groups.push({ inp, members: [] });
+    }
+    groups[g].members.push(i);
+  });
+
+  // Longest first (ties: by tokens, as the harness's sort key), so the first batch shows the peak memory.
+  const order = groups.map((_, i) => i);
+  order.sort((a, b) => {
+    const x = groups[a].inp, y = groups[b].inp;
+    if (x.length !== y.length) return y.length - x.length;
+    for (let t = 0; t < x.length; t++) if (x[t] !== y[t]) return x[t] - y[t];
+    return a - b;
+  });
+
+  const batchTokens = opts.batchTokens ?? defaultBatchTokens(model);
+  const results: LoglikelihoodResult[] = new Array(requests.length);
+  const hidden = model.config.hiddenSize;
+  let done = 0;
+  let tokens = 0;
+  for (let i = 0; i < order.length; ) {
+    throwIfAborted(opts.signal);
+    const L = groups[order[i]].inp.length;
+    let j = i + 1;
+    // One padded length L per batch; stop where padding would exceed a fifth of a row.
+    while (j < order.length && (j - i + 1) * L <= batchTokens && groups[order[j]].inp.length * 5 >= L * 4) j++;
+    const nb = j - i;
+    const ids = new Int32Array(nb * L); // right padding with id 0 (any valid id: causal attention)
+    for (let b = 0; b < nb; b++) ids.set(groups[order[i + b]].inp, b * L);
+    const h = await forwardHidden(model, ids, L, opts);
+    // Gather the hidden rows that predict continuation tokens, one set per request, and score them.
+    let rows = 0;
+    for (let b = 0; b < nb; b++) for (const r of groups[order[i + b]].members) rows += contTokens[r].length;
+    const hg = new Float32Array(rows * hidden);
+    const targets = new Int32Array(rows);
+    let row = 0;
+    for (let b = 0; b < nb; b++) {
+      const g = groups[order[i + b]];
+      const n = g.inp.length;
+      for (const r of g.members) {
+        const cont = contTokens[r];
+        for (let c = 0; c < cont.length; c++) {
+          const t = n - cont.length + c; // position predicting the c-th continuation token
+          hg.set(h.subarray((b * L + t) * hidden, (b * L + t + 1) * hidden), row * hidden);
+          targets[row++] = cont[c];
+        }
+      }
+    }
+    throwIfAborted(opts.signal);
+    const w = model.weights;
+    const { nll, topIdx } = (await addon.headNll(hg, {
+      norm: w.finalNorm,
+      head: w.lmHead,
+      vocab: model.config.vocabSize,
+      eps: model.config.rmsNormEps,
+      targets,
+      topk: 1,
+    })) as { nll: Float64Array; topIdx: Int32Array };
+    row = 0;
+    for (let b = 0; b < nb; b++) {
+      const g = groups[order[i + b]];
+      for (const r of g.members) {
+        let lp = 0;
+        let greedy = true;
+        for (let c = 0; c < contTokens[r].length; c++, row++) {
+          lp -= nll[row];
+          if (topIdx[row] !== targets[row]) greedy = false;
+        }
+        results[r] = { logprob: lp, greedy };
+        done++;
+      }
+      tokens += g.inp.length + 1;
+    }
+    opts.onProgress?.({ done, total: requests.length, tokens });
+    i = j;
+  }
+  return results;
+}
+
+/** Hidden states after the last decoder layer for ids [nseq, seqLen] (the final norm is in the head). */
+async function forwardHidden(model: LoadedModel, ids: Int32Array, seqLen: number, opts: LoglikelihoodOptions): Promise<Float32Array> {
+  const h = await embedTokens(model, ids);
+  for (let l = 0; l < model.config.numLayers; l++) {
+    throwIfAborted(opts.signal);
+    await runLayer(model, l, h, seqLen, { actBits: opts.actBits ?? model.quantization?.actBits ?? 0 });
+  }
+  return h;
+}
+
+/**
+ * Token ids of a (context, continuation) pair as lm-evaluation-harness's `_encode_pair`: trailing spaces of
+ * the context move to the continuation; the continuation is the tail of encode(context + continuation) past
+ * len(encode(context)); the context is encode(context) itself. No special tokens.
+ */
+export function encodePair(
+  encode: (text: string) => ArrayLike<number>,
+  context: string,
+  continuation: string,
+): { context: number[]; continuation: number[] } {
+  const n = context.length - context.trimEnd().length;
+  if (n > 0) {
+    continuation = context.slice(context.length - n) + continuation;
+    context = context.slice(0, context.length - n);
+  }
+  const whole = Array.from(encode(context + continuation));
+  const ctx = Array.from(encode(context));
+  return { context: ctx, continuation: whole.slice(ctx.length) };
+}
