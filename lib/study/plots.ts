@@ -131,7 +131,7 @@ export function renderSvg(c: Chart): string {
     if (!(r.y > 0) && c.logY) continue;
     const y = Y(r.y).toFixed(1);
     o.push(`<line x1="${px0}" y1="${y}" x2="${px1}" y2="${y}" stroke="#444" stroke-width="1.5" stroke-dasharray="2,4"/>`);
-    o.push(`<text x="${px1 - 4}" y="${y}" dy="-5" text-anchor="end" font-size="12" fill="#444">${esc(r.label)}</text>`);
+    o.push(`<text x="${px0 + 6}" y="${y}" dy="-5" text-anchor="start" font-size="12" fill="#444">${esc(r.label)}</text>`);
   }
   // series
   o.push(`<g clip-path="none">`);
@@ -270,7 +270,7 @@ export function studyCharts(data: StudyData): [string, Chart][] {
         'robustness',
         {
           title: `Perplexity ratio to full precision vs weight bits`,
-          subtitle: `${TASK_NAMES[col.key] ?? col.key}; best weight-only method at each width; lower = more robust`,
+          subtitle: `${TASK_NAMES[col.key] ?? col.key}; best weight-only method at each width; lower = more robust (usually the bigger model)`,
           xLabel: 'weight bits (#W)',
           yLabel: 'quantized ppl / FP ppl (log scale)',
           logY: true,

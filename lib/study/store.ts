@@ -142,7 +142,7 @@ export class ResultStore {
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
         const pid = Number(fs.readFileSync(file, 'utf8'));
-        if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
+        if (Number.isInteger(pid) && pid > 0 && alive(pid)) {
           throw new LowbitError('BAD_ARGUMENT', `${this.dir} is in use by another lowbit study (pid ${pid}); wait for it or remove ${file}`);
         }
         fs.rmSync(file, { force: true }); // stale: its process is gone (killed)
