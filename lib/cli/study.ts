@@ -56,15 +56,16 @@ interface Preset {
 const PRESETS: Record<'paper' | 'default', Preset> = {
   // The study as published: full evaluation (all windows, all examples), 128 calibration windows.
   paper: { models: [DEFAULT_MODEL_DIR], blocks: PAPER_BLOCKS, tasks: PAPER_TASKS, seqlen: 2048, calibIds: BUNDLED_CALIB_IDS },
-  // The small default job on the bundled model (npm start): a few windows, 16 calibration windows.
+  // The small default job on the bundled model (npm start): 2 perplexity windows of 2048 tokens per task,
+  // 8 calibration windows, zero-shot tasks (where this build has them) on 200 examples each.
   default: {
     models: [DEFAULT_MODEL_DIR],
     blocks: DEFAULT_BLOCKS,
     tasks: PAPER_TASKS,
-    maxWindows: 4,
+    maxWindows: 2,
     seqlen: 2048,
     limit: 200,
-    nsamples: 16,
+    nsamples: 8,
     calibIds: BUNDLED_CALIB_IDS,
   },
 };
