@@ -2,6 +2,8 @@
 import { Command } from 'commander';
 import { evalCommand } from './eval';
 import { quantizeCommand } from './quantize';
+import { reportCommand } from './report';
+import { studyCommand } from './study';
 
 // eslint-disable-next-line @typescript-eslint/no-var-requires
 const { version } = require('../../package.json');
@@ -12,4 +14,6 @@ const program = new Command('lowbit')
   .showHelpAfterError();
 program.addCommand(evalCommand());
 program.addCommand(quantizeCommand());
+program.addCommand(studyCommand());
+program.addCommand(reportCommand());
 program.parseAsync(process.argv);

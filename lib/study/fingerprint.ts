@@ -1,0 +1,137 @@
+// A cell's fingerprint: sha256 over everything its results depend on — the model's files (full sha256 of
+// each safetensors file, computed once and cached in the study folder under path + size + mtime), the
+// quantization spec (canonical JSON), the calibration ids, the evaluation settings with the data files'
+// sizes and mtimes, and lowbit's version. Same fingerprint ⇒ the stored result stands; anything changed ⇒ rerun.
+import * as crypto from 'crypto';
+import * as fs from 'fs';
+import * as path from 'path';
+import type { CalibrationSet } from '../calibrate/calibration';
+import type { QuantSpec } from '../quant/spec';
+import { writeFileAtomically } from './store';
+
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+export const LOWBIT_VERSION: string = require('../../package.json').version;
+
+/** JSON with object keys sorted at every level, so equal values always give equal text. */
+export function canonicalJson(v: unknown): string {
+  if (v === null || typeof v !== 'object') return JSON.stringify(v) ?? 'null';
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  const o = v as Record<string, unknown>;
+  return `{${Object.keys(o)
+    .filter((k) => o[k] !== undefined)
+    .sort()
+    .map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`)
+    .join(',')}}`;
+}
+
+export function sha256(data: string | Uint8Array): string {
+  return crypto.createHash('sha256').update(data).digest('hex');
+}
+
+/** Full sha256 of files, cached in DIR/hashes.json under absolute path + size + mtime (a changed file is hashed again). */
+export class FileHashCache {
+  private readonly file: string;
+  private entries: Record<string, { size: number; mtimeMs: number; sha256: string }> = {};
+  private dirty = false;
+
+  constructor(studyDir: string) {
+    this.file = path.join(studyDir, 'hashes.json');
+    try {
+      this.entries = JSON.parse(fs.readFileSync(this.file, 'utf8'));
+    } catch {
+      this.entries = {}; // absent or unreadable: hashes are recomputed
+    }
+  }
+
+  hash(file: string): string {
+    const abs = path.resolve(file);
+    const st = fs.statSync(abs);
+    const e = this.entries[abs];
+    if (e && e.size === st.size && e.mtimeMs === st.mtimeMs) return e.sha256;
+    const h = crypto.createHash('sha256');
+    const fd = fs.openSync(abs, 'r');
+    try {
+      const buf = Buffer.allocUnsafe(1 << 22);
+      let n: number;
+      while ((n = fs.readSync(fd, buf, 0, buf.length, null)) > 0) h.update(buf.subarray(0, n));
+    } finally {
+      fs.closeSync(fd);
+    }
+    const digest = h.digest('hex');
+    this.entries[abs] = { size: st.size, mtimeMs: st.mtimeMs, sha256: digest };
+    this.dirty = true;
+    return digest;
+  }
+
+  save(): void {
+    if (!this.dirty) return;
+    writeFileAtomically(this.file, JSON.stringify(this.entries, null, 1) + '\n');
+    this.dirty = false;
+  }
+}
+
+/** The model's identity: the sha256 of each weight file, config.json and the tokenizer files (by name). */
+export function modelIdentity(modelDir: string, weightFiles: string[], cache: FileHashCache): Record<string, string> {
+  const id: Record<string, string> = {};
+  const files = [...weightFiles.map((f) => path.resolve(modelDir, f))];
+  for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json']) {
+    const p = path.join(modelDir, f);
+    if (fs.existsSync(p)) files.push(p);
+  }
+  for (const f of files) id[path.basename(f)] = cache.hash(f);
+  return id;
+}
+
+/** Sizes and mtimes of the data folder's files (the evaluation and calibration data). */
+export function dataIdentity(dataDir: string): Record<string, [number, number]> {
+  const out: Record<string, [number, number]> = {};
+  const walk = (dir: string, rel: string) => {
+    let names: string[];
+    try {
+      names = fs.readdirSync(dir).sort();
+    } catch {
+      return;
+    }
+    for (const n of names) {
+      const p = path.join(dir, n);
+      const st = fs.statSync(p);
+      if (st.isDirectory()) walk(p, rel + n + '/');
+      else out[rel + n] = [st.size, Math.round(st.mtimeMs)];
+    }
+  };
+  walk(path.resolve(dataDir), '');
+  return out;
+}
+
+export interface EvalSettings {
+  tasks: string[];
+  seqLen: number;
+  maxWindows?: number;
+  limit?: number;
+  dataDir: string;
+}
+
+export function calibrationIdentity(c: CalibrationSet): { nsamples: number; seqLen: number; source: string; ids: string } {
+  const ids = sha256(new Uint8Array(c.ids.buffer, c.ids.byteOffset, c.ids.byteLength));
+  // The source is named by its base name only, so the same ids from another folder fingerprint alike.
+  return { nsamples: c.nsamples, seqLen: c.seqLen, source: path.basename(c.source), ids };
+}
+
+export function cellFingerprint(parts: {
+  model: Record<string, string>;
+  spec?: QuantSpec;
+  calibration?: ReturnType<typeof calibrationIdentity>;
+  eval: EvalSettings;
+  data: Record<string, [number, number]>;
+}): string {
+  return sha256(
+    canonicalJson({
+      lowbit: LOWBIT_VERSION,
+      model: parts.model,
+      spec: parts.spec ?? null,
+      calibration: parts.calibration ?? null,
+      eval: { tasks: parts.eval.tasks, seqLen: parts.eval.seqLen, maxWindows: parts.eval.maxWindows ?? null, limit: parts.eval.limit ?? null },
+      data: parts.data,
+    }),
+  );
+}
