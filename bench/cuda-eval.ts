@@ -3,7 +3,7 @@
 // awaited call, and of the device time between CUDA events inside it). Pair: bench/cuda_eval_torch.py, the
 // same shapes through PyTorch/transformers (bf16, SDPA, logits + cross-entropy); bench/cuda-eval.sh runs both.
 //
-//   node dist-dev/bench/cuda-eval.js <model-dir> [--batch 8] [--seqlen 2048] [--reps 10] [--dtype bf16] [--ids-out f]
+//   node dist-dev/bench/cuda-eval.js <model-dir> [--batch 8] [--seqlen 2048] [--reps 10] [--dtype bf16] [--act-fp32] [--ids-out f]
 import * as fs from 'fs';
 import { GpuDType, GpuModel, cudaDevices } from '../lib/eval/cuda';
 import { loadModel } from '../lib/load/model';
@@ -24,6 +24,7 @@ async function main(): Promise<void> {
   const seqLen = Number(arg('seqlen', '2048'));
   const reps = Number(arg('reps', '10'));
   const dtype = arg('dtype', 'bf16') as GpuDType;
+  const actFp32 = process.argv.includes('--act-fp32');
   const devs = cudaDevices();
   if (!devs.length) throw new Error('no CUDA device');
   const model = loadModel(dir);
@@ -37,7 +38,7 @@ async function main(): Promise<void> {
   const idsOut = arg('ids-out', '');
   if (idsOut) fs.writeFileSync(idsOut, Buffer.from(ids.buffer));
   const t0 = performance.now();
-  const gpu = await GpuModel.create(model, { dtype });
+  const gpu = await GpuModel.create(model, { dtype, actFp32 });
   const uploadS = (performance.now() - t0) / 1000;
   let nll = await gpu.score(ids, seqLen); // warm-up (workspace allocation, cuBLAS heuristics)
   nll = await gpu.score(ids, seqLen);
@@ -56,7 +57,7 @@ async function main(): Promise<void> {
   const out = {
     impl: 'lowbit-cuda',
     device: devs[0].name,
-    dtype,
+    dtype: dtype + (actFp32 && dtype !== 'fp32' ? '+fp32act' : ''),
     layers: model.config.numLayers,
     batch,
     seqLen,

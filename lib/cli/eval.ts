@@ -15,6 +15,7 @@ interface EvalCliOptions extends QuantCliOptions {
   json?: boolean;
   device?: string;
   dtype: GpuDType;
+  fp32Activations?: boolean;
 }
 
 export function evalCommand(): Command {
@@ -27,6 +28,7 @@ export function evalCommand(): Command {
     .option('--threads <n>', 'worker threads (default: one per core)', intOption('--threads', 1, 1024))
     .option('--device <dev>', 'cpu, cuda or cuda:N (default: cuda when a GPU and a CUDA build are there, else cpu)')
     .option('--dtype <t>', `weights and activations on the GPU: ${GPU_DTYPES.join(', ')} (fp32 accumulation)`, gpuDtypeOption, 'bf16')
+    .option('--fp32-activations', 'with --dtype bf16/fp16 on the GPU: keep activations fp32 (closer to fp32, slower)')
     .option('--json', 'print exactly one JSON document on stdout');
   addQuantOptions(cmd);
   return cmd.action(async (modelDir: string, o: EvalCliOptions) => {
@@ -44,7 +46,7 @@ export function evalCommand(): Command {
         const quant = spec ? quantSummary(await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal)) : undefined;
         if (device.type === 'cuda') {
           if (model.quantization?.actBits) progress.log('lowbit: note: activation quantization runs on the CPU path; evaluating on the CPU');
-          else await toDevice(model, device, { dtype: o.dtype });
+          else await toDevice(model, device, { dtype: o.dtype, actFp32: o.fp32Activations });
         }
         const results = await evaluate(model, (t) => tok.encode(t), {
           tasks: o.tasks,
@@ -58,7 +60,7 @@ export function evalCommand(): Command {
         progress.stop();
         const seconds = (performance.now() - t0) / 1000;
         if (o.json) {
-          process.stdout.write(JSON.stringify({ model: model.dir, ...(quant ? { quant } : {}), device: deviceName(device), ...(device.type === 'cuda' ? { dtype: o.dtype } : {}), threads, results, seconds }) + '\n');
+          process.stdout.write(JSON.stringify({ model: model.dir, ...(quant ? { quant } : {}), device: deviceName(device), ...(device.type === 'cuda' ? { dtype: o.dtype, fp32Activations: !!o.fp32Activations || o.dtype === 'fp32' } : {}), threads, results, seconds }) + '\n');
         } else {
           printTable(model.dir + (quant ? ` (${quant.spec})` : '') + ` on ${deviceName(device)}${device.type === 'cuda' ? ` (${o.dtype})` : ''}`, results, seconds);
         }

@@ -83,9 +83,15 @@ export function resolveDevice(requested?: string): DeviceSpec {
   return d;
 }
 
+export interface GpuOptions {
+  dtype?: GpuDType;
+  actFp32?: boolean;
+}
+
 export interface GpuModelInfo {
   device: number;
   dtype: GpuDType;
+  actFp32: boolean;
   weightBytes: number;
   /** device time of the last score() call (CUDA events), ms */
   lastGpuMs: number;
@@ -95,14 +101,19 @@ export interface GpuModelInfo {
 export class GpuModel {
   private constructor(private handle: unknown) {}
 
-  static async create(model: LoadedModel, opts: { device?: number; dtype?: GpuDType } = {}): Promise<GpuModel> {
+  /**
+   * dtype: the weights' type on the GPU. By default activations use it too (bf16/fp16 tensor cores all the
+   * way, like a framework's bf16 run); actFp32 keeps activations fp32 with 16-bit weights (each GEMM input
+   * split into two 16-bit halves, fp32 attention): within ~1e-4 of the fp32 forward, slower.
+   */
+  static async create(model: LoadedModel, opts: GpuOptions & { device?: number } = {}): Promise<GpuModel> {
     const dtype = opts.dtype ?? 'bf16';
     if (!GPU_DTYPES.includes(dtype)) throw new LowbitError('BAD_ARGUMENT', `dtype must be one of ${GPU_DTYPES.join(', ')}, got "${dtype}"`);
     if (typeof addon.gpuModelCreate !== 'function') throw new LowbitError('UNSUPPORTED', 'lowbit was built without CUDA');
     const w = model.weights;
     const handle = await addon.gpuModelCreate(
       { cfg: model.config, layers: w.layers, embed: w.embed, lmHead: w.lmHead, finalNorm: w.finalNorm },
-      { device: opts.device ?? 0, dtype },
+      { device: opts.device ?? 0, dtype, actFp32: opts.actFp32 ?? false },
     );
     return new GpuModel(handle);
   }
@@ -135,13 +146,13 @@ export function gpuOf(model: LoadedModel): GpuModel | undefined {
 export async function toDevice(
   model: LoadedModel,
   device: DeviceSpec | string,
-  opts: { dtype?: GpuDType } = {},
+  opts: GpuOptions = {},
 ): Promise<GpuModel | undefined> {
   const d = typeof device === 'string' ? resolveDevice(device) : device;
   attached.get(model)?.free();
   attached.delete(model);
   if (d.type === 'cpu') return undefined;
-  const gpu = await GpuModel.create(model, { device: d.index, dtype: opts.dtype });
+  const gpu = await GpuModel.create(model, { ...opts, device: d.index });
   attached.set(model, gpu);
   return gpu;
 }

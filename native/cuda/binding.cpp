@@ -1,9 +1,9 @@
 // N-API bindings of the CUDA backend (built only with LOWBIT_CUDA; stub.cpp stands in otherwise).
 //   cudaInfo() → {built: true, runtimeVersion, driverVersion, error?}
 //   cudaDevices() → [{index, name, computeCapability, multiProcessors, totalMemory}] ([] without GPU/driver)
-//   gpuModelCreate({cfg, layers, embed, lmHead, finalNorm}, {device, dtype}) → Promise<handle>
+//   gpuModelCreate({cfg, layers, embed, lmHead, finalNorm}, {device, dtype, actFp32}) → Promise<handle>
 //   gpuScore(handle, ids: Int32Array, seqLen) → Promise<Float64Array>  (per-position NLL, 0 at each last position)
-//   gpuModelInfo(handle) → {device, dtype, weightBytes, lastGpuMs}
+//   gpuModelInfo(handle) → {device, dtype, actFp32, weightBytes, lastGpuMs}
 //   gpuModelFree(handle)
 //   cudaSelfTest({device, dtype, nseq, seqLen, heads, kvHeads, headDim}) → {relError, report}
 #include <atomic>
@@ -129,8 +129,9 @@ Napi::Value GpuModelCreate(const Napi::CallbackInfo& info) {
     else if (dt == "bf16" || dt == "bfloat16") dtype = 1;
     else if (dt == "fp16" || dt == "f16" || dt == "float16") dtype = 2;
     else throw std::invalid_argument("dtype must be bf16, fp16 or fp32, got '" + dt + "'");
+    const bool act32 = opts.Has("actFp32") && opts.Get("actFp32").ToBoolean();
     auto result = std::make_shared<std::shared_ptr<cuda::GpuModel>>();
-    return run_async(info.Env(), [=] { *result = cuda::create_model(*hm, device, dtype); },
+    return run_async(info.Env(), [=] { *result = cuda::create_model(*hm, device, dtype, act32); },
                      [result](Napi::Env env) -> Napi::Value {
                        Box* b = new Box();
                        b->model = *result;
@@ -172,6 +173,7 @@ Napi::Value GpuModelInfo(const Napi::CallbackInfo& info) {
     Napi::Object r = Napi::Object::New(info.Env());
     r.Set("device", cuda::model_device(*b->model));
     r.Set("dtype", dtype_name(cuda::model_dtype(*b->model)));
+    r.Set("actFp32", cuda::model_act32(*b->model));
     r.Set("weightBytes", static_cast<double>(cuda::model_bytes(*b->model)));
     r.Set("lastGpuMs", static_cast<double>(b->last_ms->load()));
     return r;

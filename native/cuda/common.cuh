@@ -75,6 +75,9 @@ void silu_mul(const TIn* gu, TOut* out, int64_t T, int64_t inter, cudaStream_t s
 void add_bias(float* y, const float* b, int64_t T, int64_t n, cudaStream_t st);
 template <class T>
 void add_bias_t(T* y, const float* b, int64_t T_, int64_t n, cudaStream_t st);
+// x ≈ hi + lo with hi = T(x), lo = T(x - hi)
+template <class T>
+void split_hi_lo(const float* x, T* hi, T* lo, int64_t n, cudaStream_t st);
 // float → T cast (weights upload)
 template <class T>
 void cast_from_f32(const float* x, T* y, int64_t n, cudaStream_t st);

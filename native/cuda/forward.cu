@@ -77,6 +77,7 @@ struct GpuLayer {
 class GpuModel {
  public:
   int dev = 0, dtype = 1;
+  bool act32 = false;  // fp32 activations with 16-bit weights (split GEMMs, fp32 attention)
   ModelCfg cfg;
   int64_t nlayers = 0;
   std::vector<std::unique_ptr<GpuLayer>> layers;
@@ -90,7 +91,7 @@ class GpuModel {
   std::mutex mu;
   // workspace
   int64_t wsT = 0, rope_L = 0, rb = 0;
-  DevBuf h, xn, qkv, q, k, v, att, gu, act, logits, ids, tgt, nll, cosv, sinv;
+  DevBuf h, xn, qkv, q, k, v, att, gu, act, logits, ids, tgt, nll, cosv, sinv, split_hi, split_lo;
 
   ~GpuModel() {
     cudaSetDevice(dev);
@@ -136,8 +137,13 @@ class GpuModel {
 
   void ensure_workspace(int64_t T, int64_t L) {
     const ModelCfg& c = cfg;
-    const size_t es = esize(dtype);
+    const size_t es = act32 ? 4 : esize(dtype);
     if (T > wsT) {
+      if (act32 && dtype != 0) {
+        const int64_t maxin = std::max(std::max(c.hidden, c.inter), c.nh * c.hd);
+        split_hi.alloc(T * maxin * esize(dtype));
+        split_lo.alloc(T * maxin * esize(dtype));
+      }
       const int64_t dqkv = (c.nh + 2 * c.nkv) * c.hd;
       h.alloc(T * c.hidden * 4);
       xn.alloc(T * c.hidden * es);
@@ -181,8 +187,8 @@ class GpuModel {
 
 namespace {
 
-void gemm(GpuModel& m, const void* X, const void* W, void* Y, cudaDataType_t yt, int64_t T, int64_t out, int64_t in,
-          float beta) {
+void gemm_raw(GpuModel& m, const void* X, const void* W, void* Y, cudaDataType_t yt, int64_t T, int64_t out, int64_t in,
+              float beta) {
   const cudaDataType_t ab = m.dtype == 0 ? CUDA_R_32F : (m.dtype == 1 ? CUDA_R_16BF : CUDA_R_16F);
   const float alpha = 1.0f;
   LB_CKB(cublasGemmEx(m.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(T), static_cast<int>(in),
@@ -190,7 +196,21 @@ void gemm(GpuModel& m, const void* X, const void* W, void* Y, cudaDataType_t yt,
                       static_cast<int>(out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-template <class T>
+// Y = X·Wᵀ (+ beta·Y). X in the activation type TA; with fp32 activations and 16-bit weights X is split
+// into hi + lo in the weights' type (x = hi + lo to ~2^-17 relative) and applied as two GEMMs.
+template <class TW, class TA>
+void gemm(GpuModel& m, const TA* X, const void* W, void* Y, cudaDataType_t yt, int64_t T, int64_t out, int64_t in,
+          float beta) {
+  if constexpr (std::is_same<TW, TA>::value) {
+    gemm_raw(m, X, W, Y, yt, T, out, in, beta);
+  } else {
+    split_hi_lo<TW>(X, m.split_hi.as<TW>(), m.split_lo.as<TW>(), T * in, m.stream);
+    gemm_raw(m, m.split_hi.p, W, Y, yt, T, out, in, beta);
+    gemm_raw(m, m.split_lo.p, W, Y, yt, T, out, in, 1.f);
+  }
+}
+
+template <class TW, class T>
 void forward_impl(GpuModel& m, int64_t nseq, int64_t L) {
   const ModelCfg& c = m.cfg;
   const int64_t Tn = nseq * L;
@@ -198,32 +218,32 @@ void forward_impl(GpuModel& m, int64_t nseq, int64_t L) {
   const cudaDataType_t tt = CudaType<T>::value;
   float* h = m.h.as<float>();
   T* xn = m.xn.as<T>();
-  embed<T>(m.embed.as<T>(), m.ids.as<int32_t>(), h, Tn, c.hidden, st);
-  const bool fast = !std::getenv("LOWBIT_CUDA_REF_ATTENTION");
+  embed<TW>(m.embed.as<TW>(), m.ids.as<int32_t>(), h, Tn, c.hidden, st);
+  const bool fast = !std::getenv("LOWBIT_CUDA_REF_ATTENTION");  // fp32 T: always the fp32 kernel
   for (int64_t l = 0; l < m.nlayers; ++l) {
     GpuLayer& w = *m.layers[l];
     rmsnorm<T>(h, w.in_norm.as<float>(), xn, Tn, c.hidden, c.eps, st);
     const int64_t dqkv = (c.nh + 2 * c.nkv) * c.hd;
-    gemm(m, xn, w.w_qkv.p, m.qkv.p, CUDA_R_32F, Tn, dqkv, c.hidden, 0.f);
+    gemm<TW, T>(m, xn, w.w_qkv.p, m.qkv.p, CUDA_R_32F, Tn, dqkv, c.hidden, 0.f);
     qkv_post<T>(m.qkv.as<float>(), w.b_qkv.as<float>(), w.q_norm.as<float>(), w.k_norm.as<float>(),
                 m.cosv.as<float>(), m.sinv.as<float>(), m.q.as<T>(), m.k.as<T>(), m.v.as<T>(), Tn, L,
                 static_cast<int>(c.nh), static_cast<int>(c.nkv), static_cast<int>(c.hd), c.eps, st);
     attention<T>(m.q.as<T>(), m.k.as<T>(), m.v.as<T>(), m.att.as<T>(), nseq, L, static_cast<int>(c.nh),
                  static_cast<int>(c.nkv), static_cast<int>(c.hd), fast, st);
-    gemm(m, m.att.p, w.w_o.p, h, CUDA_R_32F, Tn, c.hidden, c.nh * c.hd, 1.f);
+    gemm<TW, T>(m, m.att.as<T>(), w.w_o.p, h, CUDA_R_32F, Tn, c.hidden, c.nh * c.hd, 1.f);
     if (w.b_o.p) add_bias(h, w.b_o.as<float>(), Tn, c.hidden, st);
     rmsnorm<T>(h, w.post_norm.as<float>(), xn, Tn, c.hidden, c.eps, st);
-    gemm(m, xn, w.w_gu.p, m.gu.p, tt, Tn, 2 * c.inter, c.hidden, 0.f);
+    gemm<TW, T>(m, xn, w.w_gu.p, m.gu.p, tt, Tn, 2 * c.inter, c.hidden, 0.f);
     if (w.b_gu.p) add_bias_t<T>(m.gu.as<T>(), w.b_gu.as<float>(), Tn, 2 * c.inter, st);
     silu_mul<T, T>(m.gu.as<T>(), m.act.as<T>(), Tn, c.inter, st);
-    gemm(m, m.act.p, w.w_down.p, h, CUDA_R_32F, Tn, c.hidden, c.inter, 1.f);
+    gemm<TW, T>(m, m.act.as<T>(), w.w_down.p, h, CUDA_R_32F, Tn, c.hidden, c.inter, 1.f);
     if (w.b_down.p) add_bias(h, w.b_down.as<float>(), Tn, c.hidden, st);
   }
   rmsnorm<T>(h, m.final_norm.as<float>(), xn, Tn, c.hidden, c.eps, st);
   const void* headw = m.tied ? m.embed.p : m.head.p;
   for (int64_t r0 = 0; r0 < Tn; r0 += m.rb) {
     const int64_t nr = std::min(m.rb, Tn - r0);
-    gemm(m, xn + r0 * c.hidden, headw, m.logits.p, CUDA_R_32F, nr, c.vocab, c.hidden, 0.f);
+    gemm<TW, T>(m, xn + r0 * c.hidden, headw, m.logits.p, CUDA_R_32F, nr, c.vocab, c.hidden, 0.f);
     lse_nll(m.logits.as<float>(), m.tgt.as<int32_t>() + r0, m.nll.as<double>() + r0, nr, c.vocab, st);
   }
 }
@@ -269,7 +289,7 @@ int driver_version() {
   return v;
 }
 
-std::shared_ptr<GpuModel> create_model(const HostModel& hm, int device, int dtype) {
+std::shared_ptr<GpuModel> create_model(const HostModel& hm, int device, int dtype, bool act32) {
   if (dtype < 0 || dtype > 2) throw std::invalid_argument("dtype must be fp32, bf16 or fp16");
   const ModelCfg& c = hm.cfg;
   int ndev = 0;
@@ -280,6 +300,7 @@ std::shared_ptr<GpuModel> create_model(const HostModel& hm, int device, int dtyp
   auto m = std::make_shared<GpuModel>();
   m->dev = device;
   m->dtype = dtype;
+  m->act32 = act32 || dtype == 0;
   m->cfg = c;
   m->nlayers = static_cast<int64_t>(hm.layers.size());
   const size_t es = esize(dtype);
@@ -356,6 +377,7 @@ std::shared_ptr<GpuModel> create_model(const HostModel& hm, int device, int dtyp
 uint64_t model_bytes(const GpuModel& m) { return m.weight_bytes; }
 int model_device(const GpuModel& m) { return m.dev; }
 int model_dtype(const GpuModel& m) { return m.dtype; }
+bool model_act32(const GpuModel& m) { return m.act32; }
 
 void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll, float* gpu_ms) {
   std::lock_guard<std::mutex> lk(m.mu);
@@ -373,9 +395,11 @@ void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll
   LB_CK(cudaMemcpyAsync(m.ids.p, ids, Tn * 4, cudaMemcpyHostToDevice, m.stream));
   LB_CK(cudaMemcpyAsync(m.tgt.p, tg.data(), Tn * 4, cudaMemcpyHostToDevice, m.stream));
   LB_CK(cudaEventRecord(m.ev0, m.stream));
-  if (m.dtype == 0) forward_impl<float>(m, nseq, L);
-  else if (m.dtype == 1) forward_impl<bf16>(m, nseq, L);
-  else forward_impl<f16>(m, nseq, L);
+  if (m.dtype == 0) forward_impl<float, float>(m, nseq, L);
+  else if (m.dtype == 1 && m.act32) forward_impl<bf16, float>(m, nseq, L);
+  else if (m.dtype == 1) forward_impl<bf16, bf16>(m, nseq, L);
+  else if (m.act32) forward_impl<f16, float>(m, nseq, L);
+  else forward_impl<f16, f16>(m, nseq, L);
   LB_CK(cudaEventRecord(m.ev1, m.stream));
   LB_CK(cudaMemcpyAsync(nll, m.nll.p, Tn * 8, cudaMemcpyDeviceToHost, m.stream));
   LB_CK(cudaStreamSynchronize(m.stream));

@@ -55,10 +55,13 @@ class GpuModel;
 
 // Uploads every weight to device `device` as `dtype` (0 fp32, 1 bf16, 2 fp16); throws std::runtime_error
 // (with the CUDA/cuBLAS error named) on failure, including "does not fit" before allocating.
-std::shared_ptr<GpuModel> create_model(const HostModel& m, int device, int dtype);
+// act32: fp32 activations with 16-bit weights (each GEMM input split into hi + lo 16-bit halves, two GEMMs;
+// fp32 attention): close to the fp32 result at 2× the GEMM cost. Ignored (always on) for fp32 weights.
+std::shared_ptr<GpuModel> create_model(const HostModel& m, int device, int dtype, bool act32 = false);
 uint64_t model_bytes(const GpuModel& m);
 int model_device(const GpuModel& m);
 int model_dtype(const GpuModel& m);
+bool model_act32(const GpuModel& m);
 
 // Per-position next-token NLL of ids [nseq, L]: nll[s*L+t] for the target ids[s*L+t+1]; the last position
 // of every sequence gets 0. gpu_ms (optional) receives the device time of the whole forward (events).

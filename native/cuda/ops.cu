@@ -120,7 +120,25 @@ __global__ void cast_kernel(const float* __restrict__ x, T* __restrict__ y, int6
     y[i] = from_f<T>(x[i]);
 }
 
+template <class T>
+__global__ void split_kernel(const float* __restrict__ x, T* __restrict__ hi, T* __restrict__ lo, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const float v = x[i];
+    const T h = from_f<T>(v);
+    hi[i] = h;
+    lo[i] = from_f<T>(v - to_f(h));
+  }
+}
+
 }  // namespace
+
+template <class T>
+void split_hi_lo(const float* x, T* hi, T* lo, int64_t n, cudaStream_t st) {
+  split_kernel<T><<<blocks_for(n, 256), 256, 0, st>>>(x, hi, lo, n);
+  LB_LAUNCHED();
+}
+template void split_hi_lo<bf16>(const float*, bf16*, bf16*, int64_t, cudaStream_t);
+template void split_hi_lo<f16>(const float*, f16*, f16*, int64_t, cudaStream_t);
 
 template <class TOut>
 void rmsnorm(const float* x, const float* w, TOut* y, int64_t rows, int64_t n, float eps, cudaStream_t st) {
