@@ -1,4 +1,5 @@
-import { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
+import { deviceName, GPU_DTYPES, GpuDType, resolveDevice, toDevice } from '../eval/cuda';
 import { evaluate, TaskResult } from '../eval/evaluate';
 import { TASKS, TASK_NAMES } from '../eval/tasks/registry';
 import { loadModel, scanNonFinite } from '../load/model';
@@ -14,6 +15,9 @@ interface EvalCliOptions extends QuantCliOptions {
   limit?: number;
   threads?: number;
   json?: boolean;
+  device?: string;
+  dtype: GpuDType;
+  fp32Activations?: boolean;
 }
 
 export function evalCommand(): Command {
@@ -25,6 +29,9 @@ export function evalCommand(): Command {
     .option('--max-windows <n>', 'score at most N windows per task', intOption('--max-windows', 1))
     .option('--limit <n>', 'lm-eval tasks: the first N documents of each (mmlu: of each subject)', intOption('--limit', 1))
     .option('--threads <n>', 'worker threads (default: one per core)', intOption('--threads', 1, 1024))
+    .option('--device <dev>', 'cpu, cuda or cuda:N (default: cuda when a GPU and a CUDA build are there, else cpu)')
+    .option('--dtype <t>', `weights and activations on the GPU: ${GPU_DTYPES.join(', ')} (fp32 accumulation)`, gpuDtypeOption, 'bf16')
+    .option('--fp32-activations', 'with --dtype bf16/fp16 on the GPU: keep activations fp32 (closer to fp32, slower)')
     .option('--json', 'print exactly one JSON document on stdout')
     .addHelpText('after', '\nTasks:\n' + TASK_NAMES.map((t) => `  ${t.padEnd(15)} ${TASKS[t].description}`).join('\n'));
   addQuantOptions(cmd);
@@ -33,6 +40,7 @@ export function evalCommand(): Command {
         const signal = interruptSignal();
         const t0 = performance.now();
         const threads = applyThreads(o.threads);
+        const device = resolveDevice(o.device);
         const model = await loadModel(modelDir);
         const tok = await loadTokenizer(modelDir);
         const progress = createProgress(process.stderr, false);
@@ -40,6 +48,10 @@ export function evalCommand(): Command {
         const bad = scanNonFinite(model);
         if (bad.length) progress.log(`lowbit: warning: non-finite values (NaN/Inf) in ${bad.map((b) => `${b.name} (${b.count})`).join(", ")}; results will be NaN`);
         const quant = spec ? quantSummary(await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal)) : undefined;
+        if (device.type === 'cuda') {
+          if (model.quantization?.actBits) progress.log('lowbit: note: activation quantization runs on the CPU path; evaluating on the CPU');
+          else await toDevice(model, device, { dtype: o.dtype, actFp32: o.fp32Activations });
+        }
         const results = await evaluate(model, (t) => tok.encode(t), {
           tasks: o.tasks,
           dataDir: o.dataDir,
@@ -53,15 +65,20 @@ export function evalCommand(): Command {
         progress.stop();
         const seconds = (performance.now() - t0) / 1000;
         if (o.json) {
-          process.stdout.write(JSON.stringify({ model: model.dir, ...(quant ? { quant } : {}), threads, results, seconds }) + '\n');
+          process.stdout.write(JSON.stringify({ model: model.dir, ...(quant ? { quant } : {}), device: deviceName(device), ...(device.type === 'cuda' ? { dtype: o.dtype, fp32Activations: !!o.fp32Activations || o.dtype === 'fp32' } : {}), threads, results, seconds }) + '\n');
         } else {
-          printTable(model.dir + (quant ? ` (${quant.spec})` : ''), results, seconds);
+          printTable(model.dir + (quant ? ` (${quant.spec})` : '') + ` on ${deviceName(device)}${device.type === 'cuda' ? ` (${o.dtype})` : ''}`, results, seconds);
         }
         if (bad.length) process.exitCode = 2;
       } catch (e) {
         fail(e);
       }
     });
+}
+
+function gpuDtypeOption(v: string): GpuDType {
+  if (!(GPU_DTYPES as readonly string[]).includes(v)) throw new InvalidArgumentError(`--dtype must be one of ${GPU_DTYPES.join(', ')}, got "${v}"`);
+  return v as GpuDType;
 }
 
 function printTable(model: string, results: Record<string, TaskResult>, seconds: number): void {

@@ -2,6 +2,7 @@
 // log-softmax/NLL, a batch of equal-length sequences at a time, off the event loop.
 import { addon } from '../native/addon';
 import type { LoadedModel } from '../load/types';
+import { gpuOf } from './cuda';
 
 export interface ForwardOptions {
   /** Per-token dynamic symmetric activation fake quantization at every linear input (W/A methods);
@@ -70,10 +71,15 @@ export async function scoreSequences(
   const nseq = ids.length / seqLen;
   if (!Number.isInteger(nseq)) throw new Error(`ids length ${ids.length} is not a multiple of seqLen ${seqLen}`);
   throwIfAborted(opts.signal);
+  // On a GPU (toDevice): the whole forward and the NLL there. Activation fake-quantization and top-k
+  // logits are CPU-only for now.
+  const gpu = gpuOf(model);
+  const actBits = opts.actBits ?? model.quantization?.actBits ?? 0;
+  if (gpu && !opts.topk && !actBits) return { nll: await gpu.score(ids, seqLen) };
   const h = await embedTokens(model, ids);
   for (let l = 0; l < model.config.numLayers; l++) {
     throwIfAborted(opts.signal);
-    await runLayer(model, l, h, seqLen, { actBits: opts.actBits ?? model.quantization?.actBits ?? 0 });
+    await runLayer(model, l, h, seqLen, { actBits });
   }
   throwIfAborted(opts.signal);
   const targets = new Int32Array(ids.length);

@@ -1,0 +1,224 @@
+// N-API bindings of the CUDA backend (built only with LOWBIT_CUDA; stub.cpp stands in otherwise).
+//   cudaInfo() → {built: true, runtimeVersion, driverVersion, error?}
+//   cudaDevices() → [{index, name, computeCapability, multiProcessors, totalMemory}] ([] without GPU/driver)
+//   gpuModelCreate({cfg, layers, embed, lmHead, finalNorm}, {device, dtype, actFp32}) → Promise<handle>
+//   gpuScore(handle, ids: Int32Array, seqLen) → Promise<Float64Array>  (per-position NLL, 0 at each last position)
+//   gpuModelInfo(handle) → {device, dtype, actFp32, weightBytes, lastGpuMs}
+//   gpuModelFree(handle)
+//   cudaSelfTest({device, dtype, nseq, seqLen, heads, kvHeads, headDim}) → {relError, report}
+#include <atomic>
+#include <cstring>
+#include <memory>
+
+#include "cpu/async.h"
+#include "cpu/registry.h"
+#include "cpu/tensor.h"
+#include "gpu.h"
+
+namespace lowbit {
+namespace {
+
+struct Box {
+  std::shared_ptr<cuda::GpuModel> model;
+  std::shared_ptr<std::atomic<float>> last_ms = std::make_shared<std::atomic<float>>(0.f);
+};
+
+const char* dtype_name(int d) { return d == 0 ? "fp32" : d == 1 ? "bf16" : "fp16"; }
+
+int64_t num(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) throw std::invalid_argument(std::string("missing numeric option '") + key + "'");
+  return v.As<Napi::Number>().Int64Value();
+}
+
+cuda::HostMat host_mat(const Napi::Value& v, int64_t rows, int64_t cols, const char* what) {
+  MatView mv = mat_from_js(v, rows, cols, what);
+  cuda::HostMat m;
+  m.data = mv.data;
+  m.dtype = static_cast<int>(mv.dtype);
+  m.rows = rows;
+  m.cols = cols;
+  return m;
+}
+
+cuda::HostLinear host_linear(const Napi::Object& lin, const char* name, int64_t out, int64_t in) {
+  cuda::HostLinear l;
+  l.w = host_mat(lin.Get("weight"), out, in, name);
+  Napi::Value b = lin.Get("bias");
+  if (!b.IsUndefined() && !b.IsNull()) l.bias = cf32_from_js(b, out, name);
+  return l;
+}
+
+Box* unbox(const Napi::Value& v) {
+  if (!v.IsExternal()) throw std::invalid_argument("expected a GPU model handle");
+  Box* b = v.As<Napi::External<Box>>().Data();
+  if (!b || !b->model) throw std::invalid_argument("the GPU model was freed");
+  return b;
+}
+
+Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("built", true);
+  r.Set("runtimeVersion", cuda::runtime_version());
+  r.Set("driverVersion", cuda::driver_version());
+  std::string why;
+  auto devs = cuda::list_devices(&why);
+  if (devs.empty()) r.Set("error", why.empty() ? "no CUDA device found" : why);
+  return r;
+}
+
+Napi::Value CudaDevices(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string why;
+  auto devs = cuda::list_devices(&why);
+  Napi::Array a = Napi::Array::New(env, devs.size());
+  for (size_t i = 0; i < devs.size(); ++i) {
+    Napi::Object d = Napi::Object::New(env);
+    d.Set("index", devs[i].index);
+    d.Set("name", devs[i].name);
+    d.Set("computeCapability", std::to_string(devs[i].major) + "." + std::to_string(devs[i].minor));
+    d.Set("multiProcessors", devs[i].multiProcessors);
+    d.Set("totalMemory", static_cast<double>(devs[i].totalMemory));
+    a.Set(static_cast<uint32_t>(i), d);
+  }
+  return a;
+}
+
+Napi::Value GpuModelCreate(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Napi::Object o = info[0].As<Napi::Object>();
+    Napi::Object opts = info.Length() > 1 && info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(info.Env());
+    Napi::Object c = o.Get("cfg").As<Napi::Object>();
+    auto hm = std::make_shared<cuda::HostModel>();
+    cuda::ModelCfg& g = hm->cfg;
+    g.hidden = num(c, "hiddenSize");
+    g.inter = num(c, "intermediateSize");
+    g.nh = num(c, "numHeads");
+    g.nkv = num(c, "numKvHeads");
+    g.hd = num(c, "headDim");
+    g.vocab = num(c, "vocabSize");
+    g.eps = c.Get("rmsNormEps").As<Napi::Number>().FloatValue();
+    g.theta = c.Get("ropeTheta").As<Napi::Number>().FloatValue();
+    if (g.nkv <= 0 || g.nh % g.nkv) throw std::invalid_argument("numHeads must be a multiple of numKvHeads");
+    Napi::Array layers = o.Get("layers").As<Napi::Array>();
+    for (uint32_t i = 0; i < layers.Length(); ++i) {
+      Napi::Object L = layers.Get(i).As<Napi::Object>();
+      cuda::HostLayer hl;
+      hl.in_norm = cf32_from_js(L.Get("inputNorm"), g.hidden, "inputNorm");
+      hl.post_norm = cf32_from_js(L.Get("postAttnNorm"), g.hidden, "postAttnNorm");
+      if (L.Has("qNorm") && L.Get("qNorm").IsTypedArray()) hl.q_norm = cf32_from_js(L.Get("qNorm"), g.hd, "qNorm");
+      if (L.Has("kNorm") && L.Get("kNorm").IsTypedArray()) hl.k_norm = cf32_from_js(L.Get("kNorm"), g.hd, "kNorm");
+      Napi::Object lins = L.Get("linears").As<Napi::Object>();
+      hl.q = host_linear(lins.Get("q").As<Napi::Object>(), "q_proj", g.nh * g.hd, g.hidden);
+      hl.k = host_linear(lins.Get("k").As<Napi::Object>(), "k_proj", g.nkv * g.hd, g.hidden);
+      hl.v = host_linear(lins.Get("v").As<Napi::Object>(), "v_proj", g.nkv * g.hd, g.hidden);
+      hl.o = host_linear(lins.Get("o").As<Napi::Object>(), "o_proj", g.hidden, g.nh * g.hd);
+      hl.gate = host_linear(lins.Get("gate").As<Napi::Object>(), "gate_proj", g.inter, g.hidden);
+      hl.up = host_linear(lins.Get("up").As<Napi::Object>(), "up_proj", g.inter, g.hidden);
+      hl.down = host_linear(lins.Get("down").As<Napi::Object>(), "down_proj", g.hidden, g.inter);
+      hm->layers.push_back(hl);
+    }
+    hm->embed = host_mat(o.Get("embed"), g.vocab, g.hidden, "embed_tokens");
+    hm->head = host_mat(o.Get("lmHead"), g.vocab, g.hidden, "lm_head");
+    hm->final_norm = cf32_from_js(o.Get("finalNorm"), g.hidden, "finalNorm");
+    int device = opts.Has("device") && opts.Get("device").IsNumber() ? opts.Get("device").As<Napi::Number>().Int32Value() : 0;
+    std::string dt = opts.Has("dtype") && opts.Get("dtype").IsString() ? opts.Get("dtype").As<Napi::String>().Utf8Value() : "bf16";
+    int dtype;
+    if (dt == "fp32" || dt == "f32" || dt == "float32") dtype = 0;
+    else if (dt == "bf16" || dt == "bfloat16") dtype = 1;
+    else if (dt == "fp16" || dt == "f16" || dt == "float16") dtype = 2;
+    else throw std::invalid_argument("dtype must be bf16, fp16 or fp32, got '" + dt + "'");
+    const bool act32 = opts.Has("actFp32") && opts.Get("actFp32").ToBoolean();
+    auto result = std::make_shared<std::shared_ptr<cuda::GpuModel>>();
+    return run_async(info.Env(), [=] { *result = cuda::create_model(*hm, device, dtype, act32); },
+                     [result](Napi::Env env) -> Napi::Value {
+                       Box* b = new Box();
+                       b->model = *result;
+                       return Napi::External<Box>::New(env, b, [](Napi::Env, Box* p) { delete p; });
+                     },
+                     {info[0]});
+  });
+}
+
+Napi::Value GpuScore(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Box* box = unbox(info[0]);
+    std::shared_ptr<cuda::GpuModel> model = box->model;
+    if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      throw std::invalid_argument("ids: expected an Int32Array");
+    auto ids = info[1].As<Napi::Int32Array>();
+    int64_t L = info[2].As<Napi::Number>().Int64Value();
+    int64_t n = static_cast<int64_t>(ids.ElementLength());
+    if (L <= 0 || n % L) throw std::invalid_argument("ids length " + std::to_string(n) + " is not a multiple of seqLen " + std::to_string(L));
+    const int32_t* idp = ids.Data();
+    auto out = std::make_shared<std::vector<double>>(n);
+    auto ms = std::make_shared<float>(0.f);
+    auto last = box->last_ms;
+    // The external is not an object: keep the model alive through the shared_ptr captured here.
+    return run_async(info.Env(), [=] { cuda::score(*model, idp, n / L, L, out->data(), ms.get()); },
+                     [=](Napi::Env env) -> Napi::Value {
+                       *last = *ms;
+                       auto a = Napi::Float64Array::New(env, n);
+                       std::memcpy(a.Data(), out->data(), n * sizeof(double));
+                       return a;
+                     },
+                     {info[1]});
+  });
+}
+
+Napi::Value GpuModelInfo(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Box* b = unbox(info[0]);
+    Napi::Object r = Napi::Object::New(info.Env());
+    r.Set("device", cuda::model_device(*b->model));
+    r.Set("dtype", dtype_name(cuda::model_dtype(*b->model)));
+    r.Set("actFp32", cuda::model_act32(*b->model));
+    r.Set("weightBytes", static_cast<double>(cuda::model_bytes(*b->model)));
+    r.Set("lastGpuMs", static_cast<double>(b->last_ms->load()));
+    return r;
+  });
+}
+
+Napi::Value GpuModelFree(const Napi::CallbackInfo& info) {
+  if (info[0].IsExternal()) {
+    Box* b = info[0].As<Napi::External<Box>>().Data();
+    if (b) b->model.reset();  // freed now, or when the last in-flight score finishes
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value CudaSelfTest(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Napi::Object o = info[0].As<Napi::Object>();
+    auto get = [&](const char* k, int d) { return o.Has(k) && o.Get(k).IsNumber() ? o.Get(k).As<Napi::Number>().Int32Value() : d; };
+    int device = get("device", 0), nseq = get("nseq", 2), L = get("seqLen", 1000), nh = get("heads", 8),
+        nkv = get("kvHeads", 2), hd = get("headDim", 128);
+    std::string dt = o.Has("dtype") ? o.Get("dtype").As<Napi::String>().Utf8Value() : "bf16";
+    int dtype = dt == "fp16" ? 2 : 1;
+    auto rep = std::make_shared<std::string>();
+    auto rel = std::make_shared<double>(0);
+    return run_async(info.Env(), [=] { *rel = cuda::selftest_attention(device, dtype, nseq, L, nh, nkv, hd, rep.get()); },
+                     [=](Napi::Env env) -> Napi::Value {
+                       Napi::Object r = Napi::Object::New(env);
+                       r.Set("relError", *rel);
+                       r.Set("report", *rep);
+                       return r;
+                     },
+                     {});
+  });
+}
+
+}  // namespace
+
+LOWBIT_EXPORTS {
+  exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
+  exports.Set("cudaDevices", Napi::Function::New(env, CudaDevices));
+  exports.Set("gpuModelCreate", Napi::Function::New(env, GpuModelCreate));
+  exports.Set("gpuScore", Napi::Function::New(env, GpuScore));
+  exports.Set("gpuModelInfo", Napi::Function::New(env, GpuModelInfo));
+  exports.Set("gpuModelFree", Napi::Function::New(env, GpuModelFree));
+  exports.Set("cudaSelfTest", Napi::Function::New(env, CudaSelfTest));
+}
+
+}  // namespace lowbit

@@ -1,0 +1,200 @@
+// Elementwise and row-wise pieces of the decoder forward on the GPU, fp32 math, in the order ops.cpp uses.
+#include "common.cuh"
+
+namespace lowbit {
+namespace cuda {
+namespace {
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// One block per row.
+template <class TOut>
+__global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, TOut* __restrict__ y, int64_t n,
+                               float eps) {
+  __shared__ float part[32];
+  const float* xr = x + blockIdx.x * n;
+  TOut* yr = y + blockIdx.x * n;
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = warp_sum(ss);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) part[0] = v;
+  }
+  __syncthreads();
+  const float inv = 1.0f / sqrtf(part[0] / static_cast<float>(n) + eps);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = from_f<TOut>(w[i] * (xr[i] * inv));
+}
+
+template <class TW>
+__global__ void embed_kernel(const TW* __restrict__ table, const int32_t* __restrict__ ids, float* __restrict__ h,
+                             int64_t n, int64_t hidden) {
+  const int64_t total = n * hidden;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    int64_t r = i / hidden, c = i - r * hidden;
+    h[i] = to_f(table[static_cast<int64_t>(ids[r]) * hidden + c]);
+  }
+}
+
+// One block (4 warps) per token; each warp takes whole heads. Shared: 4 × hd floats.
+template <class TQ>
+__global__ void qkv_post_kernel(const float* __restrict__ qkv, const float* __restrict__ bias,
+                                const float* __restrict__ qn, const float* __restrict__ kn,
+                                const float* __restrict__ cosv, const float* __restrict__ sinv, TQ* __restrict__ q,
+                                TQ* __restrict__ k, TQ* __restrict__ v, int64_t L, int nh, int nkv, int hd, float eps) {
+  extern __shared__ float sh[];
+  const int64_t t = blockIdx.x;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  float* buf = sh + warp * hd;
+  const int heads = nh + 2 * nkv, half = hd / 2;
+  const float* row = qkv + t * static_cast<int64_t>(heads) * hd;
+  const int64_t s = t / L, p = t - s * L;
+  for (int head = warp; head < heads; head += nwarps) {
+    const float* x = row + head * hd;
+    const bool isq = head < nh, isk = !isq && head < nh + nkv;
+    const float* nw = isq ? qn : (isk ? kn : nullptr);
+    float ss = 0.f;
+    for (int i = lane; i < hd; i += 32) {
+      float val = x[i] + (bias ? bias[head * hd + i] : 0.f);
+      buf[i] = val;
+      ss += val * val;
+    }
+    __syncwarp();
+    if (nw) {
+      ss = warp_sum(ss);
+      const float inv = 1.0f / sqrtf(ss / static_cast<float>(hd) + eps);
+      for (int i = lane; i < hd; i += 32) buf[i] = nw[i] * (buf[i] * inv);
+      __syncwarp();
+    }
+    TQ* dst;
+    if (isq) dst = q + ((s * nh + head) * L + p) * hd;
+    else if (isk) dst = k + ((s * nkv + (head - nh)) * L + p) * hd;
+    else dst = v + ((s * nkv + (head - nh - nkv)) * L + p) * hd;
+    if (isq || isk) {
+      const float* c = cosv + p * half;
+      const float* sn = sinv + p * half;
+      for (int i = lane; i < hd; i += 32) {
+        float o;
+        if (i < half) {
+          o = __fsub_rn(__fmul_rn(buf[i], c[i]), __fmul_rn(buf[i + half], sn[i]));
+        } else {
+          int j = i - half;
+          o = __fadd_rn(__fmul_rn(buf[i], c[j]), __fmul_rn(buf[j], sn[j]));
+        }
+        dst[i] = from_f<TQ>(o);
+      }
+    } else {
+      for (int i = lane; i < hd; i += 32) dst[i] = from_f<TQ>(buf[i]);
+    }
+    __syncwarp();
+  }
+}
+
+template <class TIn, class TOut>
+__global__ void silu_mul_kernel(const TIn* __restrict__ gu, TOut* __restrict__ out, int64_t T, int64_t inter) {
+  const int64_t n = T * inter;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    int64_t t = i / inter, c = i - t * inter;
+    float g = to_f(gu[t * 2 * inter + c]), u = to_f(gu[t * 2 * inter + inter + c]);
+    out[i] = from_f<TOut>(g / (1.0f + expf(-g)) * u);
+  }
+}
+
+template <class T>
+__global__ void add_bias_kernel(T* __restrict__ y, const float* __restrict__ b, int64_t T_, int64_t n) {
+  const int64_t total = T_ * n;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+    y[i] = from_f<T>(to_f(y[i]) + b[i % n]);
+}
+
+template <class T>
+__global__ void cast_kernel(const float* __restrict__ x, T* __restrict__ y, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    y[i] = from_f<T>(x[i]);
+}
+
+template <class T>
+__global__ void split_kernel(const float* __restrict__ x, T* __restrict__ hi, T* __restrict__ lo, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const float v = x[i];
+    const T h = from_f<T>(v);
+    hi[i] = h;
+    lo[i] = from_f<T>(v - to_f(h));
+  }
+}
+
+}  // namespace
+
+template <class T>
+void split_hi_lo(const float* x, T* hi, T* lo, int64_t n, cudaStream_t st) {
+  split_kernel<T><<<blocks_for(n, 256), 256, 0, st>>>(x, hi, lo, n);
+  LB_LAUNCHED();
+}
+template void split_hi_lo<bf16>(const float*, bf16*, bf16*, int64_t, cudaStream_t);
+template void split_hi_lo<f16>(const float*, f16*, f16*, int64_t, cudaStream_t);
+
+template <class TOut>
+void rmsnorm(const float* x, const float* w, TOut* y, int64_t rows, int64_t n, float eps, cudaStream_t st) {
+  if (rows <= 0) return;
+  rmsnorm_kernel<TOut><<<static_cast<unsigned>(rows), 256, 0, st>>>(x, w, y, n, eps);
+  LB_LAUNCHED();
+}
+
+template <class TW>
+void embed(const TW* table, const int32_t* ids, float* h, int64_t n, int64_t hidden, cudaStream_t st) {
+  embed_kernel<TW><<<blocks_for(n * hidden, 256), 256, 0, st>>>(table, ids, h, n, hidden);
+  LB_LAUNCHED();
+}
+
+template <class TQ>
+void qkv_post(const float* qkv, const float* bias, const float* q_norm, const float* k_norm, const float* cosv,
+              const float* sinv, TQ* q, TQ* k, TQ* v, int64_t T, int64_t L, int nh, int nkv, int hd, float eps,
+              cudaStream_t st) {
+  if (hd % 2) throw std::invalid_argument("headDim must be even for RoPE");
+  qkv_post_kernel<TQ><<<static_cast<unsigned>(T), 128, 4 * hd * sizeof(float), st>>>(qkv, bias, q_norm, k_norm, cosv,
+                                                                                     sinv, q, k, v, L, nh, nkv, hd, eps);
+  LB_LAUNCHED();
+}
+
+template <class TIn, class TOut>
+void silu_mul(const TIn* gu, TOut* out, int64_t T, int64_t inter, cudaStream_t st) {
+  silu_mul_kernel<TIn, TOut><<<blocks_for(T * inter, 256), 256, 0, st>>>(gu, out, T, inter);
+  LB_LAUNCHED();
+}
+
+void add_bias(float* y, const float* b, int64_t T, int64_t n, cudaStream_t st) { add_bias_t<float>(y, b, T, n, st); }
+
+template <class T>
+void add_bias_t(T* y, const float* b, int64_t T_, int64_t n, cudaStream_t st) {
+  add_bias_kernel<T><<<blocks_for(T_ * n, 256), 256, 0, st>>>(y, b, T_, n);
+  LB_LAUNCHED();
+}
+
+template <class T>
+void cast_from_f32(const float* x, T* y, int64_t n, cudaStream_t st) {
+  cast_kernel<T><<<blocks_for(n, 256), 256, 0, st>>>(x, y, n);
+  LB_LAUNCHED();
+}
+
+#define LB_INST(T)                                                                                              \
+  template void rmsnorm<T>(const float*, const float*, T*, int64_t, int64_t, float, cudaStream_t);             \
+  template void embed<T>(const T*, const int32_t*, float*, int64_t, int64_t, cudaStream_t);                    \
+  template void qkv_post<T>(const float*, const float*, const float*, const float*, const float*, const float*, \
+                            T*, T*, T*, int64_t, int64_t, int, int, int, float, cudaStream_t);                  \
+  template void silu_mul<T, T>(const T*, T*, int64_t, int64_t, cudaStream_t);                                   \
+  template void add_bias_t<T>(T*, const float*, int64_t, int64_t, cudaStream_t);                                \
+  template void cast_from_f32<T>(const float*, T*, int64_t, cudaStream_t);
+LB_INST(float)
+LB_INST(bf16)
+LB_INST(f16)
+#undef LB_INST
+
+}  // namespace cuda
+}  // namespace lowbit

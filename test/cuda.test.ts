@@ -1,0 +1,154 @@
+// The CUDA backend: device selection everywhere; on a machine with a GPU and a CUDA build (`npm run
+// test:cuda` on the GPU host) the GPU forward against the golden NLL (transformers fp32), against the CPU
+// path, the tensor-core attention against the fp32 kernel, and WikiText-2 perplexity. Without a GPU the
+// GPU part is skipped.
+import * as fs from 'fs';
+import * as path from 'path';
+import { cudaDevices, cudaInfo, GpuModel, parseDevice, resolveDevice, toDevice } from '../lib/eval/cuda';
+import { pplText } from '../lib/eval/datasets';
+import { scoreSequences } from '../lib/eval/forward';
+import { perplexity } from '../lib/eval/perplexity';
+import { loadModel } from '../lib/load/model';
+import { loadTokenizer } from '../lib/load/tokenizer';
+import type { LoadedModel } from '../lib/load/types';
+import { addon } from '../lib/native/addon';
+
+/** The package root (the folder holding binding.gyp), also when this test runs compiled from dist-dev/test. */
+function packageRoot(): string {
+  for (let d = __dirname; ; d = path.dirname(d)) {
+    if (fs.existsSync(path.join(d, 'binding.gyp'))) return d;
+    if (path.dirname(d) === d) return path.resolve(__dirname, '..');
+  }
+}
+const ROOT = packageRoot();
+const SHARED = path.resolve(ROOT, '..', 'shared');
+const TINY = path.join(ROOT, 'models', 'qwen3-tiny');
+const SEQ = 256;
+const devices = cudaDevices();
+const gpuDescribe = devices.length > 0 ? describe : describe.skip;
+
+describe('device selection', () => {
+  test('cudaDevices() is an array (empty without a GPU or in a CPU build)', () => {
+    expect(Array.isArray(addon.cudaDevices())).toBe(true);
+    expect(typeof cudaInfo().built).toBe('boolean');
+  });
+  test('parseDevice', () => {
+    expect(parseDevice('cpu')).toEqual({ type: 'cpu' });
+    expect(parseDevice('cuda')).toEqual({ type: 'cuda', index: 0 });
+    expect(parseDevice('cuda:3')).toEqual({ type: 'cuda', index: 3 });
+    expect(() => parseDevice('gpu')).toThrow(/--device must be cpu, cuda or cuda:N/);
+  });
+  test('default is cuda when present, else cpu; a missing cuda is a clear error', () => {
+    expect(resolveDevice().type).toBe(devices.length && cudaInfo().built ? 'cuda' : 'cpu');
+    expect(resolveDevice('cpu')).toEqual({ type: 'cpu' });
+    if (!cudaInfo().built) expect(() => resolveDevice('cuda')).toThrow(/lowbit was built without CUDA/);
+    else if (!devices.length) expect(() => resolveDevice('cuda')).toThrow(/no CUDA device found/);
+    else expect(() => resolveDevice(`cuda:${devices.length}`)).toThrow(/no CUDA device/);
+  });
+});
+
+interface Golden {
+  input_ids: number[][];
+  nll: number[][];
+}
+
+function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>, rows: number, n: number, stride: number): number {
+  let worst = 0;
+  for (let r = 0; r < rows; r++) {
+    for (let t = 0; t < n; t++) {
+      const d = Math.abs(a[r * stride + t] - b[r * stride + t]);
+      worst = Math.max(worst, Number.isFinite(d) ? d : Infinity);
+    }
+  }
+  return worst;
+}
+
+gpuDescribe('CUDA forward of qwen3-tiny', () => {
+  let model: LoadedModel;
+  let g: Golden;
+  let ids: Int32Array;
+  let goldenFlat: Float64Array;
+  let cpu: Float64Array;
+  beforeAll(async () => {
+    model = loadModel(TINY);
+    g = JSON.parse(fs.readFileSync(path.join(SHARED, 'golden', 'qwen3-tiny.json'), 'utf8')).golden as Golden;
+    ids = Int32Array.from([0, 1].flatMap((r) => g.input_ids[r]));
+    goldenFlat = new Float64Array(2 * SEQ);
+    [0, 1].forEach((r) => g.nll[r].forEach((v, t) => (goldenFlat[r * SEQ + t] = v)));
+    cpu = (await scoreSequences(model, ids, SEQ)).nll; // no GPU attached yet: the CPU path
+  });
+
+  // bf16/fp16 activations round every GEMM input, q/k/v and the attention probabilities to 8 (11) bits, so
+  // single positions move by a few 1e-2 (1e-3); with fp32 activations only the weights are 16-bit.
+  test.each([
+    ['fp32', false, 2e-4],
+    ['bf16', true, 2e-3],
+    ['fp16', true, 2e-3],
+    ['bf16', false, 6e-2],
+    ['fp16', false, 1e-2],
+  ] as const)('%s weights (fp32 activations: %s): per-position NLL vs golden (transformers fp32) and vs the CPU path', async (dtype, actFp32, tol) => {
+    const gpu = await GpuModel.create(model, { dtype, actFp32 });
+    try {
+      const nll = await gpu.score(ids, SEQ);
+      expect(nll).toHaveLength(2 * SEQ);
+      const vsGolden = maxDiff(nll, goldenFlat, 2, SEQ - 1, SEQ);
+      const vsCpu = maxDiff(nll, cpu, 2, SEQ, SEQ);
+      process.stdout.write(`[cuda] ${dtype}${actFp32 ? '+fp32act' : ''}: max |NLL - golden| = ${vsGolden.toExponential(3)}, max |NLL - CPU| = ${vsCpu.toExponential(3)}\n`);
+      expect(nll[SEQ - 1]).toBe(0);
+      expect(nll[2 * SEQ - 1]).toBe(0);
+      expect(vsGolden).toBeLessThan(tol);
+      expect(vsCpu).toBeLessThan(tol);
+    } finally {
+      gpu.free();
+    }
+  });
+
+  test('scoreSequences uses the GPU once the model is on cuda, and the CPU again after toDevice(cpu)', async () => {
+    await toDevice(model, 'cuda', { dtype: 'fp32' });
+    const s = await scoreSequences(model, ids, SEQ);
+    expect(maxDiff(s.nll, cpu, 2, SEQ, SEQ)).toBeLessThan(2e-4);
+    await toDevice(model, 'cpu');
+    const c = await scoreSequences(model, ids, SEQ);
+    expect(Array.from(c.nll)).toEqual(Array.from(cpu));
+  });
+
+  test('bad input: ids outside the vocabulary, a freed handle', async () => {
+    const gpu = await GpuModel.create(model, { dtype: 'bf16' });
+    await expect(gpu.score(Int32Array.from([1, 2, 999999, 3]), 4)).rejects.toThrow(/outside the vocabulary/);
+    await expect(gpu.score(Int32Array.from([1, 2, 3]), 2)).rejects.toThrow(/not a multiple of seqLen/);
+    gpu.free();
+    await expect(gpu.score(Int32Array.from([1, 2]), 2)).rejects.toThrow(/freed/);
+  });
+
+  test.each([
+    [1, 256, 4, 2, 64],
+    [2, 1000, 8, 2, 128],
+    [1, 77, 16, 8, 128],
+    [3, 129, 6, 3, 64],
+  ])('tensor-core attention vs fp32 kernel (nseq %i, L %i, heads %i/%i, hd %i)', async (nseq, L, nh, nkv, hd) => {
+    for (const dtype of ['bf16', 'fp16']) {
+      const r = await addon.cudaSelfTest({ nseq, seqLen: L, heads: nh, kvHeads: nkv, headDim: hd, dtype });
+      process.stdout.write(`[cuda] ${dtype} ${r.report}\n`);
+      expect(r.relError).toBeGreaterThanOrEqual(0);
+      expect(r.relError).toBeLessThan(dtype === 'bf16' ? 2e-2 : 4e-3);
+    }
+  });
+
+  test('WikiText-2 perplexity (full, seqLen 2048): fp32 ≈ 192.893, bf16+fp32 activations within 0.01%, bf16/fp16 within 0.5%', async () => {
+    const tok = await loadTokenizer(TINY);
+    const text = pplText('wikitext2', path.join(ROOT, 'data'));
+    const enc = tok.encode(text);
+    for (const [dtype, actFp32, rel] of [
+      ['fp32', false, 1e-5],
+      ['bf16', true, 1e-4],
+      ['bf16', false, 5e-3],
+      ['fp16', false, 5e-3],
+    ] as const) {
+      await toDevice(model, 'cuda', { dtype, actFp32 });
+      const r = await perplexity(model, enc, { seqLen: 2048 });
+      process.stdout.write(`[cuda] wikitext2 ${dtype}${actFp32 ? '+fp32act' : ''}: ppl ${r.ppl.toFixed(4)} over ${r.windows} windows in ${r.seconds.toFixed(2)} s\n`);
+      expect(Math.abs(r.ppl - 192.89318742029118) / 192.89318742029118).toBeLessThan(rel);
+    }
+    await toDevice(model, 'cpu');
+  });
+});
