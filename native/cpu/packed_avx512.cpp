@@ -22,6 +22,7 @@ struct V512 {
   using F = __m512;
   using I = __m512i;
   static constexpr int L = 16;
+  static constexpr int GEMV_NA = 2, GEMV_NB = 2;  // GEMV accumulator sets, row blocks per pass
   static constexpr int MRMAX = 4;
   static inline F zero() { return _mm512_setzero_ps(); }
   static inline F loadu(const float* p) { return _mm512_loadu_ps(p); }

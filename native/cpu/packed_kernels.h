@@ -41,60 +41,80 @@ struct Unpack<V, 3> {
 constexpr int64_t kNoBoundary = INT64_MAX;
 constexpr int64_t kPrefetchBytes = 2048;
 
-template <class V, int BITS>
-void gemv_t(const PackedView& p, const float* xp, const float* xsum, float* y, int64_t rb0, int64_t rb1) {
+// NB row blocks (NB·RB rows) at a time, so every x vector loaded is used NB·RB times; NA accumulator
+// sets alternate by step so that NA·NB·RB·NH independent FMA chains hide the FMA latency (one set of 4
+// chains alone is latency-bound at 1 FMA per cycle).
+template <class V, int BITS, int NB, int NA>
+inline __attribute__((always_inline)) void gemv_blocks(const PackedView& p, const float* xp, const float* xsum, float* y, int64_t rb) {
   using F = typename V::F;
   using U = Unpack<V, BITS>;
-  constexpr int S = U::S, NH = 16 / V::L, RB = kPackRB;
+  constexpr int S = U::S, NH = 16 / V::L, RB = kPackRB, R = NB * RB;
   constexpr float TWO_B = static_cast<float>(1 << BITS);
-  const int64_t UB = pack_unit_bytes(BITS), ng = p.ngroups, gs = p.group / 16;
-  for (int64_t rb = rb0; rb < rb1; ++rb) {
-    F gacc[RB][NH], racc[RB][NH];
-    float corr[RB] = {};
-    for (int i = 0; i < RB; ++i)
-      for (int h = 0; h < NH; ++h) gacc[i][h] = racc[i][h] = V::zero();
-    const float* sc = p.scales + rb * RB * ng;
-    const float* zr = p.zeros + rb * RB * ng;
-    int64_t g = 0, left = ng > 1 ? gs : kNoBoundary;
-    auto flush = [&](int64_t gg) {
-      for (int i = 0; i < RB; ++i) {
-        const float s = sc[i * ng + gg], z = zr[i * ng + gg];
-        const F a = V::set1(s * TWO_B);
-        for (int h = 0; h < NH; ++h) {
-          racc[i][h] = V::fma(gacc[i][h], a, racc[i][h]);
-          gacc[i][h] = V::zero();
-        }
-        corr[i] += -s * (TWO_B + z) * xsum[gg];
+  const int64_t UB = pack_unit_bytes(BITS), ng = p.ngroups, gs = p.group / 16, bstride = p.nunits * RB * UB;
+  F gacc[NA][R][NH], racc[R][NH];
+  float corr[R] = {};
+  for (int r = 0; r < R; ++r)
+    for (int h = 0; h < NH; ++h) {
+      racc[r][h] = V::zero();
+      for (int a = 0; a < NA; ++a) gacc[a][r][h] = V::zero();
+    }
+  const float* sc = p.scales + rb * RB * ng;
+  const float* zr = p.zeros + rb * RB * ng;
+  int64_t g = 0, left = ng > 1 ? gs : kNoBoundary;
+  auto flush = [&](int64_t gg) {
+    const float xs = xsum[gg];
+
+    for (int r = 0; r < R; ++r) {
+      const float s = sc[r * ng + gg], z = zr[r * ng + gg];
+      const F a = V::set1(s * TWO_B);
+      for (int h = 0; h < NH; ++h) {
+        F t = gacc[0][r][h];
+        for (int k = 1; k < NA; ++k) t = V::add(t, gacc[k][r][h]);
+        racc[r][h] = V::fma(t, a, racc[r][h]);
+        for (int k = 0; k < NA; ++k) gacc[k][r][h] = V::zero();
       }
-    };
-    const uint8_t* base = p.data + rb * p.nunits * RB * UB;
-    for (int64_t u = 0; u < p.nunits; ++u) {
-      const uint8_t* ud = base + u * RB * UB;
-      const float* xu = xp + u * S * 16;
-      // Hardware prefetchers lose this stream among the scale/zero/x streams: fetch ~2 KiB ahead.
-      for (int64_t o = 0; o < RB * UB; o += 64) V::prefetch(ud + kPrefetchBytes + o);
-      static_for<0, S>([&](auto jc) {
-        constexpr int J = decltype(jc)::value;
-        for (int h = 0; h < NH; ++h) {
-          const F xv = V::loadu(xu + J * 16 + h * V::L);
-          for (int i = 0; i < RB; ++i) gacc[i][h] = V::fma(U::template get<J>(ud + i * UB, h), xv, gacc[i][h]);
-        }
-        if (--left == 0) {
-          flush(g);
-          ++g;
-          left = g == ng - 1 ? kNoBoundary : gs;
-        }
-      });
+      corr[r] += -s * (TWO_B + z) * xs;
     }
-    flush(g);
-    for (int i = 0; i < RB; ++i) {
-      const int64_t row = rb * RB + i;
-      if (row >= p.rows) break;
-      F t = racc[i][0];
-      for (int h = 1; h < NH; ++h) t = V::add(t, racc[i][h]);
-      y[row] = V::hsum(t) + corr[i];
-    }
+  };
+  const uint8_t* base = p.data + rb * bstride;
+  for (int64_t u = 0; u < p.nunits; ++u) {
+    const uint8_t* ud = base + u * RB * UB;
+    const float* xu = xp + u * S * 16;
+    // Hardware prefetchers lose these streams among the scale/zero/x streams: fetch ~2 KiB ahead.
+    for (int b = 0; b < NB; ++b)
+      for (int64_t o = 0; o < RB * UB; o += 64) V::prefetch(ud + b * bstride + kPrefetchBytes + o);
+    static_for<0, S>([&](auto jc) {
+      constexpr int J = decltype(jc)::value;
+      constexpr int A = J % NA;
+      for (int h = 0; h < NH; ++h) {
+        const F xv = V::loadu(xu + J * 16 + h * V::L);
+        for (int r = 0; r < R; ++r)
+          gacc[A][r][h] = V::fma(U::template get<J>(ud + (r / RB) * bstride + (r % RB) * UB, h), xv, gacc[A][r][h]);
+      }
+      if (--left == 0) {
+        flush(g);
+        ++g;
+        left = g == ng - 1 ? kNoBoundary : gs;
+      }
+    });
   }
+  flush(g);
+  for (int r = 0; r < R; ++r) {
+    const int64_t row = rb * RB + r;
+    if (row >= p.rows) break;
+    F t = racc[r][0];
+    for (int h = 1; h < NH; ++h) t = V::add(t, racc[r][h]);
+    y[row] = V::hsum(t) + corr[r];
+  }
+}
+
+template <class V, int BITS>
+void gemv_t(const PackedView& p, const float* xp, const float* xsum, float* y, int64_t rb0, int64_t rb1) {
+  // 3-bit unpacking needs the registers (and more ALU work per step than FMA latency).
+  constexpr int NB = BITS == 3 ? 1 : V::GEMV_NB, NA = BITS == 3 ? 1 : V::GEMV_NA;
+  int64_t rb = rb0;
+  for (; rb + NB <= rb1; rb += NB) gemv_blocks<V, BITS, NB, NA>(p, xp, xsum, y, rb);
+  for (; rb < rb1; ++rb) gemv_blocks<V, BITS, 1, NA>(p, xp, xsum, y, rb);
 }
 
 // MR tokens × RB rows over all of K, weights dequantized in registers once per step.
