@@ -1,5 +1,6 @@
 // The decoder-layer forward (Llama/Qwen2/Qwen3 family) as async bindings. TypeScript drives the model a
 // layer at a time, which is what layer-by-layer calibration needs; each call runs off the event loop.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -16,6 +17,7 @@
 #include "ops.h"
 #include "packed.h"
 #include "registry.h"
+#include "vexp.h"
 
 namespace lowbit {
 namespace {
@@ -367,6 +369,105 @@ Napi::Value HeadNll(const Napi::CallbackInfo& info) {
   });
 }
 
+// ---- KV-cache decode: one token through one layer -------------------------------------------------
+
+// RoPE of one token at position pos: the same fp32 angles (and double cos/sin) as rope() in ops.cpp.
+void rope_at(float* x, int64_t pos, int64_t nheads, int64_t hd, float theta) {
+  const int64_t half = hd / 2;
+  std::vector<float> cs(half), sn(half);
+  for (int64_t i = 0; i < half; ++i) {
+    const float e = static_cast<float>(2 * i) / static_cast<float>(hd);
+    const float inv = 1.0f / static_cast<float>(std::pow(static_cast<double>(theta), static_cast<double>(e)));
+    const float a = static_cast<float>(pos) * inv;
+    cs[i] = static_cast<float>(std::cos(static_cast<double>(a)));
+    sn[i] = static_cast<float>(std::sin(static_cast<double>(a)));
+  }
+  for (int64_t h = 0; h < nheads; ++h) {
+    float* v = x + h * hd;
+    for (int64_t i = 0; i < half; ++i) {
+      const float x1 = v[i], x2 = v[i + half];
+      v[i] = x1 * cs[i] - x2 * sn[i];
+      v[i + half] = x2 * cs[i] + x1 * sn[i];
+    }
+  }
+}
+
+// attn_block for the token at position pos: its k/v go to row pos of the caches ([maxLen, nkv*hd]);
+// attention over cache rows [0, pos].
+void decode_attn(const LayerW& w, const Cfg& c, const float* x_in, float* out, int64_t pos, float* kc, float* vc, int abits) {
+  Buf xq;
+  const bool nq = native_int8(abits, {&w.q, &w.k, &w.v});
+  const float* x = linear_input(x_in, 1, c.hidden, nq ? 0 : abits, xq, nullptr);
+  QAct qa;
+  const int64_t ldk = c.nkv * c.hd, n = pos + 1, group = c.nh / c.nkv;
+  Buf q(c.nh * c.hd);
+  float* k = kc + pos * ldk;
+  float* v = vc + pos * ldk;
+  apply_linear(w.q, x, 1, q.p, &qa);
+  apply_linear(w.k, x, 1, k, &qa);
+  apply_linear(w.v, x, 1, v, &qa);
+  if (w.q_norm) rmsnorm(q.p, w.q_norm, q.p, c.nh, c.hd, c.eps, c.hd, c.hd);
+  if (w.k_norm) rmsnorm(k, w.k_norm, k, c.nkv, c.hd, c.eps, c.hd, c.hd);
+  rope_at(q.p, pos, c.nh, c.hd, c.theta);
+  rope_at(k, pos, c.nkv, c.hd, c.theta);
+  Buf att(c.nh * c.hd);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
+  std::vector<float> p(n);
+  for (int64_t h = 0; h < c.nh; ++h) {
+    const float* qh = q.p + h * c.hd;
+    const int64_t off = (h / group) * c.hd;
+    for (int64_t j = 0; j < n; ++j) {
+      const float* kj = kc + j * ldk + off;
+      float s = 0;
+      for (int64_t d = 0; d < c.hd; ++d) s += qh[d] * kj[d];
+      p[j] = scale * s;
+    }
+    const float m = max_f32(p.data(), n);
+    const float inv = static_cast<float>(1.0 / exp_shift_sum(p.data(), p.data(), n, m));
+    float* o = att.p + h * c.hd;
+    std::fill(o, o + c.hd, 0.f);
+    for (int64_t j = 0; j < n; ++j) {
+      const float pj = p[j] * inv;
+      const float* vj = vc + j * ldk + off;
+      for (int64_t d = 0; d < c.hd; ++d) o[d] += pj * vj[d];
+    }
+  }
+  if (abits > 0 && !native_int8(abits, {&w.o})) fake_quant_rows_sym(att.p, 1, c.nh * c.hd, abits);
+  apply_linear(w.o, att.p, 1, out);
+}
+
+// layerDecode(h: Float32Array [hidden], {cfg, layer, pos, kCache, vCache: Float32Array [maxLen, nkv*hd],
+// actBits?}) — synchronous (one token is far below a thread handoff): runs the token at position pos
+// through the layer in place (same math as layerForward), writing its k/v into row pos of the caches.
+Napi::Value LayerDecode(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Napi::Object o = info[1].As<Napi::Object>();
+    const Cfg c = parse_cfg(o.Get("cfg").As<Napi::Object>());
+    const LayerW w = parse_layer(o.Get("layer").As<Napi::Object>(), c);
+    float* h = f32_from_js(info[0], c.hidden, "h");
+    const int64_t pos = num(o, "pos");
+    const int64_t ldk = c.nkv * c.hd;
+    if (!o.Get("kCache").IsTypedArray() || !o.Get("vCache").IsTypedArray()) throw std::invalid_argument("layerDecode: kCache and vCache must be Float32Arrays");
+    const int64_t cap = static_cast<int64_t>(o.Get("kCache").As<Napi::Float32Array>().ElementLength());
+    if (cap % ldk || static_cast<int64_t>(o.Get("vCache").As<Napi::Float32Array>().ElementLength()) != cap)
+      throw std::invalid_argument("layerDecode: caches must both be [maxLen, numKvHeads*headDim]");
+    if (pos < 0 || pos >= cap / ldk) throw std::invalid_argument("layerDecode: pos " + std::to_string(pos) + " outside the cache");
+    float* kc = f32_from_js(o.Get("kCache"), cap, "kCache");
+    float* vc = f32_from_js(o.Get("vCache"), cap, "vCache");
+    int abits = 0;
+    if (o.Has("actBits") && o.Get("actBits").IsNumber()) abits = o.Get("actBits").As<Napi::Number>().Int32Value();
+    if (abits < 0 || abits == 1 || abits > 16) throw std::invalid_argument("actBits must be 2..16 (or 0 for none)");
+    Buf xn(c.hidden), y(c.hidden);
+    rmsnorm(h, w.in_norm, xn.p, 1, c.hidden, c.eps, c.hidden, c.hidden);
+    decode_attn(w, c, xn.p, y.p, pos, kc, vc, abits);
+    for (int64_t i = 0; i < c.hidden; ++i) h[i] += y.p[i];
+    rmsnorm(h, w.post_norm, xn.p, 1, c.hidden, c.eps, c.hidden, c.hidden);
+    mlp_block(w, c, xn.p, y.p, 1, abits, nullptr);
+    for (int64_t i = 0; i < c.hidden; ++i) h[i] += y.p[i];
+    return info.Env().Undefined();
+  });
+}
+
 }  // namespace
 
 LOWBIT_EXPORTS {
@@ -376,6 +477,7 @@ LOWBIT_EXPORTS {
   exports.Set("rmsnorm", Napi::Function::New(env, RmsNorm));
   exports.Set("embed", Napi::Function::New(env, Embed));
   exports.Set("headNll", Napi::Function::New(env, HeadNll));
+  exports.Set("layerDecode", Napi::Function::New(env, LayerDecode));
 }
 
 }  // namespace lowbit

@@ -53,10 +53,10 @@ void dequant_scalar(const PackedView& p, int64_t r0, int64_t n, int64_t k0, int6
 }
 
 // y[m, row] for rows of row blocks [rb0, rb1): Σ_g s·Σ_j (q − z)·x, fp32.
-void small_scalar(const PackedView& p, const float* xp, int64_t M, float* y, int64_t rb0, int64_t rb1) {
+void small_scalar(const PackedView& p, const float* xp, int64_t ldx, int64_t M, float* y, int64_t rb0, int64_t rb1) {
   for (int64_t r = rb0 * kPackRB; r < std::min(p.rows, rb1 * kPackRB); ++r)
     for (int64_t m = 0; m < M; ++m) {
-      const float* x = xp + m * p.kpad;
+      const float* x = xp + m * ldx;
       float acc = 0;
       for (int64_t g = 0; g < p.ngroups; ++g) {
         const int64_t j0 = g * p.group, j1 = g == p.ngroups - 1 ? p.cols : j0 + p.group;
@@ -70,10 +70,10 @@ void small_scalar(const PackedView& p, const float* xp, int64_t M, float* y, int
 }
 
 // xp[m, j] = x[m, perm[j]], zero past cols; xsum[m, g] = Σ over group g.
-void prepare_x(const PackedView& p, const float* x, int64_t M, float* xp, float* xsum) {
+void prepare_x(const PackedView& p, const float* x, int64_t M, float* xp, int64_t ldx, float* xsum) {
   for (int64_t m = 0; m < M; ++m) {
     const float* xr = x + m * p.cols;
-    float* o = xp + m * p.kpad;
+    float* o = xp + m * ldx;
     if (p.perm)
       for (int64_t j = 0; j < p.cols; ++j) o[j] = xr[p.perm[j]];
     else
@@ -111,22 +111,27 @@ constexpr int64_t kPanelRows = 128, kPanelK = 1024;
 void packed_matmul(const PackedView& p, const float* x, int64_t M, float* y, bool parallel) {
   if (M <= 0 || p.rows <= 0) return;
   const packed_detail::Kernels* kr = simd_kernels(p);
-  std::vector<float> xp(static_cast<std::size_t>(M * p.kpad)), xsum;
+  // Rows of xp one cache line more than kpad apart: kpad is often a multiple of 4 KiB, and the x chunks
+  // of all tokens would then fall into the same cache sets.
+  const int64_t ldx = M > 1 ? p.kpad + 16 : p.kpad;
+  std::vector<float> xp(static_cast<std::size_t>(M * ldx)), xsum;
   const bool gemv = M == 1 && kr;
   if (gemv) xsum.resize(p.ngroups);
-  prepare_x(p, x, M, xp.data(), gemv ? xsum.data() : nullptr);
+  prepare_x(p, x, M, xp.data(), ldx, gemv ? xsum.data() : nullptr);
   const int64_t nrb = p.rows_pad / kPackRB;
   auto run = [&](std::size_t n, std::size_t min_chunk, const std::function<void(std::size_t, std::size_t, int)>& fn) {
     if (parallel) parallel_for(n, fn, min_chunk);
     else fn(0, n, 0);
   };
-  if (M < kSmallM) {
+  // AVX-512 runs every M on the tile kernels (for M >= 8 they dequantize RB×1024 weights into L1 once
+  // and reuse them for all tokens); AVX2 has too few registers for that and uses fp32 panels + gemm.
+  if (M < kSmallM || (kr && simd_level() == SimdLevel::Avx512)) {
     // Enough row blocks per chunk that a chunk is worth a thread handoff (~64k weights).
     const std::size_t chunk = static_cast<std::size_t>(std::max<int64_t>(1, 65536 / (kPackRB * p.kpad)));
     run(nrb, chunk, [&](std::size_t b, std::size_t e, int) {
-      if (!kr) small_scalar(p, xp.data(), M, y, b, e);
+      if (!kr) small_scalar(p, xp.data(), ldx, M, y, b, e);
       else if (gemv) kr->gemv(p, xp.data(), xsum.data(), y, b, e);
-      else kr->tile(p, xp.data(), M, y, b, e);
+      else kr->tile(p, xp.data(), ldx, M, y, b, e);
     });
     return;
   }
@@ -149,7 +154,7 @@ void packed_matmul(const PackedView& p, const float* x, int64_t M, float* y, boo
         g.K = std::min(kc, p.cols - k0);
         g.transB = true;
         g.A = xp.data() + k0;
-        g.lda = p.kpad;
+        g.lda = ldx;
         g.B = MatView{panel, DType::F32, kc};
         g.C = y + r0;
         g.ldc = p.rows;

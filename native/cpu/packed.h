@@ -28,14 +28,20 @@
 // i.e. one FMA per 16 weights replaces int→float conversion plus zero subtraction.
 //
 // ---- Kernels ----------------------------------------------------------------------------------------
-// GEMV (M = 1): per row block, per group, Σ f·x accumulates in a vector per row; at the end of the
-//   group it is scaled by A (vector FMA) and B·Σx (Σx of the group, computed once per call) is added as
-//   a scalar; one horizontal sum per row at the end. 3 vector ops per 16 weights for 2/4/8-bit.
-// Small GEMM (M = 2..7): a tile of up to 4 tokens × RB rows, weights dequantized in registers (A*f+B)
+// GEMV (M = 1): two row blocks (8 rows) per pass, so every x vector is loaded once per 8 rows; per
+//   group, Σ f·x accumulates in two vectors per row (alternating steps: 16 independent FMA chains; one
+//   chain per row was FMA-latency bound); at the end of the group they are scaled by A (vector FMA) and
+//   B·Σx (Σx of the group, computed once per call) is added as a scalar; one horizontal sum per row at
+//   the end. 3 vector ops per 16 weights for 2/4/8-bit.
+// Small GEMM (M = 2..4): a tile of up to 4 tokens × RB rows, weights dequantized in registers (A*f+B)
 //   once per step and used for every token of the tile.
-// GEMM (M ≥ 8): a tile of 128 rows × 1024 columns is dequantized into a per-thread row-major fp32
-//   panel (512 KiB) and multiplied with lowbit::gemm (its packing + AVX-512/AVX2 microkernel), then
-//   accumulated over K blocks. Only one panel per thread ever exists in fp32.
+// GEMM (M >= 5, AVX-512): K in chunks of 1024 columns; per row block and chunk the RB×1024 weights are
+//   dequantized once into an fp32 buffer in L1 (16 KiB) and multiplied with every token (tiles of
+//   6 tokens × 4 rows: 24 accumulators), so dequantization is amortized over all M tokens and every
+//   token's x chunk stays in L2 while the row blocks go by. Activation rows are kpad+16 floats apart
+//   (kpad is often a multiple of 4 KiB: set conflicts).
+// GEMM (M >= 8, AVX2 and scalar): a tile of 128 rows × 1024 columns is dequantized into a per-thread
+//   row-major fp32 panel (512 KiB) and multiplied with lowbit::gemm, accumulated over K blocks.
 // Multithreading: lowbit::parallel_for over row blocks / row tiles. Every SIMD kernel has a scalar
 // reference (packed.cpp), which is also what SimdLevel::Scalar runs.
 //
@@ -111,8 +117,8 @@ namespace packed_detail {
 // Per-ISA kernels over row blocks [rb0, rb1). xp: [M, kpad] packed-order, zero padded activations.
 // xsum: [M, ngroups] Σ of xp over each group (GEMV only).
 using GemvFn = void (*)(const PackedView&, const float* xp, const float* xsum, float* y, int64_t rb0, int64_t rb1);
-// Small-M tile: y[m, row] (ldy = rows) for m < M <= 4, over all of K.
-using TileFn = void (*)(const PackedView&, const float* xp, int64_t M, float* y, int64_t rb0, int64_t rb1);
+// Multi-token tiles: y[m, row] (ldy = rows) for m < M; xp rows ldx floats apart.
+using TileFn = void (*)(const PackedView&, const float* xp, int64_t ldx, int64_t M, float* y, int64_t rb0, int64_t rb1);
 // Dequantizes rows [r0, r0+n) (n multiple of RB), packed columns [k0, k0+kc) (k0, kc multiples of
 // unit_k) into out[n, kc] row-major.
 using DequantFn = void (*)(const PackedView&, int64_t r0, int64_t n, int64_t k0, int64_t kc, float* out);

@@ -3,6 +3,7 @@
 // before the target pragma.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -22,6 +23,9 @@ struct V256 {
   using F = __m256;
   using I = __m256i;
   static constexpr int L = 8;
+  static constexpr int GEMV_NA = 1, GEMV_NB = 1;  // GEMV accumulator sets, row blocks per pass
+  static constexpr int64_t TILE_KCHUNK = 1024;  // columns per K chunk of the M > 4 tiles
+  static constexpr int DOT_MR = 2;  // tokens per dot_tile
   static constexpr int MRMAX = 2;  // 16 ymm registers: 2 tokens × 4 rows × 2 halves of accumulators
   static inline F zero() { return _mm256_setzero_ps(); }
   static inline F loadu(const float* p) { return _mm256_loadu_ps(p); }

@@ -3,6 +3,7 @@
 // Every header is included before the target pragma.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -22,6 +23,9 @@ struct V512 {
   using F = __m512;
   using I = __m512i;
   static constexpr int L = 16;
+  static constexpr int GEMV_NA = 2, GEMV_NB = 2;  // GEMV accumulator sets, row blocks per pass
+  static constexpr int64_t TILE_KCHUNK = 1024;  // columns per K chunk of the M > 4 tiles
+  static constexpr int DOT_MR = 6;  // tokens per dot_tile
   static constexpr int MRMAX = 4;
   static inline F zero() { return _mm512_setzero_ps(); }
   static inline F loadu(const float* p) { return _mm512_loadu_ps(p); }

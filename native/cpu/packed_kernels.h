@@ -41,71 +41,93 @@ struct Unpack<V, 3> {
 constexpr int64_t kNoBoundary = INT64_MAX;
 constexpr int64_t kPrefetchBytes = 2048;
 
+// NB row blocks (NB·RB rows) at a time, so every x vector loaded is used NB·RB times; NA accumulator
+// sets alternate by step so that NA·NB·RB·NH independent FMA chains hide the FMA latency (one set of 4
+// chains alone is latency-bound at 1 FMA per cycle).
+template <class V, int BITS, int NB, int NA>
+inline __attribute__((always_inline)) void gemv_blocks(const PackedView& p, const float* xp, const float* xsum, float* y, int64_t rb) {
+  using F = typename V::F;
+  using U = Unpack<V, BITS>;
+  constexpr int S = U::S, NH = 16 / V::L, RB = kPackRB, R = NB * RB;
+  constexpr float TWO_B = static_cast<float>(1 << BITS);
+  const int64_t UB = pack_unit_bytes(BITS), ng = p.ngroups, gs = p.group / 16, bstride = p.nunits * RB * UB;
+  F gacc[NA][R][NH], racc[R][NH];
+  float corr[R] = {};
+  for (int r = 0; r < R; ++r)
+    for (int h = 0; h < NH; ++h) {
+      racc[r][h] = V::zero();
+      for (int a = 0; a < NA; ++a) gacc[a][r][h] = V::zero();
+    }
+  const float* sc = p.scales + rb * RB * ng;
+  const float* zr = p.zeros + rb * RB * ng;
+  int64_t g = 0, left = ng > 1 ? gs : kNoBoundary;
+  auto flush = [&](int64_t gg) {
+    const float xs = xsum[gg];
+
+    for (int r = 0; r < R; ++r) {
+      const float s = sc[r * ng + gg], z = zr[r * ng + gg];
+      const F a = V::set1(s * TWO_B);
+      for (int h = 0; h < NH; ++h) {
+        F t = gacc[0][r][h];
+        for (int k = 1; k < NA; ++k) t = V::add(t, gacc[k][r][h]);
+        racc[r][h] = V::fma(t, a, racc[r][h]);
+        for (int k = 0; k < NA; ++k) gacc[k][r][h] = V::zero();
+      }
+      corr[r] += -s * (TWO_B + z) * xs;
+    }
+  };
+  const uint8_t* base = p.data + rb * bstride;
+  for (int64_t u = 0; u < p.nunits; ++u) {
+    const uint8_t* ud = base + u * RB * UB;
+    const float* xu = xp + u * S * 16;
+    // Hardware prefetchers lose these streams among the scale/zero/x streams: fetch ~2 KiB ahead.
+    for (int b = 0; b < NB; ++b)
+      for (int64_t o = 0; o < RB * UB; o += 64) V::prefetch(ud + b * bstride + kPrefetchBytes + o);
+    static_for<0, S>([&](auto jc) {
+      constexpr int J = decltype(jc)::value;
+      constexpr int A = J % NA;
+      for (int h = 0; h < NH; ++h) {
+        const F xv = V::loadu(xu + J * 16 + h * V::L);
+        for (int r = 0; r < R; ++r)
+          gacc[A][r][h] = V::fma(U::template get<J>(ud + (r / RB) * bstride + (r % RB) * UB, h), xv, gacc[A][r][h]);
+      }
+      if (--left == 0) {
+        flush(g);
+        ++g;
+        left = g == ng - 1 ? kNoBoundary : gs;
+      }
+    });
+  }
+  flush(g);
+  for (int r = 0; r < R; ++r) {
+    const int64_t row = rb * RB + r;
+    if (row >= p.rows) break;
+    F t = racc[r][0];
+    for (int h = 1; h < NH; ++h) t = V::add(t, racc[r][h]);
+    y[row] = V::hsum(t) + corr[r];
+  }
+}
+
 template <class V, int BITS>
 void gemv_t(const PackedView& p, const float* xp, const float* xsum, float* y, int64_t rb0, int64_t rb1) {
+  // 3-bit unpacking needs the registers (and more ALU work per step than FMA latency).
+  constexpr int NB = BITS == 3 ? 1 : V::GEMV_NB, NA = BITS == 3 ? 1 : V::GEMV_NA;
+  int64_t rb = rb0;
+  for (; rb + NB <= rb1; rb += NB) gemv_blocks<V, BITS, NB, NA>(p, xp, xsum, y, rb);
+  for (; rb < rb1; ++rb) gemv_blocks<V, BITS, 1, NA>(p, xp, xsum, y, rb);
+}
+
+// MR tokens × RB rows over packed columns [u0, u1) units, weights dequantized in registers (A*f+B) once
+// per step and used for every token of the tile. acc = false: y = result; true: y += result.
+template <class V, int BITS, int MR>
+void tile_mr(const PackedView& p, const float* xp, int64_t ldx, float* y, int64_t rb, int64_t u0, int64_t u1, bool acc_y) {
   using F = typename V::F;
   using U = Unpack<V, BITS>;
   constexpr int S = U::S, NH = 16 / V::L, RB = kPackRB;
   constexpr float TWO_B = static_cast<float>(1 << BITS);
   const int64_t UB = pack_unit_bytes(BITS), ng = p.ngroups, gs = p.group / 16;
-  for (int64_t rb = rb0; rb < rb1; ++rb) {
-    F gacc[RB][NH], racc[RB][NH];
-    float corr[RB] = {};
-    for (int i = 0; i < RB; ++i)
-      for (int h = 0; h < NH; ++h) gacc[i][h] = racc[i][h] = V::zero();
-    const float* sc = p.scales + rb * RB * ng;
-    const float* zr = p.zeros + rb * RB * ng;
-    int64_t g = 0, left = ng > 1 ? gs : kNoBoundary;
-    auto flush = [&](int64_t gg) {
-      for (int i = 0; i < RB; ++i) {
-        const float s = sc[i * ng + gg], z = zr[i * ng + gg];
-        const F a = V::set1(s * TWO_B);
-        for (int h = 0; h < NH; ++h) {
-          racc[i][h] = V::fma(gacc[i][h], a, racc[i][h]);
-          gacc[i][h] = V::zero();
-        }
-        corr[i] += -s * (TWO_B + z) * xsum[gg];
-      }
-    };
-    const uint8_t* base = p.data + rb * p.nunits * RB * UB;
-    for (int64_t u = 0; u < p.nunits; ++u) {
-      const uint8_t* ud = base + u * RB * UB;
-      const float* xu = xp + u * S * 16;
-      // Hardware prefetchers lose this stream among the scale/zero/x streams: fetch ~2 KiB ahead.
-      for (int64_t o = 0; o < RB * UB; o += 64) V::prefetch(ud + kPrefetchBytes + o);
-      static_for<0, S>([&](auto jc) {
-        constexpr int J = decltype(jc)::value;
-        for (int h = 0; h < NH; ++h) {
-          const F xv = V::loadu(xu + J * 16 + h * V::L);
-          for (int i = 0; i < RB; ++i) gacc[i][h] = V::fma(U::template get<J>(ud + i * UB, h), xv, gacc[i][h]);
-        }
-        if (--left == 0) {
-          flush(g);
-          ++g;
-          left = g == ng - 1 ? kNoBoundary : gs;
-        }
-      });
-    }
-    flush(g);
-    for (int i = 0; i < RB; ++i) {
-      const int64_t row = rb * RB + i;
-      if (row >= p.rows) break;
-      F t = racc[i][0];
-      for (int h = 1; h < NH; ++h) t = V::add(t, racc[i][h]);
-      y[row] = V::hsum(t) + corr[i];
-    }
-  }
-}
-
-// MR tokens × RB rows over all of K, weights dequantized in registers once per step.
-template <class V, int BITS, int MR>
-void tile_mr(const PackedView& p, const float* xp, float* y, int64_t rb) {
-  using F = typename V::F;
-  using U = Unpack<V, BITS>;
-  constexpr int S = U::S, NH = 16 / V::L, RB = kPackRB;
-  constexpr float TWO_B = static_cast<float>(1 << BITS);
-  const int64_t UB = pack_unit_bytes(BITS), ng = p.ngroups, gs = p.group / 16, kpad = p.kpad;
-  F acc[MR][RB][NH], A[RB], B[RB];
+  F acc[MR][RB][NH];
+  alignas(64) float A[RB], B[RB];
   for (int m = 0; m < MR; ++m)
     for (int i = 0; i < RB; ++i)
       for (int h = 0; h < NH; ++h) acc[m][i][h] = V::zero();
@@ -114,14 +136,16 @@ void tile_mr(const PackedView& p, const float* xp, float* y, int64_t rb) {
   auto load_ab = [&](int64_t gg) {
     for (int i = 0; i < RB; ++i) {
       const float s = sc[i * ng + gg], z = zr[i * ng + gg];
-      A[i] = V::set1(s * TWO_B);
-      B[i] = V::set1(-s * (TWO_B + z));
+      A[i] = s * TWO_B;
+      B[i] = -s * (TWO_B + z);
     }
   };
-  int64_t g = 0, left = ng > 1 ? gs : kNoBoundary;
-  load_ab(0);
+  const int64_t k0 = u0 * S * 16;
+  int64_t g = ng > 1 ? std::min(k0 / p.group, ng - 1) : 0;
+  int64_t left = g == ng - 1 ? kNoBoundary : (g + 1) * gs - k0 / 16;
+  load_ab(g);
   const uint8_t* base = p.data + rb * p.nunits * RB * UB;
-  for (int64_t u = 0; u < p.nunits; ++u) {
+  for (int64_t u = u0; u < u1; ++u) {
     const uint8_t* ud = base + u * RB * UB;
     const float* xu = xp + u * S * 16;
     for (int64_t o = 0; o < RB * UB; o += 64) V::prefetch(ud + kPrefetchBytes + o);
@@ -129,9 +153,9 @@ void tile_mr(const PackedView& p, const float* xp, float* y, int64_t rb) {
       constexpr int J = decltype(jc)::value;
       for (int h = 0; h < NH; ++h) {
         F xv[MR];
-        for (int m = 0; m < MR; ++m) xv[m] = V::loadu(xu + m * kpad + J * 16 + h * V::L);
+        for (int m = 0; m < MR; ++m) xv[m] = V::loadu(xu + m * ldx + J * 16 + h * V::L);
         for (int i = 0; i < RB; ++i) {
-          const F w = V::fma(U::template get<J>(ud + i * UB, h), A[i], B[i]);
+          const F w = V::fma(U::template get<J>(ud + i * UB, h), V::set1(A[i]), V::set1(B[i]));
           for (int m = 0; m < MR; ++m) acc[m][i][h] = V::fma(w, xv[m], acc[m][i][h]);
         }
       }
@@ -148,23 +172,84 @@ void tile_mr(const PackedView& p, const float* xp, float* y, int64_t rb) {
       if (row >= p.rows) break;
       F t = acc[m][i][0];
       for (int h = 1; h < NH; ++h) t = V::add(t, acc[m][i][h]);
-      y[m * p.rows + row] = V::hsum(t);
+      const float v = V::hsum(t);
+      float& out = y[m * p.rows + row];
+      out = acc_y ? out + v : v;
+    }
+}
+
+// y[m, rb*RB + i] (+)= Σ_k w[i, k]·x[m, k] for MR tokens, the RB rows of w [RB, kc] (fp32, in L1).
+template <class V, int MR>
+void dot_tile(const float* w, int64_t kc, const float* x, int64_t ldx, float* y, int64_t ldy, int nrows, bool acc_y) {
+  using F = typename V::F;
+  constexpr int RB = kPackRB;
+  F acc[MR][RB];
+  for (int m = 0; m < MR; ++m)
+    for (int i = 0; i < RB; ++i) acc[m][i] = V::zero();
+  for (int64_t k = 0; k < kc; k += V::L) {
+    F wv[RB];
+    for (int i = 0; i < RB; ++i) wv[i] = V::loadu(w + i * kc + k);
+    for (int m = 0; m < MR; ++m) {
+      const F xv = V::loadu(x + m * ldx + k);
+      for (int i = 0; i < RB; ++i) acc[m][i] = V::fma(wv[i], xv, acc[m][i]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int i = 0; i < nrows; ++i) {
+      const float v = V::hsum(acc[m][i]);
+      float& out = y[m * ldy + i];
+      out = acc_y ? out + v : v;
     }
 }
 
 template <class V, int BITS>
-void tile_t(const PackedView& p, const float* xp, int64_t M, float* y, int64_t rb0, int64_t rb1) {
-  for (int64_t rb = rb0; rb < rb1; ++rb)
-    for (int64_t m0 = 0; m0 < M; m0 += V::MRMAX) {
-      const float* x = xp + m0 * p.kpad;
-      float* yy = y + m0 * p.rows;
-      switch ((M - m0 < V::MRMAX ? M - m0 : V::MRMAX)) {
-        case 1: tile_mr<V, BITS, 1>(p, x, yy, rb); break;
-        case 2: tile_mr<V, BITS, 2>(p, x, yy, rb); break;
-        case 3: if constexpr (V::MRMAX >= 3) tile_mr<V, BITS, 3>(p, x, yy, rb); break;
-        default: if constexpr (V::MRMAX >= 4) tile_mr<V, BITS, 4>(p, x, yy, rb); break;
+void dequant_t(const PackedView& p, int64_t r0, int64_t n, int64_t k0, int64_t kc, float* out);
+
+// All M tokens for row blocks [rb0, rb1).
+// M <= 4 (small batches): register tiles of up to MRMAX tokens over all of K, weights dequantized in
+// registers per tile. Larger M: K is split into chunks of TILE_KCHUNK columns (every token's x chunk
+// stays in L2 while the row blocks go by); per row block and chunk the RB×chunk weights are dequantized
+// once into an fp32 buffer in L1 and multiplied with every token, DOT_MR tokens at a time.
+template <class V, int BITS>
+void tile_t(const PackedView& p, const float* xp, int64_t ldx, int64_t M, float* y, int64_t rb0, int64_t rb1) {
+  const int64_t UK = pack_unit_k(BITS);
+  if (M <= 4) {
+    for (int64_t rb = rb0; rb < rb1; ++rb)
+      for (int64_t m0 = 0; m0 < M; m0 += V::MRMAX) {
+        const float* x = xp + m0 * ldx;
+        float* yy = y + m0 * p.rows;
+        switch ((M - m0 < V::MRMAX ? M - m0 : V::MRMAX)) {
+          case 1: tile_mr<V, BITS, 1>(p, x, ldx, yy, rb, 0, p.nunits, false); break;
+          case 2: tile_mr<V, BITS, 2>(p, x, ldx, yy, rb, 0, p.nunits, false); break;
+          case 3: if constexpr (V::MRMAX >= 3) tile_mr<V, BITS, 3>(p, x, ldx, yy, rb, 0, p.nunits, false); break;
+          default: if constexpr (V::MRMAX >= 4) tile_mr<V, BITS, 4>(p, x, ldx, yy, rb, 0, p.nunits, false); break;
+        }
       }
+    return;
+  }
+  const int64_t chunk = std::max<int64_t>(UK, V::TILE_KCHUNK / UK * UK);
+  alignas(64) float wbuf[kPackRB * (V::TILE_KCHUNK > 512 ? V::TILE_KCHUNK : 512)];
+  for (int64_t k0 = 0; k0 < p.kpad; k0 += chunk) {
+    const int64_t kc = std::min(chunk, p.kpad - k0);
+    for (int64_t rb = rb0; rb < rb1; ++rb) {
+      const int nrows = static_cast<int>(std::min<int64_t>(kPackRB, p.rows - rb * kPackRB));
+      if (nrows <= 0) continue;
+      dequant_t<V, BITS>(p, rb * kPackRB, kPackRB, k0, kc, wbuf);
+      constexpr int MR = V::DOT_MR;
+      int64_t m0 = 0;
+      for (; m0 + MR <= M; m0 += MR) dot_tile<V, MR>(wbuf, kc, xp + m0 * ldx + k0, ldx, y + m0 * p.rows + rb * kPackRB, p.rows, nrows, k0 > 0);
+      auto tail = [&](auto mr) {
+        constexpr int T = decltype(mr)::value;
+        if (M - m0 >= T) {
+          dot_tile<V, T>(wbuf, kc, xp + m0 * ldx + k0, ldx, y + m0 * p.rows + rb * kPackRB, p.rows, nrows, k0 > 0);
+          m0 += T;
+        }
+      };
+      if constexpr (MR > 4) tail(std::integral_constant<int, 4>{});
+      if constexpr (MR > 2) tail(std::integral_constant<int, 2>{});
+      tail(std::integral_constant<int, 1>{});
     }
+  }
 }
 
 template <class V, int BITS>
