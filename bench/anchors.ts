@@ -3,9 +3,12 @@
 // Usage: npx tsc -p tsconfig.json --outDir /tmp/lowbit-bench &&
 //   node /tmp/lowbit-bench/bench/anchors.js --model DIR --golden FILE --calib-ids FILE [--data-dir DIR] [--max-windows N] SPEC…
 // SPEC as the CLI takes it (rtn:w4g128 …) or "fp32". Prints a markdown table; --out FILE appends JSON lines.
+// --device cuda evaluates on the GPU in fp32 (--dtype fp32, the anchors' precision); quantization stays on the CPU,
+// and W/A settings (activation quantization) evaluate on the CPU path.
 import * as fs from 'fs';
 import * as path from 'path';
 import { readCalibIds } from '../lib/calibrate/calibration';
+import { toDevice } from '../lib/eval/cuda';
 import { evaluate } from '../lib/eval/evaluate';
 import { loadModel } from '../lib/load/model';
 import { loadTokenizer } from '../lib/load/tokenizer';
@@ -31,7 +34,9 @@ async function main() {
   const dataDir = arg('--data-dir', path.resolve(__dirname, '..', '..', 'data'))!;
   const maxWindows = arg('--max-windows') ? Number(arg('--max-windows')) : undefined;
   const out = arg('--out');
-  const flags = new Set(['--model', '--golden', '--calib-ids', '--data-dir', '--max-windows', '--out']);
+  const device = arg('--device', 'cpu')!;
+  const dtype = arg('--dtype', 'fp32') as 'fp32' | 'bf16' | 'fp16';
+  const flags = new Set(['--model', '--golden', '--calib-ids', '--data-dir', '--max-windows', '--out', '--device', '--dtype']);
   const specs = process.argv.slice(2).filter((a, i, all) => !a.startsWith('--') && !flags.has(all[i - 1]));
   const tok = loadTokenizer(modelDir);
   const encode = (t: string) => tok.encode(t);
@@ -49,7 +54,9 @@ async function main() {
       quantS = r.seconds;
       if (r.avgBits) extra = ` (${r.avgBits.toFixed(3)} bits)`;
     }
+    if (device !== 'cpu' && !model.quantization?.actBits) await toDevice(model, device, { dtype });
     const res = await evaluate(model, encode, { tasks: ['wikitext2', 'c4'], dataDir, maxWindows });
+    if (device !== 'cpu') await toDevice(model, 'cpu');
     const a = golden.anchors[key] ?? {};
     const w = res.wikitext2.ppl ?? NaN;
     const c = res.c4.ppl ?? NaN;
