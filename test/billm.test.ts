@@ -1,19 +1,6 @@
 import { billmQuantize, BillmOptions, BillmResult } from '../lib/quant/billm';
 
-// Deterministic data: mulberry32 + Box-Muller.
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-function gauss(r: () => number): () => number {
-  return () => Math.sqrt(-2 * Math.log(r() + 1e-12)) * Math.cos(2 * Math.PI * r());
-}
+import { gauss } from './helpers/random';
 
 const ROWS = 96;
 const COLS = 256;
@@ -27,7 +14,7 @@ interface Problem {
 }
 
 function makeProblem(seed: number): Problem {
-  const g = gauss(rng(seed));
+  const g = gauss(seed);
   // Correlated activations: 8 shared latent factors + noise, a few large-magnitude channels.
   const F = 8;
   const mix = Float64Array.from({ length: F * COLS }, () => 0.7 * g());

@@ -1,17 +1,12 @@
 import { addon } from '../lib/native/addon';
+import { rng as uniform } from './helpers/random';
 
 type Dt = 'F32' | 'BF16' | 'F16';
 
-// Deterministic inputs so a failure reproduces.
+// Deterministic inputs in [-0.5, 0.5) so a failure reproduces.
 function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5;
-  };
+  const u = uniform(seed);
+  return () => u() - 0.5;
 }
 
 const f32 = new Float32Array(1);
