@@ -55,7 +55,7 @@ test('per-item log-likelihoods of every task equal one unpadded forward per requ
   const text: TextRequest[] = [];
   const owner: string[] = [];
   for (const task of TASKS) {
-    for (const doc of taskRequests(task, DATA, { limit: 3 })) for (const r of doc) (text.push(r), owner.push(task));
+    for (const doc of await taskRequests(task, DATA, { limit: 3 })) for (const r of doc) (text.push(r), owner.push(task));
   }
   // MMLU: 5-shot prompts, four one-token answers sharing one forward.
   for (const d of loadMmlu(DATA, { limit: 1, subjects: ['abstract_algebra', 'anatomy'], encode, maxContext: model.config.maxPositionEmbeddings })) {
@@ -80,7 +80,7 @@ test('per-item log-likelihoods of every task equal one unpadded forward per requ
 });
 
 test('the same results one request per forward, in any batching, in the caller order', async () => {
-  const text = TASKS.flatMap((t) => taskRequests(t, DATA, { limit: 2 }).flat());
+  const text = (await Promise.all(TASKS.map((t) => taskRequests(t, DATA, { limit: 2 })))).flat(2);
   const reqs = tokenizeRequests(encode, text);
   const a = await loglikelihood(model, reqs, { batchTokens: 1 });
   const b = await loglikelihood(model, reqs, { batchTokens: 1 << 16 });
@@ -93,7 +93,7 @@ test('the same results one request per forward, in any batching, in the caller o
 });
 
 test('lambada: greedy is true exactly when every last-word token is the top-1 of its position', async () => {
-  const text = taskRequests('lambada_openai', DATA, { limit: 4 }).flat();
+  const text = (await taskRequests('lambada_openai', DATA, { limit: 4 })).flat();
   const reqs: LoglikelihoodRequest[] = [];
   const expected: boolean[] = [];
   for (const r of text) {
@@ -120,7 +120,7 @@ test('lambada: greedy is true exactly when every last-word token is the top-1 of
 });
 
 test('left truncation to the model context, as the harness: the last maxContext+1 tokens', async () => {
-  const text = taskRequests('lambada_openai', DATA, { limit: 3 }).flat();
+  const text = (await taskRequests('lambada_openai', DATA, { limit: 3 })).flat();
   const reqs = tokenizeRequests(encode, text);
   const got = await loglikelihood(model, reqs, { maxContext: 24 });
   for (let i = 0; i < reqs.length; i++) {

@@ -23,27 +23,27 @@ beforeAll(() => {
 });
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-const first = (task: string) => taskRequests(task, DATA, { limit: 1 })[0];
+const first = async (task: string) => (await taskRequests(task, DATA, { limit: 1 }))[0];
 
 describe('prompts of the first document of each task', () => {
-  test('piqa: "Question: {goal}\\nAnswer:" → " {sol1}", " {sol2}"', () => {
+  test('piqa: "Question: {goal}\\nAnswer:" → " {sol1}", " {sol2}"', async () => {
     const ctx = "Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:";
-    expect(first('piqa')).toEqual([
+    expect(await first('piqa')).toEqual([
       { context: ctx, continuation: ' Provide the guinea pig with a cage full of a few inches of bedding made of ripped paper strips, you will also need to supply it with a water bottle and a food dish.' },
       { context: ctx, continuation: ' Provide the guinea pig with a cage full of a few inches of bedding made of ripped jeans material, you will also need to supply it with a water bottle and a food dish.' },
     ]);
   });
 
-  test('arc_easy and arc_challenge: "Question: {question}\\nAnswer:" → " {choice}"', () => {
+  test('arc_easy and arc_challenge: "Question: {question}\\nAnswer:" → " {choice}"', async () => {
     const e = 'Question: Which statement best explains why photosynthesis is the foundation of most food webs?\nAnswer:';
-    expect(first('arc_easy')).toEqual([
+    expect(await first('arc_easy')).toEqual([
       ' Sunlight is the source of energy for nearly all ecosystems.',
       ' Most ecosystems are found on land instead of in water.',
       ' Carbon dioxide is more available than other gases.',
       ' The producers in all ecosystems are plants.',
     ].map((continuation) => ({ context: e, continuation })));
     const c = 'Question: An astronomer observes that a planet rotates faster after a meteorite impact. Which is the most likely effect of this increase in rotation?\nAnswer:';
-    expect(first('arc_challenge')).toEqual([
+    expect(await first('arc_challenge')).toEqual([
       ' Planetary density will decrease.',
       ' Planetary years will become longer.',
       ' Planetary days will become shorter.',
@@ -51,9 +51,9 @@ describe('prompts of the first document of each task', () => {
     ].map((continuation) => ({ context: c, continuation })));
   });
 
-  test('hellaswag: preprocess(activity_label + ": " + ctx) → " " + preprocess(ending)', () => {
+  test('hellaswag: preprocess(activity_label + ": " + ctx) → " " + preprocess(ending)', async () => {
     const ctx = 'Roof shingle removal: A man is sitting on a roof. he';
-    expect(first('hellaswag')).toEqual([
+    expect(await first('hellaswag')).toEqual([
       ' is using wrap to wrap a pair of skis.',
       ' is ripping level tiles off.',
       " is holding a rubik's cube.",
@@ -61,34 +61,34 @@ describe('prompts of the first document of each task', () => {
     ].map((continuation) => ({ context: ctx, continuation })));
   });
 
-  test('hellaswag: preprocess, and ctx_a + " " + ctx_b.capitalize() when the record has them', () => {
+  test('hellaswag: preprocess, and ctx_a + " " + ctx_b.capitalize() when the record has them', async () => {
     expect(hellaswagPreprocess('  How to dry [title] Step one [header] is  easy. ')).toBe('How to dry. Step one is easy.');
     const dir = path.join(tmp, 'hs');
     fs.mkdirSync(dir);
     fs.writeFileSync(path.join(dir, 'hellaswag_validation.jsonl'), JSON.stringify({ activity_label: 'Canoeing', ctx_a: 'A man paddles.', ctx_b: 'the MAN', ctx: 'x', endings: ['a', 'b', 'c', 'd'], label: 0 }) + '\n');
-    expect(loadHellaswag(dir)[0].requests[0]).toEqual({ context: 'Canoeing: A man paddles. The man', continuation: ' a' });
+    expect((await loadHellaswag(dir))[0].requests[0]).toEqual({ context: 'Canoeing: A man paddles. The man', continuation: ' a' });
   });
 
-  test('winogrande: sentence up to the blank + option → " " + the rest after the blank', () => {
+  test('winogrande: sentence up to the blank + option → " " + the rest after the blank', async () => {
     const cont = ' always got the easier cases.';
-    expect(first('winogrande')).toEqual([
+    expect(await first('winogrande')).toEqual([
       { context: 'Sarah was a much better surgeon than Maria so Sarah', continuation: cont },
       { context: 'Sarah was a much better surgeon than Maria so Maria', continuation: cont },
     ]);
   });
 
-  test('boolq: "{passage}\\nQuestion: {question}?\\nAnswer:" → " no", " yes"', () => {
+  test('boolq: "{passage}\\nQuestion: {question}?\\nAnswer:" → " no", " yes"', async () => {
     const passage =
       "Ethanol fuel -- All biomass goes through at least some of these steps: it needs to be grown, collected, dried, fermented, distilled, and burned. All of these steps require resources and an infrastructure. The total amount of energy input into the process compared to the energy released by burning the resulting ethanol fuel is known as the energy balance (or ``energy returned on energy invested''). Figures compiled in a 2007 report by National Geographic Magazine point to modest results for corn ethanol produced in the US: one unit of fossil-fuel energy is required to create 1.3 energy units from the resulting ethanol. The energy balance for sugarcane ethanol produced in Brazil is more favorable, with one unit of fossil-fuel energy required to create 8 from the ethanol. Energy balance estimates are not easily produced, thus numerous such reports have been generated that are contradictory. For instance, a separate survey reports that production of ethanol from sugarcane, which requires a tropical climate to grow productively, returns from 8 to 9 units of energy for each unit expended, as compared to corn, which only returns about 1.34 units of fuel energy for each unit of energy expended. A 2006 University of California Berkeley study, after analyzing six separate studies, concluded that producing ethanol from corn uses much less petroleum than producing gasoline.";
     const ctx = `${passage}\nQuestion: does ethanol take more energy make that produces?\nAnswer:`;
-    expect(first('boolq')).toEqual([
+    expect(await first('boolq')).toEqual([
       { context: ctx, continuation: ' no' },
       { context: ctx, continuation: ' yes' },
     ]);
   });
 
-  test('lambada_openai: the text up to the last space → " " + the last word', () => {
-    expect(first('lambada_openai')).toEqual([
+  test('lambada_openai: the text up to the last space → " " + the last word', async () => {
+    expect(await first('lambada_openai')).toEqual([
       {
         context:
           'In my palm is a clear stone, and inside it is a small ivory statuette. A guardian angel.\n\n"Figured if you\'re going to be out at night getting hit by cars, you might as well have some backup."\n\nI look at him, feeling stunned. Like this is some sort of sign. But as I stare at Harlin, his mouth curved in a confident grin, I don\'t care about',
@@ -97,14 +97,14 @@ describe('prompts of the first document of each task', () => {
     ]);
   });
 
-  test('gold indices: piqa label, arc answerKey in labels, hellaswag label, winogrande answer-1, boolq true→yes', () => {
-    const gold = (t: string) => loadChoiceTask(t, DATA, { limit: 2 }).map((d) => d.gold);
-    expect(gold('piqa')).toEqual([0, 1]);
-    expect(gold('arc_easy')[0]).toBe(0); // answerKey "A"
-    expect(gold('arc_challenge')[0]).toBe(2); // answerKey "C"
-    expect(gold('hellaswag')[0]).toBe(3);
-    expect(gold('winogrande')).toEqual([1, 0]); // answers "2", "1"
-    expect(gold('boolq')[0]).toBe(0); // label "false" → " no"
+  test('gold indices: piqa label, arc answerKey in labels, hellaswag label, winogrande answer-1, boolq true→yes', async () => {
+    const gold = async (t: string) => (await loadChoiceTask(t, DATA, { limit: 2 })).map((d) => d.gold);
+    expect(await gold('piqa')).toEqual([0, 1]);
+    expect((await gold('arc_easy'))[0]).toBe(0); // answerKey "A"
+    expect((await gold('arc_challenge'))[0]).toBe(2); // answerKey "C"
+    expect((await gold('hellaswag'))[0]).toBe(3);
+    expect(await gold('winogrande')).toEqual([1, 0]); // answers "2", "1"
+    expect((await gold('boolq'))[0]).toBe(0); // label "false" → " no"
   });
 });
 

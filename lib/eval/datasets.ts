@@ -73,11 +73,18 @@ export const TASK_FILES: Record<string, string> = {
   mmlu: 'mmlu',
 };
 
-/** One record of a .jsonl file with the file and line it came from (for error messages). */
+/** One record of a .jsonl (or parquet) file with the file and line (or 1-based row) it came from (for error messages). */
 export interface JsonlRecord {
   rec: Record<string, unknown>;
   file: string;
   line: number;
+  /** Set when the record is a parquet row: `line` is then the 1-based row of that file. */
+  parquet?: boolean;
+}
+
+/** Where a record came from, for error messages: "file:line" or "file row N". */
+export function where(r: JsonlRecord): string {
+  return r.parquet ? `${r.file} row ${r.line}` : `${r.file}:${r.line}`;
 }
 
 /** The first `limit` records of a .jsonl file; a line that is not a JSON object is an error naming file:line. */
@@ -101,8 +108,71 @@ export function readJsonlRecords(file: string, limit = Infinity): JsonlRecord[] 
   return out;
 }
 
+/**
+ * The first `limit` records of a task's data file `file` (a .jsonl name from TASK_FILES). When the .jsonl file is
+ * absent, a Hugging Face parquet file with the same base name (`piqa_validation.parquet`) is read instead, or the
+ * shards of the Hugging Face datasets layout `<dataset>/<split>-00000-of-0000N.parquet` (`piqa/validation-*.parquet`).
+ */
+export async function readTaskRecords(dataDir: string, file: string, limit = Infinity): Promise<JsonlRecord[]> {
+  const jsonl = path.join(dataDir, file);
+  if (fs.existsSync(jsonl)) return readJsonlRecords(jsonl, limit);
+  const parquet = taskParquetFiles(dataDir, file);
+  if (!parquet) return readJsonlRecords(dataFile(dataDir, file), limit); // throws FILE_NOT_FOUND naming the .jsonl
+  const out: JsonlRecord[] = [];
+  for (const f of parquet) {
+    if (out.length >= limit) break;
+    out.push(...(await readParquetRecords(f, limit - out.length)));
+  }
+  return out;
+}
+
+/** The parquet file(s) standing in for a missing task .jsonl file, or undefined when there are none. */
+export function taskParquetFiles(dataDir: string, file: string): string[] | undefined {
+  const base = file.replace(/\.jsonl$/, '');
+  const single = path.join(dataDir, `${base}.parquet`);
+  if (fs.existsSync(single)) return [single];
+  const k = base.lastIndexOf('_');
+  if (k <= 0) return undefined;
+  const dir = path.join(dataDir, base.slice(0, k));
+  const split = base.slice(k + 1);
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) return undefined;
+  const re = new RegExp(`^${split.replace(/[^\w-]/g, '\\$&')}-(\\d+)-of-(\\d+)\\.parquet$`);
+  const shards = fs.readdirSync(dir).filter((n) => re.test(n)).sort();
+  return shards.length ? shards.map((n) => path.join(dir, n)) : undefined;
+}
+
+type Hyparquet = typeof import('hyparquet', { with: { 'resolution-mode': 'import' } });
+let hyparquet: Promise<Hyparquet> | undefined;
+
+/** The first `limit` rows of a parquet file as records (INT64 values as numbers); a file hyparquet cannot read is an error naming it. */
+export async function readParquetRecords(file: string, limit = Infinity): Promise<JsonlRecord[]> {
+  // hyparquet is ESM-only: a real dynamic import() from this CommonJS module, loaded once, only when a parquet file is read.
+  hyparquet ??= import('hyparquet');
+  const { asyncBufferFromFile, parquetMetadataAsync, parquetReadObjects } = await hyparquet;
+  let rows: Record<string, unknown>[];
+  try {
+    const buf = await asyncBufferFromFile(file);
+    const metadata = await parquetMetadataAsync(buf);
+    const rowEnd = Number.isFinite(limit) ? Math.min(limit, Number(metadata.num_rows)) : undefined;
+    rows = await parquetReadObjects({ file: buf, metadata, rowEnd });
+  } catch (e) {
+    throw new LowbitError('BAD_DATA', `${file}: not a readable parquet file (${(e as Error).message})`);
+  }
+  return rows.map((rec, i) => ({ rec: plainValues(rec) as Record<string, unknown>, file, line: i + 1, parquet: true }));
+}
+
+/** Parquet INT64 columns come back as bigint: make them numbers, as in the .jsonl records. */
+function plainValues(v: unknown): unknown {
+  if (typeof v === 'bigint') return Number(v);
+  if (Array.isArray(v)) return v.map(plainValues);
+  if (v && typeof v === 'object' && Object.getPrototypeOf(v) === Object.prototype) {
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, plainValues(x)]));
+  }
+  return v;
+}
+
 function badField(r: JsonlRecord, field: string, what: string): LowbitError {
-  return new LowbitError('BAD_DATA', `${r.file}:${r.line}: field "${field}" missing or not ${what}`);
+  return new LowbitError('BAD_DATA', `${where(r)}: field "${field}" missing or not ${what}`);
 }
 
 /** A string field of a record, or an error naming file:line and the field. */
@@ -128,6 +198,6 @@ export function intField(r: JsonlRecord, field: string): number {
 
 /** A gold index that must lie in [0, n), or an error naming file:line. */
 export function checkGold(r: JsonlRecord, field: string, gold: number, n: number): number {
-  if (!(gold >= 0 && gold < n)) throw new LowbitError('BAD_DATA', `${r.file}:${r.line}: field "${field}" gives answer ${gold}, outside the ${n} choices`);
+  if (!(gold >= 0 && gold < n)) throw new LowbitError('BAD_DATA', `${where(r)}: field "${field}" gives answer ${gold}, outside the ${n} choices`);
   return gold;
 }

@@ -76,14 +76,17 @@ export async function evaluate(
   const seqLen = opts.seqLen ?? 2048;
   const maxContext = model.config.maxPositionEmbeddings;
   // Every data file is read and checked before any compute.
-  const prepared: Prepared[] = tasks.map((task) => {
+  const prepared: Prepared[] = [];
+  for (const task of tasks) {
     const kind = TASKS[task].kind;
-    if (kind === 'perplexity') return { task, kind, text: pplText(task as PplTask, opts.dataDir) };
-    if (kind === 'lambada') return { task, kind, requests: loadLambada(opts.dataDir, { limit: opts.limit }) };
-    // MMLU encodes each prompt to fit its shots; keep those ids for the requests (a per-task cache).
-    const enc = memoEncode(encode);
-    return { task, kind, docs: loadChoiceTask(task, opts.dataDir, { limit: opts.limit, encode: enc, maxContext }), encode: enc };
-  });
+    if (kind === 'perplexity') prepared.push({ task, kind, text: pplText(task as PplTask, opts.dataDir) });
+    else if (kind === 'lambada') prepared.push({ task, kind, requests: await loadLambada(opts.dataDir, { limit: opts.limit }) });
+    else {
+      // MMLU encodes each prompt to fit its shots; keep those ids for the requests (a per-task cache).
+      const enc = memoEncode(encode);
+      prepared.push({ task, kind, docs: await loadChoiceTask(task, opts.dataDir, { limit: opts.limit, encode: enc, maxContext }), encode: enc });
+    }
+  }
   const results: Record<string, TaskResult> = {};
   for (const p of prepared) {
     const task = p.task;

@@ -1,10 +1,9 @@
 // PIQA (lm-eval `piqa`): "Question: {goal}\nAnswer:" → " {sol1}" | " {sol2}"; gold = label; acc, acc_norm.
-import { checkGold, dataFile, intField, readJsonlRecords, strField, TASK_FILES } from '../datasets';
+import { checkGold, intField, readTaskRecords, strField, TASK_FILES } from '../datasets';
 import type { ChoiceDoc, LoadOptions } from './types';
 
-export function loadPiqa(dataDir: string, opts: LoadOptions = {}): ChoiceDoc[] {
-  const file = dataFile(dataDir, TASK_FILES.piqa);
-  return readJsonlRecords(file, opts.limit).map((r) => {
+export async function loadPiqa(dataDir: string, opts: LoadOptions = {}): Promise<ChoiceDoc[]> {
+  return (await readTaskRecords(dataDir, TASK_FILES.piqa, opts.limit)).map((r) => {
     const context = `Question: ${strField(r, 'goal')}\nAnswer:`;
     const choices = [strField(r, 'sol1'), strField(r, 'sol2')];
     return {

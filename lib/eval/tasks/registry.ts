@@ -43,7 +43,7 @@ export function checkTaskNames(tasks: string[]): void {
 }
 
 /** The documents of a multiple-choice task (MMLU included). */
-export function loadChoiceTask(task: string, dataDir: string, opts: LoadOptions & MmluLoadOptions = {}): ChoiceDoc[] {
+export async function loadChoiceTask(task: string, dataDir: string, opts: LoadOptions & MmluLoadOptions = {}): Promise<ChoiceDoc[]> {
   switch (task) {
     case 'piqa':
       return loadPiqa(dataDir, opts);
@@ -63,8 +63,8 @@ export function loadChoiceTask(task: string, dataDir: string, opts: LoadOptions 
 }
 
 /** The requests of any non-perplexity task, first document first (what the prompt-pinning tests read). */
-export function taskRequests(task: string, dataDir: string, opts: LoadOptions & MmluLoadOptions = {}): TextRequest[][] {
+export async function taskRequests(task: string, dataDir: string, opts: LoadOptions & MmluLoadOptions = {}): Promise<TextRequest[][]> {
   checkTaskNames([task]);
-  if (task === 'lambada_openai') return loadLambada(dataDir, opts).map((r) => [r]);
-  return loadChoiceTask(task, dataDir, opts).map((d) => d.requests);
+  if (task === 'lambada_openai') return (await loadLambada(dataDir, opts)).map((r) => [r]);
+  return (await loadChoiceTask(task, dataDir, opts)).map((d) => d.requests);
 }

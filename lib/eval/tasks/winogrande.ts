@@ -2,15 +2,14 @@
 // the blank with the option in its place; the continuation, the same for both, is " " + the rest of the
 // sentence after the blank, stripped; acc.
 import { LowbitError } from '../../load/errors';
-import { checkGold, dataFile, intField, readJsonlRecords, strField, TASK_FILES } from '../datasets';
+import { checkGold, intField, readTaskRecords, strField, TASK_FILES, where } from '../datasets';
 import type { ChoiceDoc, LoadOptions } from './types';
 
-export function loadWinogrande(dataDir: string, opts: LoadOptions = {}): ChoiceDoc[] {
-  const file = dataFile(dataDir, TASK_FILES.winogrande);
-  return readJsonlRecords(file, opts.limit).map((r) => {
+export async function loadWinogrande(dataDir: string, opts: LoadOptions = {}): Promise<ChoiceDoc[]> {
+  return (await readTaskRecords(dataDir, TASK_FILES.winogrande, opts.limit)).map((r) => {
     const sentence = strField(r, 'sentence');
     const idx = sentence.indexOf('_');
-    if (idx < 0) throw new LowbitError('BAD_DATA', `${r.file}:${r.line}: field "sentence" has no "_" blank`);
+    if (idx < 0) throw new LowbitError('BAD_DATA', `${where(r)}: field "sentence" has no "_" blank`);
     const target = ' ' + sentence.slice(idx + 1).trim();
     const options = [strField(r, 'option1'), strField(r, 'option2')];
     return {
