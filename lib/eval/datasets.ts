@@ -25,22 +25,7 @@ export function dataFile(dataDir: string, file: string): string {
 
 /** Reads a .jsonl file's `field` from every record, naming the file and line of a malformed one. */
 export function readJsonlField(file: string, field: string, limit = Infinity): string[] {
-  const out: string[] = [];
-  const lines = fs.readFileSync(file, 'utf8').split('\n');
-  for (let i = 0; i < lines.length && out.length < limit; i++) {
-    const line = lines[i];
-    if (!line.trim()) continue;
-    let rec: unknown;
-    try {
-      rec = JSON.parse(line);
-    } catch (e) {
-      throw new LowbitError('BAD_DATA', `${file}:${i + 1}: not valid JSON (${(e as Error).message})`);
-    }
-    const v = (rec as Record<string, unknown>)[field];
-    if (typeof v !== 'string') throw new LowbitError('BAD_DATA', `${file}:${i + 1}: field "${field}" missing or not a string`);
-    out.push(v);
-  }
-  return out;
+  return readJsonlRecords(file, limit).map((r) => strField(r, field));
 }
 
 /** The text the protocol tokenizes for a task: WikiText-2 rows joined by "\n\n"; C4's first 1100 docs joined by " ". */
