@@ -14,7 +14,7 @@
  */
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
-import * as path from 'path';
+import { addon } from '../lib/native/addon';
 
 interface Shape {
   M: number;
@@ -38,21 +38,7 @@ function arg(name: string, dflt: string): string {
   return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
 }
 
-// The compiled script may live outside the checkout (tsc --outDir /tmp/...), so look for the
-// addon from here upwards, then from the working directory.
-function repoRoot(): string {
-  for (const start of [__dirname, process.cwd()]) {
-    for (let d = start; ; d = path.dirname(d)) {
-      if (fs.existsSync(path.join(d, 'binding.gyp'))) return d;
-      if (path.dirname(d) === d) break;
-    }
-  }
-  throw new Error('run from the lowbit checkout');
-}
 
-const root = repoRoot();
-// eslint-disable-next-line @typescript-eslint/no-var-requires
-const addon = require(require.resolve('node-gyp-build', { paths: [root] }))(root);
 
 const flops = (s: Shape) => 2 * s.M * s.N * s.K;
 // About 2-4 s of work per measurement, never fewer than 5 timed repetitions.

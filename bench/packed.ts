@@ -9,26 +9,14 @@
  */
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
-import * as path from 'path';
+import { addon } from '../lib/native/addon';
 
 function arg(name: string, dflt: string): string {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
 }
 
-function repoRoot(): string {
-  for (const start of [__dirname, process.cwd()]) {
-    for (let d = start; ; d = path.dirname(d)) {
-      if (fs.existsSync(path.join(d, 'binding.gyp'))) return d;
-      if (path.dirname(d) === d) break;
-    }
-  }
-  throw new Error('run from the lowbit checkout');
-}
 
-const root = repoRoot();
-// eslint-disable-next-line @typescript-eslint/no-var-requires
-const addon = require(require.resolve('node-gyp-build', { paths: [root] }))(root);
 
 interface Case {
   bits: number;

@@ -18,19 +18,23 @@ export interface NativeAddon {
   [name: string]: any;
 }
 
-/** The package root: the nearest folder above this file holding binding.gyp (dist/, lib/ or a bench build). */
+/** The package root: the nearest folder holding binding.gyp above this file (dist/, lib/) or, for a copy compiled
+ *  elsewhere (benchmarks built with tsc --outDir /tmp/...), above the working directory. */
 function packageRoot(): string {
-  for (let d = __dirname; ; d = path.dirname(d)) {
-    if (fs.existsSync(path.join(d, 'binding.gyp'))) return d;
-    if (path.dirname(d) === d) return process.cwd();
+  for (const start of [__dirname, process.cwd()]) {
+    for (let d = start; ; d = path.dirname(d)) {
+      if (fs.existsSync(path.join(d, 'binding.gyp'))) return d;
+      if (path.dirname(d) === d) break;
+    }
   }
+  return process.cwd();
 }
 
 function load(): NativeAddon {
   const root = packageRoot();
   try {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
-    return require('node-gyp-build')(root) as NativeAddon;
+    return require(require.resolve('node-gyp-build', { paths: [root, __dirname] }))(root) as NativeAddon;
   } catch (e) {
     throw new Error(
       `lowbit: the native addon is not built (${(e as Error).message.split('\n')[0]}). ` +
