@@ -259,6 +259,24 @@ test('hessianAccumulate adds alpha·XᵀX (float64 reference, 1e-4 relative)', a
   await expect((async () => addon.hessianAccumulate(new Float32Array(10), X32, 1))()).rejects.toThrow(/hessianAccumulate: H must be \[n,n\]/);
 });
 
+test('hessianAccumulate at widths that take the blocked symmetric path: exact symmetry, float64 reference', async () => {
+  for (const n of [520, 1030]) {
+    const T = 96;
+    const X = Float32Array.from({ length: T * n }, (_, i) => Math.sin(i * 0.37) + 0.1 * Math.cos(i * 1.3));
+    const H = Float32Array.from({ length: n * n }, (_, i) => (i % (n + 1) === 0 ? 1 : 0));
+    await addon.hessianAccumulate(H, X, 0.5);
+    let worst = 0;
+    for (let i = 0; i < n; i += 7)
+      for (let j = 0; j < n; j++) {
+        let ref = i === j ? 1 : 0;
+        for (let t = 0; t < T; t++) ref += 0.5 * X[t * n + i] * X[t * n + j];
+        worst = Math.max(worst, Math.abs(H[i * n + j] - ref) / (1 + Math.abs(ref)));
+        expect(H[i * n + j]).toBe(H[j * n + i]);
+      }
+    expect(worst).toBeLessThan(1e-5);
+  }
+});
+
 test('matches a float64 reference GPTQ (per channel, no act-order, one block): ≥ 99% identical integers', async () => {
   const ref = gptqReference(W, H, 0.01);
   const r = await gptq(W, H, -1, false, { blockSize: COLS });

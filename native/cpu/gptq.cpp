@@ -212,11 +212,20 @@ Napi::Value HessianAccumulate(const Napi::CallbackInfo& info) {
     float* H = Hv.Data();
     const float* X = Xv.Data();
     return run_async(info.Env(), [=] {
-      GemmArgs g;
-      g.M = n; g.N = n; g.K = T; g.transA = true; g.A = X; g.lda = n;
-      g.B.data = X; g.B.dtype = DType::F32; g.B.ld = n;
-      g.C = H; g.ldc = n; g.alpha = alpha; g.beta = 1.f;
-      gemm(g);
+      // H is symmetric: accumulate only the block rows' upper parts (a blocked SYRK, ~56% of the GEMM's flops with
+      // 8 row blocks), then mirror, so the lower triangle always equals the upper one bit for bit.
+      const int64_t nb = n >= 512 ? 8 : 1;
+      const int64_t step = ((n + nb - 1) / nb + 15) / 16 * 16;
+      for (int64_t r0 = 0; r0 < n; r0 += step) {
+        const int64_t r1 = std::min(n, r0 + step);
+        GemmArgs g;
+        g.M = r1 - r0; g.N = n - r0; g.K = T; g.transA = true; g.A = X + r0; g.lda = n;
+        g.B.data = X + r0; g.B.dtype = DType::F32; g.B.ld = n;
+        g.C = H + r0 * n + r0; g.ldc = n; g.alpha = alpha; g.beta = 1.f;
+        gemm(g);
+      }
+      for (int64_t i = 1; i < n; ++i)
+        for (int64_t j = 0; j < i; ++j) H[i * n + j] = H[j * n + i];
     }, nullptr, {info[0], info[1]});
   });
 }
