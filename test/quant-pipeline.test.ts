@@ -11,6 +11,7 @@ import { LINEAR_NAMES, LoadedModel } from '../lib/load/types';
 import { checkSpecForModel, quantize, QuantizeReport } from '../lib/quant/pipeline';
 import { parseSpec } from '../lib/quant/spec';
 import { toF32 } from '../lib/quant/weights';
+import { SYNTH, syntheticModel, writeModelDir } from './helpers/fixtures';
 
 const SHARED = path.resolve(__dirname, '..', '..', 'shared');
 const MODEL_DIR = path.join(SHARED, 'models', 'qwen3-tiny');
@@ -149,6 +150,41 @@ describe('bad input', () => {
     const model = loadModel(MODEL_DIR);
     await expect(quantize(model, parseSpec('gptq:w4g128,nsamples=8,seqlen=256'), { calibration: calib })).rejects.toThrow(/calibration set is 4×256, the spec asks for 8×256/);
     await expect(quantize(model, parseSpec('gptq:w4g128'), {})).rejects.toThrow(/gptq needs calibration data/);
+  });
+
+  describe('non-finite weights and activations', () => {
+    let dir: string;
+    beforeAll(() => {
+      dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lowbit-nan-'));
+    });
+    afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const tinyCalib = (): CalibrationSet => ({ ids: Int32Array.from({ length: 2 * 16 }, (_, i) => (i * 7) % SYNTH.vocab), nsamples: 2, seqLen: 16, source: 'test' });
+
+    test('a NaN weight: quantize refuses, naming the tensor', async () => {
+      const m = syntheticModel();
+      (m.tensors['model.layers.1.mlp.down_proj.weight'].data as Uint16Array)[3] = 0x7fc0;
+      const model = loadModel(writeModelDir(path.join(dir, 'nanw'), m));
+      await expect(quantize(model, parseSpec('rtn:w4perchannel'))).rejects.toThrow(
+        /cannot quantize .*: non-finite values \(NaN\/Inf\) in model\.layers\.1\.mlp\.down_proj\.weight \(1\)/,
+      );
+    });
+
+    // The largest finite bf16 as a norm weight: the MLP's inputs in layer 0 are ~1e38 and its outputs overflow fp32.
+    const overflowing = (name: string) => {
+      const m = syntheticModel();
+      (m.tensors['model.layers.0.post_attention_layernorm.weight'].data as Uint16Array).fill(0x7f7f);
+      return loadModel(writeModelDir(path.join(dir, name), m));
+    };
+    test.each([
+      ['gptq:w4perchannel', /the inputs of model\.layers\.0\.up\/gate \(an overflow/],
+      ['awq:w4perchannel', /the output of model\.layers\.0 for sequence 0, token 0/], // one pass: statistics and outputs
+      ['smoothquant:w8a8', /the output of model\.layers\.0 for sequence 0, token 0/],
+    ])('%s: activations that overflow in a layer stop the pass, naming where', async (text, where) => {
+      const spec = { ...parseSpec(text), nsamples: 2, calibSeqLen: 16 };
+      await expect(quantize(overflowing(text.replace(/[:]/g, '-')), spec, { calibration: tinyCalib() })).rejects.toThrow(
+        new RegExp('calibration activations are not finite: ' + where.source),
+      );
+    });
   });
 
   describe('readCalibIds', () => {

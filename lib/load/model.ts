@@ -199,11 +199,13 @@ export interface NonFiniteTensor {
 
 /**
  * Tensors holding NaN or Inf (a broken checkpoint or a diverged export). Tests the exponent bits instead
- * of converting values: all-ones exponent ⇔ not finite, in each of fp32, bf16 and f16.
+ * of converting values: all-ones exponent ⇔ not finite, in each of fp32, bf16 and f16. `namePrefix` limits the
+ * scan (e.g. to one layer, so a layer-by-layer pass reads each tensor once).
  */
-export function scanNonFinite(model: LoadedModel): NonFiniteTensor[] {
+export function scanNonFinite(model: LoadedModel, namePrefix = ''): NonFiniteTensor[] {
   const found: NonFiniteTensor[] = [];
   for (const [name, w] of namedTensors(model)) {
+    if (!name.startsWith(namePrefix)) continue;
     const count = countNonFinite(w);
     if (count > 0) found.push({ name, count });
   }

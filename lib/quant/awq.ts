@@ -1,7 +1,7 @@
 // AWQ (Lin et al. 2024) over one decoder layer, with llm-awq's semantics: per-input-channel scales
 // s = mean|x|^r searched on a 20-point grid by the MSE of the block output that the scaled, quantized
 // weights produce; scales folded into the preceding norm or linear; then the weight-clipping search.
-import type { LayerInputs } from '../calibrate/activations';
+import { checkFiniteStatistic, LayerInputs } from '../calibrate/activations';
 import type { LayerCaptures } from '../eval/forward';
 import type { LayerWeights, LinearName, LoadedModel } from '../load/types';
 import { addon } from '../native/addon';
@@ -77,6 +77,7 @@ export async function awqLayer(model: LoadedModel, l: number, inputs: LayerInput
     const x = feats[g.input];
     const cols = lins[g.names[0]].inFeatures;
     const xm = meanAbs(x, cols);
+    checkFiniteStatistic(xm, `model.layers.${l}.${g.names.join('/')}`);
     const org = await g.block(x);
     const ws = Object.fromEntries(g.names.map((n) => [n, lins[n].weight as Float32Array]));
     let best = Infinity;

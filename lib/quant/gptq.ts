@@ -1,7 +1,7 @@
 // GPTQ over one decoder layer: Hessians H = 2/n·Σ XᵀX of each linear's inputs, accumulated as calibration
 // batches stream through the layer, then the native column-by-column solver. With true-sequential, each
 // subset ([k,v,q] → [o] → [up,gate] → [down]) sees the inputs produced by the already-quantized ones.
-import type { LayerInputs } from '../calibrate/activations';
+import { checkFiniteStatistic, LayerInputs } from '../calibrate/activations';
 import type { LayerCaptures } from '../eval/forward';
 import type { LinearName, LoadedModel } from '../load/types';
 import { addon } from '../native/addon';
@@ -40,6 +40,7 @@ export async function collectHessians(
   await inputs.capture(model, l, async (cap) => {
     for (const [k, h] of H) await addon.hessianAccumulate(h, cap[k], 2 / inputs.nsamples);
   }, signal);
+  for (const [k, h] of H) checkFiniteStatistic(h, `model.layers.${l}.${names.filter((n) => INPUT_OF[n] === k).join('/')}`);
   return H;
 }
 

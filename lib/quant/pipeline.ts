@@ -4,6 +4,7 @@ import { LayerInputs } from '../calibrate/activations';
 import type { CalibrationSet } from '../calibrate/calibration';
 import { throwIfAborted } from '../eval/forward';
 import { LowbitError } from '../load/errors';
+import { scanNonFinite } from '../load/model';
 import { LINEAR_NAMES, LoadedModel } from '../load/types';
 import { awqLayer } from './awq';
 import { billmQuantize } from './billm';
@@ -42,6 +43,15 @@ export interface QuantizeReport {
  */
 export function billmMaxSalient(block: number): number {
   return Math.max(2, Math.floor(0.15 * block) + 1);
+}
+
+/** Quantizing NaN/Inf weights yields garbage that looks like a model; checked a layer at a time as the pass reaches it. */
+function refuseNonFinite(model: LoadedModel, prefix: string): void {
+  const bad = scanNonFinite(model, prefix);
+  if (bad.length) {
+    const list = bad.map((b) => `${b.name} (${b.count})`).join(', ');
+    throw new LowbitError('BAD_DATA', `cannot quantize ${model.dir}: non-finite values (NaN/Inf) in ${list}`);
+  }
 }
 
 export function needsCalibration(spec: QuantSpec): boolean {
@@ -85,6 +95,7 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
   let weights = 0;
   try {
     let inputs: LayerInputs | undefined;
+    refuseNonFinite(model, 'model.embed_tokens.');
     if (needsCalibration(spec)) {
       const calib = opts.calibration;
       if (!calib) throw new LowbitError('BAD_ARGUMENT', `${spec.method} needs calibration data`);
@@ -96,6 +107,7 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
     }
     for (let l = 0; l < layers; l++) {
       throwIfAborted(signal);
+      refuseNonFinite(model, `model.layers.${l}.`);
       const stage = (s: string) => opts.onProgress?.({ layer: l, layers, stage: s });
       const layer = model.weights.layers[l];
       switch (spec.method) {

@@ -2,7 +2,7 @@
 // s = max|X|^α / max|W|^(1−α), folded into input_layernorm (→ q,k,v) and post_attention_layernorm
 // (→ gate,up); weights then per-output-channel symmetric, activations per-token dynamic symmetric at
 // every linear input (applied by the forward from model.quantization.actBits).
-import type { LayerInputs } from '../calibrate/activations';
+import { checkFiniteStatistic, LayerInputs } from '../calibrate/activations';
 import type { LayerWeights, LinearName, LoadedModel } from '../load/types';
 import { rtnQuantize } from './rtn';
 import type { QuantSpec } from './spec';
@@ -40,6 +40,8 @@ export async function smoothLayer(model: LoadedModel, l: number, inputs: LayerIn
     absmaxInto(attnMax, c.attnIn);
     absmaxInto(mlpMax, c.mlpIn);
   });
+  checkFiniteStatistic(attnMax, `model.layers.${l}.q/k/v`);
+  checkFiniteStatistic(mlpMax, `model.layers.${l}.gate/up`);
   const folds: ['inputNorm' | 'postAttnNorm', LinearName[], Float32Array][] = [
     ['inputNorm', ['q', 'k', 'v'], attnMax],
     ['postAttnNorm', ['gate', 'up'], mlpMax],
