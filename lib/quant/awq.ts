@@ -14,16 +14,6 @@ const CLIP_TOKENS = 512;
 
 type Feats = Record<keyof LayerCaptures, Float32Array>;
 
-function concat(parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
-
 function meanAbs(x: Float32Array, cols: number): Float64Array {
   const m = new Float64Array(cols);
   const rows = x.length / cols;
@@ -54,11 +44,16 @@ export async function awqLayer(model: LoadedModel, l: number, inputs: LayerInput
   const cfg = model.config;
   // One pass gives both the statistics and the next layer's inputs (from the unmodified layer, as llm-awq does).
   onStage?.('capture');
-  const parts: Record<keyof LayerCaptures, Float32Array[]> = { attnIn: [], oIn: [], mlpIn: [], downIn: [] };
+  // Batches are copied into whole-layer buffers as they arrive, so the peak is one copy of the captures, not two.
+  const tokens = inputs.nsamples * inputs.seqLen;
+  const width: Record<keyof LayerCaptures, number> = { attnIn: lins.q.inFeatures, oIn: lins.o.inFeatures, mlpIn: lins.gate.inFeatures, downIn: lins.down.inFeatures };
+  const feats = Object.fromEntries(Object.entries(width).map(([k, w]) => [k, new Float32Array(tokens * w)])) as Feats;
+  let filled = 0;
   await inputs.propagate(model, l, signal, async (c) => {
-    for (const k of Object.keys(parts) as (keyof LayerCaptures)[]) parts[k].push(c[k]);
+    const t = c.attnIn.length / width.attnIn;
+    for (const k of Object.keys(width) as (keyof LayerCaptures)[]) feats[k].set(c[k], filled * width[k]);
+    filled += t;
   });
-  const feats = Object.fromEntries(Object.entries(parts).map(([k, v]) => [k, concat(v)])) as Feats;
   for (const n of Object.keys(lins) as LinearName[]) install(lins[n], toF32(lins[n].weight).slice());
 
   const opts = { cfg, layer, seqLen: inputs.seqLen };
