@@ -144,6 +144,9 @@ __global__ void __launch_bounds__(kRowsPerCta * 32) gptq_block_kernel(
   if (mode == 0) {
     scale = fs[row];
     zero = fz[row];
+  } else if (mode == 1 && i1 % gs != 0) {  // a group begun in an earlier block: its parameters carry over
+    scale = scales[row * ngroups + i1 / gs];
+    zero = zeros[row * ngroups + i1 / gs];
   }
   double acc = 0;
   for (int i = 0; i < nb; ++i) {
