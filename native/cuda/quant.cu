@@ -49,6 +49,10 @@ class QuantSession {
   // one batch of bs sequences
   DevBuf xn, qkv, q, k, v, att, res, gu, act, cosv, sinv, staging;
   DevBuf H[4];  // attnIn, oIn, mlpIn, downIn
+  // The attention output of every window: it depends only on the layer input and q/k/v, which stop changing
+  // once [k, v, q] are quantized, so the later passes (o, gate/up, down inputs, propagation) reuse it.
+  DevBuf att_all;
+  bool att_cached = false, att_valid = false;
 
   QuantSession(int device) : cx(device) {}
 
@@ -72,20 +76,23 @@ class QuantSession {
     rmsnorm<float>(h, in_norm.as<float>(), xn.as<float>(), T, c.hidden, c.eps, st);
     if (caps & 1) syrk_acc(cx, H[0].as<float>(), xn.as<float>(), T, c.hidden, alpha);
     if (upto == 0) return;
-    gemm(xn.as<float>(), w_qkv.as<float>(), qkv.as<float>(), T, dqkv(), c.hidden, 0.f);
-    qkv_post<float>(qkv.as<float>(), b_qkv.as<float>(), q_norm.as<float>(), k_norm.as<float>(), cosv.as<float>(),
-                    sinv.as<float>(), q.as<float>(), k.as<float>(), v.as<float>(), T, L, static_cast<int>(c.nh),
-                    static_cast<int>(c.nkv), static_cast<int>(c.hd), c.eps, st);
-    attention<float>(q.as<float>(), k.as<float>(), v.as<float>(), att.as<float>(), ns, L, static_cast<int>(c.nh),
-                     static_cast<int>(c.nkv), static_cast<int>(c.hd), false, st);
-    if (caps & 2) syrk_acc(cx, H[1].as<float>(), att.as<float>(), T, c.nh * c.hd, alpha);
+    float* a = att_cached ? att_all.as<float>() + s0 * L * c.nh * c.hd : att.as<float>();
+    if (!(att_cached && att_valid)) {
+      gemm(xn.as<float>(), w_qkv.as<float>(), qkv.as<float>(), T, dqkv(), c.hidden, 0.f);
+      qkv_post<float>(qkv.as<float>(), b_qkv.as<float>(), q_norm.as<float>(), k_norm.as<float>(), cosv.as<float>(),
+                      sinv.as<float>(), q.as<float>(), k.as<float>(), v.as<float>(), T, L, static_cast<int>(c.nh),
+                      static_cast<int>(c.nkv), static_cast<int>(c.hd), c.eps, st);
+      attention<float>(q.as<float>(), k.as<float>(), v.as<float>(), a, ns, L, static_cast<int>(c.nh),
+                       static_cast<int>(c.nkv), static_cast<int>(c.hd), false, st);
+    }
+    if (caps & 2) syrk_acc(cx, H[1].as<float>(), a, T, c.nh * c.hd, alpha);
     if (upto == 1) return;
     float* r = h;  // the residual: in place only when propagating
     if (upto < 4) {
       r = res.as<float>();
       LB_CK(cudaMemcpyAsync(r, h, T * c.hidden * 4, cudaMemcpyDeviceToDevice, st));
     }
-    gemm(att.as<float>(), w_o.as<float>(), r, T, c.hidden, c.nh * c.hd, 1.f);
+    gemm(a, w_o.as<float>(), r, T, c.hidden, c.nh * c.hd, 1.f);
     if (b_o.p) add_bias(r, b_o.as<float>(), T, c.hidden, st);
     rmsnorm<float>(r, post_norm.as<float>(), xn.as<float>(), T, c.hidden, c.eps, st);
     if (caps & 4) syrk_acc(cx, H[2].as<float>(), xn.as<float>(), T, c.hidden, alpha);
@@ -106,6 +113,7 @@ class QuantSession {
       run_batch(s0, std::min(bs, nseq - s0), upto, caps);
       LB_CK(cudaStreamSynchronize(cx.st));
     }
+    if (att_cached && upto >= 1) att_valid = true;
     cx.sample_memory();
   }
 
@@ -167,13 +175,21 @@ std::shared_ptr<QuantSession> quant_session_create(const ModelCfg& cfg, const Ho
   const int64_t per_tok = (c.hidden * 2 + (c.nh + 2 * c.nkv) * c.hd + (2 * c.nh + 2 * c.nkv) * c.hd + 3 * c.inter) * 4;
   s->bs = std::max<int64_t>(1, std::min<int64_t>(nseq, (int64_t(2) << 30) / (per_tok * L)));
   const int64_t T = s->bs * L;
+  {  // cache the attention output when it fits beside the batch workspace and a solve (≈ 4 GiB kept free)
+    const uint64_t att_bytes = static_cast<uint64_t>(Tn) * c.nh * c.hd * 4;
+    LB_CK(cudaMemGetInfo(&fr, &tot));
+    if (att_bytes + static_cast<uint64_t>(per_tok) * T + (uint64_t(4) << 30) < fr) {
+      s->att_all.alloc(att_bytes);
+      s->att_cached = true;
+    }
+  }
   s->xn.alloc(T * c.hidden * 4);
   s->res.alloc(T * c.hidden * 4);
   s->qkv.alloc(T * s->dqkv() * 4);
   s->q.alloc(T * c.nh * c.hd * 4);
   s->k.alloc(T * c.nkv * c.hd * 4);
   s->v.alloc(T * c.nkv * c.hd * 4);
-  s->att.alloc(T * c.nh * c.hd * 4);
+  if (!s->att_cached) s->att.alloc(T * c.nh * c.hd * 4);
   s->gu.alloc(T * 2 * c.inter * 4);
   s->act.alloc(T * c.inter * 4);
   // RoPE tables exactly as forward.cu builds them.
@@ -248,6 +264,7 @@ void quant_session_load_layer(QuantSession& s, const HostLayer& L) {
   s.staging.release();
   LB_CK(cudaStreamSynchronize(s.cx.st));
   s.loaded = true;
+  s.att_valid = false;
 }
 
 void quant_session_hessians(QuantSession& s, unsigned caps, const CancelCheck& cancel) {
@@ -278,6 +295,7 @@ void quant_session_gptq(QuantSession& s, int lin, const GptqOpts& o, GptqOut& r,
   if (!H.p) throw std::logic_error("GPTQ on the GPU: no Hessian collected for this linear's input");
   int64_t rows = 0, cols = 0;
   s.shape(lin, rows, cols);
+  if (lin <= 2) s.att_valid = false;  // q, k or v changes: the cached attention output is stale
   gptq_device(s.cx, s.weight(lin), rows, cols, H.as<float>(), o, r, cancel);
 }
 
