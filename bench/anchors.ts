@@ -3,8 +3,8 @@
 // Usage: npx tsc -p tsconfig.json --outDir /tmp/lowbit-bench &&
 //   node /tmp/lowbit-bench/bench/anchors.js --model DIR --golden FILE --calib-ids FILE [--data-dir DIR] [--max-windows N] SPEC…
 // SPEC as the CLI takes it (rtn:w4g128 …) or "fp32". Prints a markdown table; --out FILE appends JSON lines.
-// --device cuda evaluates on the GPU in fp32 (--dtype fp32, the anchors' precision); quantization stays on the CPU,
-// and W/A settings (activation quantization) evaluate on the CPU path.
+// --device cuda evaluates on the GPU in fp32 (--dtype fp32, the anchors' precision) and runs GPTQ there too (the
+// other methods quantize on the CPU); W/A settings (activation quantization) evaluate on the CPU path.
 import * as fs from 'fs';
 import * as path from 'path';
 import { readCalibIds } from '../lib/calibrate/calibration';
@@ -50,7 +50,7 @@ async function main() {
       const spec = parseSpec(text);
       key = anchorKey(spec);
       const calibration = spec.method === 'rtn' || (spec.method === 'naive') ? undefined : readCalibIds(calibIds, spec.nsamples, spec.calibSeqLen);
-      const r = await quantize(model, spec, { calibration });
+      const r = await quantize(model, spec, { calibration, device });
       quantS = r.seconds;
       if (r.avgBits) extra = ` (${r.avgBits.toFixed(3)} bits)`;
     }

@@ -47,7 +47,7 @@ export function evalCommand(): Command {
         const spec = specFromOptions(o);
         const bad = scanNonFinite(model);
         if (bad.length) progress.log(`lowbit: warning: non-finite values (NaN/Inf) in ${bad.map((b) => `${b.name} (${b.count})`).join(", ")}; results will be NaN`);
-        const quant = spec ? quantSummary(await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal)) : undefined;
+        const quant = spec ? quantSummary(await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal, device)) : undefined;
         if (device.type === 'cuda') {
           if (model.quantization?.actBits) progress.log('lowbit: note: activation quantization runs on the CPU path; evaluating on the CPU');
           else await toDevice(model, device, { dtype: o.dtype, actFp32: o.fp32Activations });

@@ -1,5 +1,6 @@
 import { Command, Option } from 'commander';
 import { loadCalibration } from '../calibrate/resolve';
+import { DeviceSpec, resolveDevice } from '../eval/cuda';
 import { evaluate } from '../eval/evaluate';
 import { defaultFormat, EXPORT_FORMATS, ExportFormat, roundScalesForFormat, saveQuantized } from '../export/checkpoint';
 import { LowbitError } from '../load/errors';
@@ -85,6 +86,7 @@ export async function runQuantization(
   o: QuantCliOptions,
   progress: Progress,
   signal: AbortSignal,
+  device?: DeviceSpec,
 ): Promise<QuantizeReport> {
   const calibration = needsCalibration(spec) ? loadCalibration(model, encode, spec, o) : undefined;
   if (calibration) progress.log(`calibration: ${calibration.nsamples} × ${calibration.seqLen} tokens from ${calibration.source}`);
@@ -92,16 +94,17 @@ export async function runQuantization(
   const report = await quantize(model, spec, {
     calibration,
     signal,
+    device,
     onProgress: (p) => progress.update(p.layer, 0),
   });
   progress.update(model.config.numLayers, 0);
   progress.stop();
-  progress.log(`quantized with ${report.name} in ${report.seconds.toFixed(1)} s${report.avgBits ? ` (${report.avgBits.toFixed(3)} bits/weight)` : ''}`);
+  progress.log(`quantized with ${report.name} on ${report.device} in ${report.seconds.toFixed(1)} s${report.avgBits ? ` (${report.avgBits.toFixed(3)} bits/weight)` : ''}`);
   return report;
 }
 
 export function quantSummary(r: QuantizeReport) {
-  return { spec: r.name, settings: r.spec, seconds: r.seconds, calibration: r.calibration ?? null, avgBits: r.avgBits ?? null };
+  return { spec: r.name, settings: r.spec, seconds: r.seconds, device: r.device, calibration: r.calibration ?? null, avgBits: r.avgBits ?? null };
 }
 
 export function quantizeCommand(): Command {
@@ -112,22 +115,24 @@ export function quantizeCommand(): Command {
     .option('--eval <tasks>', 'also evaluate perplexity on these tasks', listOption)
     .option('--max-windows <n>', 'with --eval: at most N windows per task', intOption('--max-windows', 1))
     .option('--threads <n>', 'worker threads (default: one per core)', intOption('--threads', 1, 1024))
+    .option('--device <dev>', 'where GPTQ runs: cpu, cuda or cuda:N (default: cuda when a GPU and a CUDA build are there, else cpu); other methods run on the CPU')
     .addOption(
       new Option('--format <f>', 'checkpoint format: gptq (default when the quantization fits it: 2/3/4/8-bit weight-only), gptq_v2, awq (4-bit, no act-order), lowbit (anything, e.g. BiLLM, SmoothQuant), dequant (fp32 weights)')
         .choices(EXPORT_FORMATS as string[]),
     )
     .option('--json', 'print one JSON document on stdout');
   addQuantOptions(cmd);
-  return cmd.action(async (modelDir: string, o: QuantCliOptions & { out: string; format?: ExportFormat; threads?: number; json?: boolean; eval?: string[]; maxWindows?: number }) => {
+  return cmd.action(async (modelDir: string, o: QuantCliOptions & { out: string; format?: ExportFormat; threads?: number; device?: string; json?: boolean; eval?: string[]; maxWindows?: number }) => {
     try {
       const signal = interruptSignal();
       applyThreads(o.threads);
       const spec = specFromOptions(o);
       if (!spec) throw new LowbitError('BAD_ARGUMENT', 'give --quant SPEC or --method (with --wbits, --group-size, …)');
+      const device = resolveDevice(o.device);
       const model = loadModel(modelDir);
       const tok = loadTokenizer(modelDir);
       const progress = createProgress();
-      const report = await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal);
+      const report = await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal, device);
       const format = o.format ?? defaultFormat(model, spec);
       // GPTQ/AWQ store fp16 scales: evaluate (--eval) exactly the weights the checkpoint will load as.
       roundScalesForFormat(model, format);

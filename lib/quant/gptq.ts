@@ -13,7 +13,7 @@ export const INPUT_OF: Record<LinearName, keyof LayerCaptures> = {
 };
 
 export const SEQUENTIAL_SUBSETS: LinearName[][] = [['k', 'v', 'q'], ['o'], ['up', 'gate'], ['down']];
-const ALL_AT_ONCE: LinearName[][] = [['q', 'k', 'v', 'o', 'gate', 'up', 'down']];
+export const ALL_AT_ONCE: LinearName[][] = [['q', 'k', 'v', 'o', 'gate', 'up', 'down']];
 
 export interface LinearReport {
   layer: number;

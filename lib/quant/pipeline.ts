@@ -2,6 +2,7 @@
 // the method's statistics from that layer's inputs → quantize → push the inputs through the layer.
 import { LayerInputs } from '../calibrate/activations';
 import type { CalibrationSet } from '../calibrate/calibration';
+import { DeviceSpec, deviceName, resolveDevice } from '../eval/cuda';
 import { throwIfAborted } from '../eval/forward';
 import { LowbitError } from '../load/errors';
 import { scanNonFinite } from '../load/model';
@@ -9,6 +10,7 @@ import { LINEAR_NAMES, LoadedModel } from '../load/types';
 import { awqLayer } from './awq';
 import { billmQuantize } from './billm';
 import { gptqSolver, hessianLayer, LinearReport } from './gptq';
+import { GpuGptq } from './gptq-cuda';
 import { rtnLinear } from './rtn';
 import { quantizeLayerWeightsSym, smoothLayer } from './smoothquant';
 import { QuantSpec, specName, validateSpec } from './spec';
@@ -24,6 +26,9 @@ export interface QuantizeOptions {
   calibration?: CalibrationSet;
   signal?: AbortSignal;
   onProgress?: (p: QuantizeProgress) => void;
+  /** Where GPTQ's calibration and solver run: cpu, cuda or cuda:N (default: cuda when a GPU and a CUDA
+   *  build are there, else cpu). The other methods run on the CPU. */
+  device?: DeviceSpec | string;
 }
 
 export interface QuantizeReport {
@@ -34,6 +39,10 @@ export interface QuantizeReport {
   linears: LinearReport[];
   /** BiLLM: weighted mean bits per weight over all quantized linears. */
   avgBits?: number;
+  /** where the quantization ran ("cpu", "cuda:0") */
+  device: string;
+  /** GPU runs: device memory in use at the fullest point, beyond what was in use before (bytes) */
+  gpuPeakBytes?: number;
 }
 
 /**
@@ -90,7 +99,10 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
   const cancel = new Int32Array(1);
   const onAbort = () => (cancel[0] = 1);
   signal?.addEventListener('abort', onAbort);
+  const device = spec.method === 'gptq' ? (typeof opts.device === 'object' ? opts.device : resolveDevice(opts.device)) : ({ type: 'cpu' } as const);
   const linears: LinearReport[] = [];
+  let gpu: GpuGptq | undefined;
+  let gpuPeakBytes: number | undefined;
   let bitsWeighted = 0;
   let weights = 0;
   try {
@@ -103,7 +115,8 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
         throw new LowbitError('BAD_ARGUMENT', `calibration set is ${calib.nsamples}×${calib.seqLen}, the spec asks for ${spec.nsamples}×${spec.calibSeqLen}`);
       }
       opts.onProgress?.({ layer: 0, layers, stage: 'embed calibration' });
-      inputs = await LayerInputs.embed(model, calib);
+      if (device.type === 'cuda') gpu = await GpuGptq.create(model, calib, device.index);
+      else inputs = await LayerInputs.embed(model, calib);
     }
     for (let l = 0; l < layers; l++) {
       throwIfAborted(signal);
@@ -116,6 +129,10 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
           for (const n of LINEAR_NAMES) await rtnLinear(layer.linears[n], spec);
           break;
         case 'gptq':
+          if (gpu) {
+            linears.push(...(await gpu.layer(l, spec, cancel, signal, stage)));
+            break;
+          }
           linears.push(...(await hessianLayer(model, l, inputs!, spec, gptqSolver(model, l, spec, cancel), signal, stage)));
           stage('propagate');
           await inputs!.propagate(model, l, signal);
@@ -155,8 +172,10 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
           break;
       }
     }
+    gpuPeakBytes = gpu?.info().peakBytes;
   } finally {
     signal?.removeEventListener('abort', onAbort);
+    gpu?.free();
   }
   model.quantization = { spec, actBits: spec.abits };
   return {
@@ -166,5 +185,7 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
     calibration: needsCalibration(spec) ? opts.calibration?.source : undefined,
     linears,
     avgBits: weights ? bitsWeighted / weights : undefined,
+    device: deviceName(device),
+    gpuPeakBytes,
   };
 }

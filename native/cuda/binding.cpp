@@ -11,9 +11,7 @@
 #include <memory>
 
 #include "cpu/async.h"
-#include "cpu/registry.h"
-#include "cpu/tensor.h"
-#include "gpu.h"
+#include "napi_host.h"
 
 namespace lowbit {
 namespace {
@@ -24,30 +22,6 @@ struct Box {
 };
 
 const char* dtype_name(int d) { return d == 0 ? "fp32" : d == 1 ? "bf16" : "fp16"; }
-
-int64_t num(const Napi::Object& o, const char* key) {
-  Napi::Value v = o.Get(key);
-  if (!v.IsNumber()) throw std::invalid_argument(std::string("missing numeric option '") + key + "'");
-  return v.As<Napi::Number>().Int64Value();
-}
-
-cuda::HostMat host_mat(const Napi::Value& v, int64_t rows, int64_t cols, const char* what) {
-  MatView mv = mat_from_js(v, rows, cols, what);
-  cuda::HostMat m;
-  m.data = mv.data;
-  m.dtype = static_cast<int>(mv.dtype);
-  m.rows = rows;
-  m.cols = cols;
-  return m;
-}
-
-cuda::HostLinear host_linear(const Napi::Object& lin, const char* name, int64_t out, int64_t in) {
-  cuda::HostLinear l;
-  l.w = host_mat(lin.Get("weight"), out, in, name);
-  Napi::Value b = lin.Get("bias");
-  if (!b.IsUndefined() && !b.IsNull()) l.bias = cf32_from_js(b, out, name);
-  return l;
-}
 
 Box* unbox(const Napi::Value& v) {
   if (!v.IsExternal()) throw std::invalid_argument("expected a GPU model handle");
@@ -89,38 +63,13 @@ Napi::Value GpuModelCreate(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Napi::Object o = info[0].As<Napi::Object>();
     Napi::Object opts = info.Length() > 1 && info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(info.Env());
-    Napi::Object c = o.Get("cfg").As<Napi::Object>();
     auto hm = std::make_shared<cuda::HostModel>();
-    cuda::ModelCfg& g = hm->cfg;
-    g.hidden = num(c, "hiddenSize");
-    g.inter = num(c, "intermediateSize");
-    g.nh = num(c, "numHeads");
-    g.nkv = num(c, "numKvHeads");
-    g.hd = num(c, "headDim");
-    g.vocab = num(c, "vocabSize");
-    g.eps = c.Get("rmsNormEps").As<Napi::Number>().FloatValue();
-    g.theta = c.Get("ropeTheta").As<Napi::Number>().FloatValue();
-    if (g.nkv <= 0 || g.nh % g.nkv) throw std::invalid_argument("numHeads must be a multiple of numKvHeads");
+    hm->cfg = cuda_js::model_cfg(o.Get("cfg").As<Napi::Object>());
+    const cuda::ModelCfg& g = hm->cfg;
     Napi::Array layers = o.Get("layers").As<Napi::Array>();
-    for (uint32_t i = 0; i < layers.Length(); ++i) {
-      Napi::Object L = layers.Get(i).As<Napi::Object>();
-      cuda::HostLayer hl;
-      hl.in_norm = cf32_from_js(L.Get("inputNorm"), g.hidden, "inputNorm");
-      hl.post_norm = cf32_from_js(L.Get("postAttnNorm"), g.hidden, "postAttnNorm");
-      if (L.Has("qNorm") && L.Get("qNorm").IsTypedArray()) hl.q_norm = cf32_from_js(L.Get("qNorm"), g.hd, "qNorm");
-      if (L.Has("kNorm") && L.Get("kNorm").IsTypedArray()) hl.k_norm = cf32_from_js(L.Get("kNorm"), g.hd, "kNorm");
-      Napi::Object lins = L.Get("linears").As<Napi::Object>();
-      hl.q = host_linear(lins.Get("q").As<Napi::Object>(), "q_proj", g.nh * g.hd, g.hidden);
-      hl.k = host_linear(lins.Get("k").As<Napi::Object>(), "k_proj", g.nkv * g.hd, g.hidden);
-      hl.v = host_linear(lins.Get("v").As<Napi::Object>(), "v_proj", g.nkv * g.hd, g.hidden);
-      hl.o = host_linear(lins.Get("o").As<Napi::Object>(), "o_proj", g.hidden, g.nh * g.hd);
-      hl.gate = host_linear(lins.Get("gate").As<Napi::Object>(), "gate_proj", g.inter, g.hidden);
-      hl.up = host_linear(lins.Get("up").As<Napi::Object>(), "up_proj", g.inter, g.hidden);
-      hl.down = host_linear(lins.Get("down").As<Napi::Object>(), "down_proj", g.hidden, g.inter);
-      hm->layers.push_back(hl);
-    }
-    hm->embed = host_mat(o.Get("embed"), g.vocab, g.hidden, "embed_tokens");
-    hm->head = host_mat(o.Get("lmHead"), g.vocab, g.hidden, "lm_head");
+    for (uint32_t i = 0; i < layers.Length(); ++i) hm->layers.push_back(cuda_js::host_layer(layers.Get(i).As<Napi::Object>(), g));
+    hm->embed = cuda_js::host_mat(o.Get("embed"), g.vocab, g.hidden, "embed_tokens");
+    hm->head = cuda_js::host_mat(o.Get("lmHead"), g.vocab, g.hidden, "lm_head");
     hm->final_norm = cf32_from_js(o.Get("finalNorm"), g.hidden, "finalNorm");
     int device = opts.Has("device") && opts.Get("device").IsNumber() ? opts.Get("device").As<Napi::Number>().Int32Value() : 0;
     std::string dt = opts.Has("dtype") && opts.Get("dtype").IsString() ? opts.Get("dtype").As<Napi::String>().Utf8Value() : "bf16";

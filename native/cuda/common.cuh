@@ -50,6 +50,28 @@ template <> struct CudaType<float> { static constexpr cudaDataType_t value = CUD
 template <> struct CudaType<bf16> { static constexpr cudaDataType_t value = CUDA_R_16BF; };
 template <> struct CudaType<f16> { static constexpr cudaDataType_t value = CUDA_R_16F; };
 
+// A device allocation that grows on demand and frees itself.
+struct DevBuf {
+  void* p = nullptr;
+  size_t bytes = 0;
+  DevBuf() = default;
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  ~DevBuf() { release(); }
+  void release() {
+    if (p) cudaFree(p);  // errors at teardown have nowhere to go
+    p = nullptr;
+    bytes = 0;
+  }
+  void alloc(size_t n) {
+    if (n <= bytes) return;
+    release();
+    LB_CK(cudaMalloc(&p, n));
+    bytes = n;
+  }
+  template <class T> T* as() const { return static_cast<T*>(p); }
+};
+
 inline unsigned blocks_for(int64_t n, int threads, int64_t cap = 65535LL * 16) {
   int64_t b = (n + threads - 1) / threads;
   return static_cast<unsigned>(b < 1 ? 1 : (b > cap ? cap : b));

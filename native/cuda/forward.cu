@@ -43,27 +43,6 @@ float f16_bits_to_f32(uint16_t h) {
   return f;
 }
 
-struct DevBuf {
-  void* p = nullptr;
-  size_t bytes = 0;
-  DevBuf() = default;
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-  ~DevBuf() { release(); }
-  void release() {
-    if (p) cudaFree(p);  // errors at teardown have nowhere to go
-    p = nullptr;
-    bytes = 0;
-  }
-  void alloc(size_t n) {
-    if (n <= bytes) return;
-    release();
-    LB_CK(cudaMalloc(&p, n));
-    bytes = n;
-  }
-  template <class T> T* as() const { return static_cast<T*>(p); }
-};
-
 size_t esize(int dtype) { return dtype == 0 ? 4 : 2; }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // (binding.cpp, built by the host compiler) and the kernels (*.cu, built by nvcc) meet only here.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -70,6 +71,56 @@ void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll
 // Kernel self-test on random data: the tensor-core attention vs the fp32 reference kernel (max |diff| /
 // max |ref|), written into *report. Returns that relative error (or -1 when the fast path does not apply).
 double selftest_attention(int device, int dtype, int nseq, int L, int nh, int nkv, int hd, std::string* report);
+
+
+// ---- quantization on the GPU (quant.cu, gptq.cu) ----
+
+// Polled between units of work; throws (the binding's Cancelled) to stop.
+using CancelCheck = std::function<void()>;
+
+// As native/cpu/gptq.cpp's options and result: the same semantics, computed on the device.
+struct GptqOpts {
+  int bits = 4;
+  int64_t group = -1;
+  bool sym = false, act_order = true, static_groups = false;
+  double damp = 0.01;
+  int64_t block = 128;
+};
+
+struct GptqOut {
+  std::vector<float> w, scales, zeros;  // w [rows, cols] dequantized; scales/zeros [rows, ngroups]
+  std::vector<uint8_t> q;               // [rows, cols], original column order
+  std::vector<int32_t> g_idx, perm;     // perm empty without act-order
+  double loss = 0;
+  int64_t dead = 0;
+};
+
+// Standalone (tests): W [rows, cols] host (any weight dtype), H [cols, cols] fp32 host.
+void gptq_host(int device, const HostMat& W, const float* H, const GptqOpts& o, GptqOut& r, const CancelCheck& cancel);
+// H [n, n] += alpha · XᵀX for host X [T, n] (fp32 SYRK on the device, no TF32).
+void hessian_host(int device, float* H, const float* X, int64_t T, int64_t n, float alpha);
+
+// Layer-by-layer calibration: the calibration windows' hidden states live on the device; one layer's
+// weights (fp32) at a time; linear inputs are never stored, only their Hessians accumulated.
+class QuantSession;
+// Linear indices: 0 q, 1 k, 2 v, 3 o, 4 gate, 5 up, 6 down. Capture bits: 1 attnIn, 2 oIn, 4 mlpIn, 8 downIn.
+std::shared_ptr<QuantSession> quant_session_create(const ModelCfg& cfg, const HostMat& embed, const int32_t* ids,
+                                                   int64_t nseq, int64_t L, int device);
+void quant_session_load_layer(QuantSession& s, const HostLayer& layer);
+// H_k = 2/nseq · Σ XᵀX of the inputs named by `captures`, through the layer as it is now.
+void quant_session_hessians(QuantSession& s, unsigned captures, const CancelCheck& cancel);
+// GPTQ of one linear from its input's Hessian; the device copy of the weight becomes the quantized one.
+void quant_session_gptq(QuantSession& s, int linear, const GptqOpts& o, GptqOut& r, const CancelCheck& cancel);
+// The hidden states become the outputs of the (quantized) layer.
+void quant_session_propagate(QuantSession& s, const CancelCheck& cancel);
+struct QuantSessionInfo {
+  int device = 0;
+  int64_t batch_seqs = 0;
+  uint64_t peak_bytes = 0;  // device memory in use at the fullest sampled point, minus the use at creation
+};
+QuantSessionInfo quant_session_info(const QuantSession& s);
+const ModelCfg& quant_session_cfg(const QuantSession& s);
+int64_t quant_session_linear_cols(const QuantSession& s, int linear);
 
 }  // namespace cuda
 }  // namespace lowbit

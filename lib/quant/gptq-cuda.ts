@@ -1,0 +1,86 @@
+// GPTQ with its calibration on a CUDA device: the calibration windows' hidden states stay on the GPU, each
+// layer's weights go up one layer at a time, Hessians are accumulated and solved there with the CPU path's
+// schedule (true-sequential subsets) and semantics; results come back into the same structures.
+import type { CalibrationSet } from '../calibrate/calibration';
+import { throwIfAborted } from '../eval/forward';
+import type { LinearName, LoadedModel } from '../load/types';
+import { addon } from '../native/addon';
+import { ALL_AT_ONCE, INPUT_OF, LinearReport, SEQUENTIAL_SUBSETS } from './gptq';
+import type { QuantSpec } from './spec';
+import { install } from './weights';
+
+export interface GpuQuantInfo {
+  device: number;
+  batchSeqs: number;
+  /** device memory in use at the fullest sampled point of the run, minus what was in use at its start */
+  peakBytes: number;
+}
+
+export class GpuGptq {
+  private constructor(
+    private handle: unknown,
+    private readonly model: LoadedModel,
+  ) {}
+
+  /** Embeds the calibration windows on device `device` (they stay there until free()). */
+  static async create(model: LoadedModel, calib: CalibrationSet, device: number): Promise<GpuGptq> {
+    const w = model.weights;
+    const handle = await addon.gpuQuantCreate({ cfg: model.config, embed: w.embed }, calib.ids, calib.seqLen, device);
+    return new GpuGptq(handle, model);
+  }
+
+  /** Quantizes layer l in place (its linears get the dequantized weights and the integers), then moves the
+   *  calibration states through the quantized layer. */
+  async layer(l: number, spec: QuantSpec, cancel: Int32Array, signal?: AbortSignal, onStage?: (s: string) => void): Promise<LinearReport[]> {
+    const layer = this.model.weights.layers[l];
+    onStage?.('upload');
+    await addon.gpuQuantLoadLayer(this.handle, layer);
+    const reports: LinearReport[] = [];
+    for (const subset of spec.trueSequential ? SEQUENTIAL_SUBSETS : ALL_AT_ONCE) {
+      throwIfAborted(signal);
+      onStage?.(`hessian ${subset.join(',')}`);
+      await addon.gpuQuantHessians(this.handle, [...new Set(subset.map((n) => INPUT_OF[n]))], cancel);
+      for (const name of subset) {
+        throwIfAborted(signal);
+        onStage?.(`solve ${name}`);
+        reports.push(await this.solve(l, name, spec, cancel));
+      }
+    }
+    throwIfAborted(signal);
+    onStage?.('propagate');
+    await addon.gpuQuantPropagate(this.handle, cancel);
+    return reports;
+  }
+
+  private async solve(l: number, name: LinearName, spec: QuantSpec, cancel: Int32Array): Promise<LinearReport> {
+    const lin = this.model.weights.layers[l].linears[name];
+    const r = await addon.gpuQuantGptq(this.handle, name, {
+      bits: spec.wbits,
+      groupSize: spec.groupSize,
+      sym: spec.sym,
+      actOrder: spec.actOrder,
+      staticGroups: spec.staticGroups,
+      damp: spec.damp,
+      blockSize: spec.blockSize,
+      cancel,
+    });
+    install(lin, r.weight, {
+      bits: spec.wbits,
+      groupSize: spec.groupSize,
+      sym: spec.sym,
+      qweight: r.qweight,
+      scales: r.scales,
+      zeros: r.zeros,
+      gIdx: r.gIdx,
+    });
+    return { layer: l, name, loss: r.loss, deadColumns: r.deadColumns };
+  }
+
+  info(): GpuQuantInfo {
+    return addon.gpuQuantInfo(this.handle);
+  }
+
+  free(): void {
+    addon.gpuQuantFree(this.handle);
+  }
+}

@@ -1,0 +1,71 @@
+// JS model objects → the CUDA backend's host views (gpu.h), shared by the N-API bindings of the CUDA
+// backend (binding.cpp, quant_binding.cpp). Throws std::invalid_argument naming what is wrong.
+#pragma once
+#include <string>
+
+#include "cpu/registry.h"
+#include "cpu/tensor.h"
+#include "gpu.h"
+
+namespace lowbit {
+namespace cuda_js {
+
+inline int64_t num(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) throw std::invalid_argument(std::string("missing numeric option '") + key + "'");
+  return v.As<Napi::Number>().Int64Value();
+}
+
+inline cuda::HostMat host_mat(const Napi::Value& v, int64_t rows, int64_t cols, const char* what) {
+  MatView mv = mat_from_js(v, rows, cols, what);
+  cuda::HostMat m;
+  m.data = mv.data;
+  m.dtype = static_cast<int>(mv.dtype);
+  m.rows = rows;
+  m.cols = cols;
+  return m;
+}
+
+inline cuda::HostLinear host_linear(const Napi::Object& lin, const char* name, int64_t out, int64_t in) {
+  cuda::HostLinear l;
+  l.w = host_mat(lin.Get("weight"), out, in, name);
+  Napi::Value b = lin.Get("bias");
+  if (!b.IsUndefined() && !b.IsNull()) l.bias = cf32_from_js(b, out, name);
+  return l;
+}
+
+// A ModelConfig (lib/load/types.ts) → ModelCfg.
+inline cuda::ModelCfg model_cfg(const Napi::Object& c) {
+  cuda::ModelCfg g;
+  g.hidden = num(c, "hiddenSize");
+  g.inter = num(c, "intermediateSize");
+  g.nh = num(c, "numHeads");
+  g.nkv = num(c, "numKvHeads");
+  g.hd = num(c, "headDim");
+  g.vocab = num(c, "vocabSize");
+  g.eps = c.Get("rmsNormEps").As<Napi::Number>().FloatValue();
+  g.theta = c.Get("ropeTheta").As<Napi::Number>().FloatValue();
+  if (g.nkv <= 0 || g.nh % g.nkv) throw std::invalid_argument("numHeads must be a multiple of numKvHeads");
+  return g;
+}
+
+// A LayerWeights (lib/load/types.ts) → HostLayer; the pointers stay valid while the JS object lives.
+inline cuda::HostLayer host_layer(const Napi::Object& L, const cuda::ModelCfg& g) {
+  cuda::HostLayer hl;
+  hl.in_norm = cf32_from_js(L.Get("inputNorm"), g.hidden, "inputNorm");
+  hl.post_norm = cf32_from_js(L.Get("postAttnNorm"), g.hidden, "postAttnNorm");
+  if (L.Has("qNorm") && L.Get("qNorm").IsTypedArray()) hl.q_norm = cf32_from_js(L.Get("qNorm"), g.hd, "qNorm");
+  if (L.Has("kNorm") && L.Get("kNorm").IsTypedArray()) hl.k_norm = cf32_from_js(L.Get("kNorm"), g.hd, "kNorm");
+  Napi::Object lins = L.Get("linears").As<Napi::Object>();
+  hl.q = host_linear(lins.Get("q").As<Napi::Object>(), "q_proj", g.nh * g.hd, g.hidden);
+  hl.k = host_linear(lins.Get("k").As<Napi::Object>(), "k_proj", g.nkv * g.hd, g.hidden);
+  hl.v = host_linear(lins.Get("v").As<Napi::Object>(), "v_proj", g.nkv * g.hd, g.hidden);
+  hl.o = host_linear(lins.Get("o").As<Napi::Object>(), "o_proj", g.hidden, g.nh * g.hd);
+  hl.gate = host_linear(lins.Get("gate").As<Napi::Object>(), "gate_proj", g.inter, g.hidden);
+  hl.up = host_linear(lins.Get("up").As<Napi::Object>(), "up_proj", g.inter, g.hidden);
+  hl.down = host_linear(lins.Get("down").As<Napi::Object>(), "down_proj", g.hidden, g.inter);
+  return hl;
+}
+
+}  // namespace cuda_js
+}  // namespace lowbit

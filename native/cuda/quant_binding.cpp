@@ -1,0 +1,212 @@
+// N-API bindings of quantization on the GPU (built only with LOWBIT_CUDA):
+//   gpuQuantCreate({cfg, embed}, ids: Int32Array [nseq*seqLen], seqLen, device) → Promise<session>
+//   gpuQuantLoadLayer(session, layer) → Promise<void>            (the layer's weights, fp32 on the device)
+//   gpuQuantHessians(session, inputs: ('attnIn'|'oIn'|'mlpIn'|'downIn')[], cancel?) → Promise<void>
+//   gpuQuantGptq(session, linear: 'q'|…|'down', opts) → Promise<result>   (opts and result as gptqQuantize's)
+//   gpuQuantPropagate(session, cancel?) → Promise<void>
+//   gpuQuantInfo(session) → {device, batchSeqs, peakBytes};  gpuQuantFree(session)
+//   gpuGptqQuantize(W, H, opts & {device?}) → Promise<result>   (standalone, as gptqQuantize)
+//   gpuHessianAccumulate(H, X, alpha, device?) → Promise<void>   (as hessianAccumulate)
+#include <cmath>
+#include <cstring>
+#include <memory>
+
+#include "cpu/async.h"
+#include "napi_host.h"
+
+namespace lowbit {
+namespace {
+
+struct SessionBox {
+  std::shared_ptr<cuda::QuantSession> s;
+};
+
+std::shared_ptr<cuda::QuantSession> unbox(const Napi::Value& v) {
+  if (!v.IsExternal()) throw std::invalid_argument("expected a GPU quantization session");
+  SessionBox* b = v.As<Napi::External<SessionBox>>().Data();
+  if (!b || !b->s) throw std::invalid_argument("the GPU quantization session was freed");
+  return b->s;
+}
+
+cuda::CancelCheck cancel_check(const Napi::Value& v) {
+  CancelFlag flag(v);
+  return [flag] { flag.check(); };
+}
+
+cuda::GptqOpts gptq_opts(const Napi::Object& o, int64_t cols) {
+  cuda::GptqOpts opt;
+  opt.bits = o.Get("bits").As<Napi::Number>().Int32Value();
+  opt.group = o.Get("groupSize").As<Napi::Number>().Int64Value();
+  opt.sym = o.Get("sym").ToBoolean();
+  opt.act_order = o.Get("actOrder").ToBoolean();
+  opt.static_groups = o.Get("staticGroups").ToBoolean();
+  if (o.Get("damp").IsNumber()) opt.damp = o.Get("damp").As<Napi::Number>().DoubleValue();
+  if (o.Get("blockSize").IsNumber()) opt.block = o.Get("blockSize").As<Napi::Number>().Int64Value();
+  if (opt.bits < 1 || opt.bits > 8) throw std::invalid_argument("bits must be 1..8");
+  if (opt.block < 1) throw std::invalid_argument("blockSize must be positive");
+  if (opt.group > 0 && cols % opt.group)
+    throw std::invalid_argument("group size " + std::to_string(opt.group) + " does not divide " + std::to_string(cols) + " columns");
+  return opt;
+}
+
+template <class T, class A>
+A copy_out(Napi::Env env, const std::vector<T>& v) {
+  auto a = A::New(env, v.size());
+  if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * sizeof(T));
+  return a;
+}
+
+Napi::Value gptq_result(Napi::Env env, const cuda::GptqOut& r) {
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("weight", copy_out<float, Napi::Float32Array>(env, r.w));
+  out.Set("qweight", copy_out<uint8_t, Napi::Uint8Array>(env, r.q));
+  out.Set("scales", copy_out<float, Napi::Float32Array>(env, r.scales));
+  out.Set("zeros", copy_out<float, Napi::Float32Array>(env, r.zeros));
+  out.Set("gIdx", copy_out<int32_t, Napi::Int32Array>(env, r.g_idx));
+  out.Set("perm", copy_out<int32_t, Napi::Int32Array>(env, r.perm));
+  out.Set("loss", Napi::Number::New(env, r.loss));
+  out.Set("deadColumns", Napi::Number::New(env, static_cast<double>(r.dead)));
+  return out;
+}
+
+int device_of(const Napi::Value& v) { return v.IsNumber() ? v.As<Napi::Number>().Int32Value() : 0; }
+
+Napi::Value GpuQuantCreate(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Napi::Object o = info[0].As<Napi::Object>();
+    const cuda::ModelCfg cfg = cuda_js::model_cfg(o.Get("cfg").As<Napi::Object>());
+    const cuda::HostMat embed = cuda_js::host_mat(o.Get("embed"), cfg.vocab, cfg.hidden, "embed_tokens");
+    if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      throw std::invalid_argument("ids: expected an Int32Array");
+    auto ids = info[1].As<Napi::Int32Array>();
+    const int64_t L = info[2].As<Napi::Number>().Int64Value(), n = static_cast<int64_t>(ids.ElementLength());
+    if (L <= 0 || n % L) throw std::invalid_argument("calibration ids length " + std::to_string(n) + " is not a multiple of seqLen " + std::to_string(L));
+    const int device = device_of(info[3]);
+    const int32_t* idp = ids.Data();
+    auto result = std::make_shared<std::shared_ptr<cuda::QuantSession>>();
+    return run_async(info.Env(), [=] { *result = cuda::quant_session_create(cfg, embed, idp, n / L, L, device); },
+                     [result](Napi::Env env) -> Napi::Value {
+                       auto* b = new SessionBox{*result};
+                       return Napi::External<SessionBox>::New(env, b, [](Napi::Env, SessionBox* p) { delete p; });
+                     },
+                     {info[0], info[1]});
+  });
+}
+
+Napi::Value GpuQuantLoadLayer(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    auto s = unbox(info[0]);
+    const cuda::HostLayer layer = cuda_js::host_layer(info[1].As<Napi::Object>(), cuda::quant_session_cfg(*s));
+    return run_async(info.Env(), [=] { cuda::quant_session_load_layer(*s, layer); }, nullptr, {info[1]});
+  });
+}
+
+Napi::Value GpuQuantHessians(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    auto s = unbox(info[0]);
+    Napi::Array a = info[1].As<Napi::Array>();
+    unsigned caps = 0;
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      const std::string k = a.Get(i).As<Napi::String>().Utf8Value();
+      if (k == "attnIn") caps |= 1;
+      else if (k == "oIn") caps |= 2;
+      else if (k == "mlpIn") caps |= 4;
+      else if (k == "downIn") caps |= 8;
+      else throw std::invalid_argument("unknown linear input '" + k + "' (attnIn, oIn, mlpIn, downIn)");
+    }
+    auto cancel = cancel_check(info[2]);
+    return run_async(info.Env(), [=] { cuda::quant_session_hessians(*s, caps, cancel); }, nullptr, {info[2]});
+  });
+}
+
+Napi::Value GpuQuantGptq(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    auto s = unbox(info[0]);
+    static const char* names[7] = {"q", "k", "v", "o", "gate", "up", "down"};
+    const std::string name = info[1].As<Napi::String>().Utf8Value();
+    int lin = -1;
+    for (int i = 0; i < 7; ++i)
+      if (name == names[i]) lin = i;
+    if (lin < 0) throw std::invalid_argument("unknown linear '" + name + "' (q, k, v, o, gate, up, down)");
+    Napi::Object o = info[2].As<Napi::Object>();
+    const cuda::GptqOpts opt = gptq_opts(o, cuda::quant_session_linear_cols(*s, lin));
+    auto cancel = cancel_check(o.Get("cancel"));
+    auto r = std::make_shared<cuda::GptqOut>();
+    return run_async(info.Env(), [=] { cuda::quant_session_gptq(*s, lin, opt, *r, cancel); },
+                     [r](Napi::Env env) { return gptq_result(env, *r); }, {info[2]});
+  });
+}
+
+Napi::Value GpuQuantPropagate(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    auto s = unbox(info[0]);
+    auto cancel = cancel_check(info[1]);
+    return run_async(info.Env(), [=] { cuda::quant_session_propagate(*s, cancel); }, nullptr, {info[1]});
+  });
+}
+
+Napi::Value GpuQuantInfo(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const cuda::QuantSessionInfo i = cuda::quant_session_info(*unbox(info[0]));
+    Napi::Object r = Napi::Object::New(info.Env());
+    r.Set("device", i.device);
+    r.Set("batchSeqs", static_cast<double>(i.batch_seqs));
+    r.Set("peakBytes", static_cast<double>(i.peak_bytes));
+    return r;
+  });
+}
+
+Napi::Value GpuQuantFree(const Napi::CallbackInfo& info) {
+  if (info[0].IsExternal()) {
+    SessionBox* b = info[0].As<Napi::External<SessionBox>>().Data();
+    if (b) b->s.reset();  // freed now, or when the last in-flight step finishes
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value GpuGptqQuantize(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Napi::Object o = info[2].As<Napi::Object>();
+    const int64_t rows = cuda_js::num(o, "rows"), cols = cuda_js::num(o, "cols");
+    const cuda::GptqOpts opt = gptq_opts(o, cols);
+    const cuda::HostMat W = cuda_js::host_mat(info[0], rows, cols, "weight");
+    const float* H = cf32_from_js(info[1], cols * cols, "hessian");
+    const int device = device_of(o.Get("device"));
+    auto cancel = cancel_check(o.Get("cancel"));
+    auto r = std::make_shared<cuda::GptqOut>();
+    return run_async(info.Env(), [=] { cuda::gptq_host(device, W, H, opt, *r, cancel); },
+                     [r](Napi::Env env) { return gptq_result(env, *r); }, {info[0], info[1], info[2]});
+  });
+}
+
+Napi::Value GpuHessianAccumulate(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    auto Hv = info[0].As<Napi::Float32Array>();
+    auto Xv = info[1].As<Napi::Float32Array>();
+    const float alpha = info[2].As<Napi::Number>().FloatValue();
+    const int device = device_of(info[3]);
+    const int64_t n = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(Hv.ElementLength()))));
+    if (n * n != static_cast<int64_t>(Hv.ElementLength()) || Xv.ElementLength() % n)
+      throw std::invalid_argument("gpuHessianAccumulate: H must be [n,n] and X [T,n]");
+    const int64_t T = Xv.ElementLength() / n;
+    float* H = Hv.Data();
+    const float* X = Xv.Data();
+    return run_async(info.Env(), [=] { cuda::hessian_host(device, H, X, T, n, alpha); }, nullptr, {info[0], info[1]});
+  });
+}
+
+}  // namespace
+
+LOWBIT_EXPORTS {
+  exports.Set("gpuQuantCreate", Napi::Function::New(env, GpuQuantCreate));
+  exports.Set("gpuQuantLoadLayer", Napi::Function::New(env, GpuQuantLoadLayer));
+  exports.Set("gpuQuantHessians", Napi::Function::New(env, GpuQuantHessians));
+  exports.Set("gpuQuantGptq", Napi::Function::New(env, GpuQuantGptq));
+  exports.Set("gpuQuantPropagate", Napi::Function::New(env, GpuQuantPropagate));
+  exports.Set("gpuQuantInfo", Napi::Function::New(env, GpuQuantInfo));
+  exports.Set("gpuQuantFree", Napi::Function::New(env, GpuQuantFree));
+  exports.Set("gpuGptqQuantize", Napi::Function::New(env, GpuGptqQuantize));
+  exports.Set("gpuHessianAccumulate", Napi::Function::New(env, GpuHessianAccumulate));
+}
+
+}  // namespace lowbit

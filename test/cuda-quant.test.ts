@@ -1,0 +1,243 @@
+// GPTQ on the GPU (native/cuda/gptq.cu, quant.cu) against the CPU path and float64: the Hessian
+// accumulation against float64, the solver against the CPU solver on fresh random correlated problems
+// (every option: groups, act-order, static groups, per channel, symmetric, 2..4 bits, dead columns, groups
+// wider than a block), and the whole pipeline on qwen3-tiny against the CPU pipeline. Without a GPU (or in
+// a CPU-only build) only the device-selection checks run.
+import * as fs from 'fs';
+import * as path from 'path';
+import { readCalibIds } from '../lib/calibrate/calibration';
+import { cudaDevices, cudaInfo, toDevice } from '../lib/eval/cuda';
+import { pplText } from '../lib/eval/datasets';
+import { perplexity } from '../lib/eval/perplexity';
+import { loadModel } from '../lib/load/model';
+import { loadTokenizer } from '../lib/load/tokenizer';
+import { LINEAR_NAMES, LoadedModel } from '../lib/load/types';
+import { addon } from '../lib/native/addon';
+import { quantize } from '../lib/quant/pipeline';
+import { parseSpec } from '../lib/quant/spec';
+import type { QuantizedLinear } from '../lib/quant/weights';
+import { gauss } from './helpers/random';
+
+function packageRoot(): string {
+  for (let d = __dirname; ; d = path.dirname(d)) {
+    if (fs.existsSync(path.join(d, 'binding.gyp'))) return d;
+    if (path.dirname(d) === d) return path.resolve(__dirname, '..');
+  }
+}
+const ROOT = packageRoot();
+const TINY = path.join(ROOT, 'models', 'qwen3-tiny');
+const gpu = cudaInfo().built && cudaDevices().length > 0;
+const gpuDescribe = gpu ? describe : describe.skip;
+
+test('GPTQ on cuda without a usable GPU is a clear error, on cpu it needs none', async () => {
+  if (gpu) return; // the GPU host runs the real comparisons below
+  const model = loadModel(TINY);
+  const calib = readCalibIds(path.join(ROOT, 'data', 'calib_c4_128x2048.i16'), 2, 64);
+  await expect(quantize(model, parseSpec('gptq:w4g128,nsamples=2,seqlen=64'), { calibration: calib, device: 'cuda' })).rejects.toThrow(
+    /--device cuda: (lowbit was built without CUDA|no CUDA device found)/,
+  );
+});
+
+/** Correlated activations [n, cols]: shared latent factors, per-channel scales over ~30×, noise. */
+function makeX(seed: number, n: number, cols: number, deadCol = -1): Float32Array {
+  const g = gauss(seed);
+  const F = 8;
+  const mix = Float64Array.from({ length: F * cols }, () => g());
+  const chan = Float64Array.from({ length: cols }, (_, c) => 0.3 + (9 * ((c * 37) % 101)) / 101);
+  const X = new Float32Array(n * cols);
+  const z = new Float64Array(F);
+  for (let t = 0; t < n; t++) {
+    for (let k = 0; k < F; k++) z[k] = g();
+    for (let c = 0; c < cols; c++) {
+      let v = 0.5 * g();
+      for (let k = 0; k < F; k++) v += z[k] * mix[k * cols + c];
+      X[t * cols + c] = c === deadCol ? 0 : v * chan[c];
+    }
+  }
+  return X;
+}
+
+function hessian64(X: Float32Array, n: number, cols: number, alpha: number, init?: Float32Array): Float64Array {
+  const H = Float64Array.from(init ?? new Float32Array(cols * cols));
+  for (let t = 0; t < n; t++) {
+    for (let i = 0; i < cols; i++) {
+      const xi = alpha * X[t * cols + i];
+      if (xi === 0) continue;
+      for (let j = 0; j < cols; j++) H[i * cols + j] += xi * X[t * cols + j];
+    }
+  }
+  return H;
+}
+
+/** ‖X Wᵀ − X Qᵀ‖² in float64. */
+function outputError(X: Float32Array, n: number, W: Float32Array, Q: Float32Array, rows: number, cols: number): number {
+  let s = 0;
+  const D = new Float64Array(rows * cols);
+  for (let i = 0; i < D.length; i++) D[i] = W[i] - Q[i];
+  for (let t = 0; t < n; t++) {
+    for (let r = 0; r < rows; r++) {
+      let d = 0;
+      for (let c = 0; c < cols; c++) d += X[t * cols + c] * D[r * cols + c];
+      s += d * d;
+    }
+  }
+  return s;
+}
+
+gpuDescribe('GPU Hessian', () => {
+  test('gpuHessianAccumulate = float64 αXᵀX (two batches onto a symmetric start), 1e-5 relative', async () => {
+    const cols = 200;
+    const X1 = makeX(11, 333, cols);
+    const X2 = makeX(12, 77, cols);
+    const H = new Float32Array(cols * cols);
+    await addon.gpuHessianAccumulate(H, X1, 2 / 5);
+    await addon.gpuHessianAccumulate(H, X2, 2 / 5);
+    const ref = hessian64(X2, 77, cols, 2 / 5, Float32Array.from(hessian64(X1, 333, cols, 2 / 5)));
+    let maxAbs = 0;
+    let worst = 0;
+    for (let i = 0; i < ref.length; i++) maxAbs = Math.max(maxAbs, Math.abs(ref[i]));
+    for (let i = 0; i < ref.length; i++) worst = Math.max(worst, Math.abs(H[i] - ref[i]));
+    expect(worst / maxAbs).toBeLessThan(1e-5);
+    for (let i = 0; i < cols; i++) for (let j = 0; j < i; j++) expect(H[i * cols + j]).toBe(H[j * cols + i]);
+  });
+});
+
+const CASES: [string, { bits: number; groupSize: number; actOrder: boolean; staticGroups?: boolean; sym?: boolean; cols?: number }][] = [
+  ['w4 g128 act-order', { bits: 4, groupSize: 128, actOrder: true }],
+  ['w3 g64 in order', { bits: 3, groupSize: 64, actOrder: false }],
+  ['w4 per channel act-order', { bits: 4, groupSize: -1, actOrder: true }],
+  ['w4 g64 static groups act-order', { bits: 4, groupSize: 64, actOrder: true, staticGroups: true }],
+  ['w4 g128 symmetric act-order', { bits: 4, groupSize: 128, actOrder: true, sym: true }],
+  ['w2 g128 act-order', { bits: 2, groupSize: 128, actOrder: true }],
+  ['w3 g256 (groups wider than a block) act-order', { bits: 3, groupSize: 256, actOrder: true, cols: 512 }],
+];
+
+gpuDescribe('GPU GPTQ vs the CPU solver (fresh random correlated problems)', () => {
+  test.each(CASES)('%s: ≥ 99%% identical integers, same groups/order, layer error within 2%%', async (_name, c) => {
+    const cols = c.cols ?? 384;
+    const rows = 96;
+    const n = 1024;
+    const seed = 100 + cols + c.bits * 7 + c.groupSize;
+    const X = makeX(seed, n, cols, 5);
+    const H = Float32Array.from(hessian64(X, n, cols, 2 / n));
+    const g = gauss(seed + 1);
+    const W = Float32Array.from({ length: rows * cols }, () => 0.05 * g());
+    const opts = { rows, cols, bits: c.bits, groupSize: c.groupSize, sym: !!c.sym, actOrder: c.actOrder, staticGroups: !!c.staticGroups, damp: 0.01, blockSize: 128 };
+    const cpu = await addon.gptqQuantize(W, H, opts);
+    const dev = await addon.gpuGptqQuantize(W, H, opts);
+    let same = 0;
+    for (let i = 0; i < cpu.qweight.length; i++) if (cpu.qweight[i] === dev.qweight[i]) same++;
+    expect(same / cpu.qweight.length).toBeGreaterThanOrEqual(0.99);
+    expect(Array.from(dev.gIdx)).toEqual(Array.from(cpu.gIdx));
+    expect(Array.from(dev.perm)).toEqual(Array.from(cpu.perm));
+    expect(dev.deadColumns).toBe(1);
+    expect(cpu.deadColumns).toBe(1);
+    // every weight on its group's grid: w = scale·(q − zero)
+    const ng = cpu.scales.length / rows;
+    for (let r = 0; r < rows; r++) {
+      for (let k = 0; k < cols; k++) {
+        const i = r * cols + k;
+        const gi = r * ng + dev.gIdx[k];
+        expect(dev.weight[i]).toBe(Math.fround(dev.scales[gi] * Math.fround(dev.qweight[i] - dev.zeros[gi])));
+      }
+    }
+    const eCpu = outputError(X, n, W, cpu.weight, rows, cols);
+    const eDev = outputError(X, n, W, dev.weight, rows, cols);
+    expect(Math.abs(eDev / eCpu - 1)).toBeLessThan(0.02);
+    expect(Math.abs(dev.loss / cpu.loss - 1)).toBeLessThan(0.02);
+  });
+
+  test('bad options are clear errors', async () => {
+    const cols = 64;
+    const H = Float32Array.from(hessian64(makeX(3, 128, cols), 128, cols, 2 / 128));
+    const W = new Float32Array(8 * cols).fill(0.1);
+    const base = { rows: 8, cols, bits: 4, groupSize: -1, sym: false, actOrder: true, staticGroups: false, damp: 0.01 };
+    // argument errors may throw synchronously or reject: both count
+    const call = (o: object, h = H) => (async () => addon.gpuGptqQuantize(W, h, o))();
+    await expect(call({ ...base, groupSize: 48 })).rejects.toThrow(/group size 48 does not divide 64 columns/);
+    await expect(call({ ...base, blockSize: 256 })).rejects.toThrow(/blockSize 1\.\.128/);
+    const negative = new Float32Array(cols * cols);
+    for (let i = 0; i < cols; i++) negative[i * cols + i] = -1;
+    await expect(call(base, negative)).rejects.toThrow(/not positive definite; raise --damp/);
+  });
+});
+
+gpuDescribe('GPU GPTQ pipeline on qwen3-tiny', () => {
+  const spec = parseSpec('gptq:w4g128,nsamples=32');
+  const calib = () => readCalibIds(path.join(ROOT, 'data', 'calib_c4_128x2048.i16'), spec.nsamples, spec.calibSeqLen);
+
+  async function ppl(model: LoadedModel): Promise<{ wikitext2: number; c4: number }> {
+    const tok = loadTokenizer(TINY);
+    await toDevice(model, 'cuda', { dtype: 'fp32' });
+    const out: Record<string, number> = {};
+    for (const task of ['wikitext2', 'c4'] as const) {
+      const ids = tok.encode(pplText(task, path.join(ROOT, 'data')));
+      out[task] = (await perplexity(model, ids, { seqLen: 2048, maxWindows: 40 })).ppl;
+    }
+    await toDevice(model, 'cpu');
+    return out as { wikitext2: number; c4: number };
+  }
+
+  test('perplexity close to the CPU pipeline (C4 1%, WikiText-2 3%); same export structures', async () => {
+    const cpuModel = loadModel(TINY);
+    const cpuReport = await quantize(cpuModel, spec, { calibration: calib(), device: 'cpu' });
+    const gpuModel = loadModel(TINY);
+    const stages: string[] = [];
+    const gpuReport = await quantize(gpuModel, spec, { calibration: calib(), device: 'cuda', onProgress: (p) => stages.push(p.stage) });
+    expect(cpuReport.device).toBe('cpu');
+    expect(gpuReport.device).toBe('cuda:0');
+    expect(gpuReport.gpuPeakBytes).toBeGreaterThan(0);
+    expect(stages).toContain('hessian k,v,q');
+    expect(stages).toContain('propagate');
+    let same = 0;
+    let total = 0;
+    gpuModel.weights.layers.forEach((layer, l) => {
+      for (const n of LINEAR_NAMES) {
+        const a = (cpuModel.weights.layers[l].linears[n] as QuantizedLinear).quantized!;
+        const b = (layer.linears[n] as QuantizedLinear).quantized!;
+        expect(b.bits).toBe(4);
+        expect(b.qweight.length).toBe(a.qweight.length);
+        expect(b.scales.length).toBe(a.scales.length);
+        // act-order follows each path's own Hessian diagonal, so near-ties may order differently; every
+        // group still holds exactly groupSize columns
+        const counts = new Map<number, number>();
+        for (const g of b.gIdx!) counts.set(g, (counts.get(g) ?? 0) + 1);
+        expect([...counts.values()].every((c) => c === 128)).toBe(true);
+        for (let i = 0; i < a.qweight.length; i++) if (a.qweight[i] === b.qweight[i]) same++;
+        total += a.qweight.length;
+      }
+    });
+    const cpuPpl = await ppl(cpuModel);
+    const gpuPpl = await ppl(gpuModel);
+    console.log(`[cuda-quant] tiny gptq w4g128 (32 windows): identical integers ${(100 * same / total).toFixed(2)}%; ` +
+      `CPU quantize ${cpuReport.seconds.toFixed(1)} s, GPU ${gpuReport.seconds.toFixed(1)} s (peak ${(gpuReport.gpuPeakBytes! / 2 ** 20).toFixed(0)} MiB); ` +
+      `ppl wikitext2 ${cpuPpl.wikitext2.toFixed(3)} / ${gpuPpl.wikitext2.toFixed(3)}, c4 ${cpuPpl.c4.toFixed(3)} / ${gpuPpl.c4.toFixed(3)} (CPU / GPU)`);
+    // Whole-model agreement is looser than one solver's (≥ 99% above): each layer's inputs come from the other
+    // path's slightly different quantized layers, and act-order near-ties fall either way. WikiText-2 on qwen3-tiny
+    // is the sensitive metric: the reference's own GPTQ moves it by 13% (w2g128) when only TF32 is switched on,
+    // while C4 moves < 0.5% (bench/results/cudaq.md); so C4 is held to 1% and WikiText-2 to 3%. Measured
+    // (H100, 2026-11-27): 81.4% identical integers, WikiText-2 +2.0%, C4 −0.3%.
+    expect(same / total).toBeGreaterThan(0.75);
+    expect(Math.abs(gpuPpl.wikitext2 / cpuPpl.wikitext2 - 1)).toBeLessThan(0.03);
+    expect(Math.abs(gpuPpl.c4 / cpuPpl.c4 - 1)).toBeLessThan(0.01);
+  });
+
+  test('AbortSignal stops a GPU run with an AbortError', async () => {
+    const model = loadModel(TINY);
+    const ac = new AbortController();
+    const p = quantize(model, spec, { calibration: calib(), device: 'cuda', signal: ac.signal, onProgress: (s) => s.layer === 1 && ac.abort() });
+    await expect(p).rejects.toMatchObject({ name: 'AbortError' });
+  });
+
+  test('deterministic: the same run twice gives bit-identical weights', async () => {
+    const s = parseSpec('gptq:w3g128,nsamples=8,seqlen=512');
+    const c = readCalibIds(path.join(ROOT, 'data', 'calib_c4_128x2048.i16'), 8, 512);
+    const a = loadModel(TINY);
+    const b = loadModel(TINY);
+    await quantize(a, s, { calibration: c, device: 'cuda' });
+    await quantize(b, s, { calibration: c, device: 'cuda' });
+    for (let l = 0; l < a.config.numLayers; l++) {
+      for (const n of LINEAR_NAMES) expect(Buffer.from((a.weights.layers[l].linears[n].weight as Float32Array).buffer).equals(Buffer.from((b.weights.layers[l].linears[n].weight as Float32Array).buffer))).toBe(true);
+    }
+  });
+});
