@@ -9,7 +9,12 @@ import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import { Job, Queue } from 'bullmq';
+import { loadModel } from '../lib/load/model';
+import { dataIdentity, FileHashCache, LOWBIT_VERSION, modelIdentity } from '../lib/study/fingerprint';
+import type { CellJob } from '../lib/study/jobs';
+import { ModelContexts } from '../lib/study/runner';
 import type { StudyRecord } from '../lib/study/store';
+import { verifyInputs } from '../lib/study/worker';
 
 const ROOT = path.resolve(__dirname, '..');
 const MAIN = path.join(ROOT, 'dist', 'cli', 'main.js');
@@ -74,6 +79,58 @@ const GRID = ['--models', TINY, '--methods', 'rtn,gptq', '--wbits', '4,3,2', '--
   '--tasks', 'wikitext2', '--max-windows', '1', '--seqlen', '256', '--no-png', '--threads', '1'];
 const studyArgs = (out: string) => ['study', ...GRID, '--calib-ids', path.join(ROOT, 'data', 'calib_c4_128x2048.i16'), '--data-dir', dataDir, '--out', out];
 const workerArgs = (...more: string[]) => ['worker', '--redis', url, '--device', 'cpu', '--threads', '1', '--lock-duration', '2', '--stalled-interval', '1', '--cache-dir', path.join(tmp, 'cache'), ...more];
+
+describe('a worker checks its inputs against the study\'s fingerprint', () => {
+  let dir: string;
+  afterAll(() => dir && fs.rmSync(dir, { recursive: true, force: true }));
+
+  test('a changed model file, data file, calibration source or lowbit version is an INPUT_MISMATCH naming it', async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lowbit-verify-'));
+    const model = path.join(dir, 'qwen3-tiny');
+    fs.cpSync(TINY, model, { recursive: true });
+    const data = path.join(dir, 'data');
+    fs.mkdirSync(data);
+    fs.writeFileSync(path.join(data, 'wikitext-2-raw-v1.test.json'), JSON.stringify(['x'.repeat(100)]));
+    const calibIds = path.join(ROOT, 'data', 'calib_c4_128x2048.i16');
+    // The study's side, computed here independently of the worker's code path.
+    const hashes = new FileHashCache(path.join(dir, 'study'));
+    fs.mkdirSync(path.join(dir, 'study'));
+    const contexts = new ModelContexts();
+    const spec = { method: 'rtn', wbits: 4, abits: 0, groupSize: 128, nsamples: 2, calibSeqLen: 64, seed: 0 } as CellJob['spec'];
+    // The first 64 ids of the first 2 rows of 2048, as the int32 array the calibration set holds.
+    const rows = fs.readFileSync(calibIds);
+    const ids = Int32Array.from({ length: 128 }, (_, i) => rows.readInt16LE(2 * ((i >> 6) * 2048 + (i & 63))));
+    const { createHash } = await import('crypto');
+    const job: CellJob = {
+      v: 1,
+      lowbit: LOWBIT_VERSION,
+      fp: 'f'.repeat(64),
+      cell: { model, modelName: 'qwen3-tiny', method: 'rtn', wbits: 4, abits: 0, groupSize: 128, family: 'weight', label: 'rtn:w4g128' },
+      spec,
+      modelDir: model,
+      eval: { tasks: ['wikitext2'], seqLen: 64, dataDir: data },
+      calibIds,
+      identity: {
+        model: await modelIdentity(model, loadModel(model).files, hashes),
+        data: dataIdentity(data),
+        calibration: { nsamples: 2, seqLen: 64, source: 'calib_c4_128x2048.i16', ids: createHash('sha256').update(new Uint8Array(ids.buffer)).digest('hex') },
+      },
+    };
+    const workerHashes = new FileHashCache(path.join(dir, 'worker'));
+    fs.mkdirSync(path.join(dir, 'worker'));
+    await expect(verifyInputs(job, workerHashes, contexts)).resolves.toBeUndefined();
+
+    await expect(verifyInputs({ ...job, lowbit: '0.0.1' }, workerHashes, contexts)).rejects.toMatchObject({ code: 'INPUT_MISMATCH', message: expect.stringMatching(/the study runs lowbit 0\.0\.1/) });
+    const other = { ...job, identity: { ...job.identity, calibration: { ...job.identity.calibration!, ids: '0'.repeat(64) } } };
+    await expect(verifyInputs(other, workerHashes, contexts)).rejects.toThrow(/calibration windows drawn on this host .* differ from the study's/);
+    fs.appendFileSync(path.join(data, 'wikitext-2-raw-v1.test.json'), ' ');
+    await expect(verifyInputs(job, workerHashes, contexts)).rejects.toThrow(/data folder .* differs from the study's \(wikitext-2-raw-v1\.test\.json\)/);
+    fs.writeFileSync(path.join(data, 'wikitext-2-raw-v1.test.json'), JSON.stringify(['x'.repeat(100)]));
+    const cfg = path.join(model, 'config.json');
+    fs.writeFileSync(cfg, fs.readFileSync(cfg, 'utf8').replace('}', ' }'));
+    await expect(verifyInputs(job, workerHashes, contexts)).rejects.toMatchObject({ code: 'INPUT_MISMATCH', message: expect.stringMatching(/the model at .* differs from the study's \(config\.json\)/) });
+  });
+});
 
 const d = HAVE_REDIS ? describe : describe.skip;
 
@@ -172,6 +229,26 @@ d('distributed study (BullMQ on a local redis-server)', () => {
     expect(fs.readFileSync(path.join(out, 'results.log'), 'utf8').trimEnd().split('\n')).toHaveLength(7);
     third.child.kill('SIGINT');
     expect(await third.exit).toBe(0);
+  });
+
+  test('a worker paused past its lock (SIGSTOP) and resumed: the cell is taken over and still stored once', async () => {
+    const out = path.join(tmp, 'paused');
+    const args = [...studyArgs(out).map((a) => (a === '4,3,2' ? '8' : a === 'rtn,gptq' ? 'gptq' : a)), '--redis', url];
+    const a = start(workerArgs('--name', 'wa'));
+    const study = start(args);
+    const job = await waitFor('the GPTQ cell running on wa', async () => (await queue.getActive()).find((j: Job) => j.data.cell.label === 'gptq:w8g128' && j.processedBy === 'wa'));
+    a.child.kill('SIGSTOP');
+    const b = start(workerArgs('--name', 'wb'));
+    expect(await study.exit).toBe(0);
+    a.child.kill('SIGCONT'); // wa finishes the cell too, but the job is no longer its to complete
+    await waitFor('wa to give up its late result', () => /wa: result of job \w+ dropped: another worker took the cell over/.test(a.err()), 20000);
+    const recs = fs.readFileSync(path.join(out, 'results.log'), 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l) as StudyRecord);
+    expect(recs.map((r) => r.cell.label).sort()).toEqual(['fp', 'gptq:w8g128']);
+    expect(recs.find((r) => r.fp === job.id)!.worker).toBe('wb');
+    expect((await queue.getJob(job.id!))!.returnvalue.worker).toBe('wb');
+    for (const w of [a, b]) w.child.kill('SIGINT');
+    expect(await a.exit).toBe(0);
+    expect(await b.exit).toBe(0);
   });
 
   test('a study stopped with Ctrl-C withdraws the cells no worker has started', async () => {

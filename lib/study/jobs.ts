@@ -92,13 +92,19 @@ export async function checkRedis(url: string, option = '--redis'): Promise<void>
   }
 }
 
-/** Logs a connection's errors without letting them crash the process: the first at once, then at most one a minute. */
-export function errorLogger(what: string, url: string, log: (line: string) => void): (e: Error) => void {
-  let last = 0;
+/**
+ * Logs a queue client's errors without letting them crash the process (BullMQ reconnects by itself), each
+ * distinct message at most once a minute: a Redis outage repeats the same error many times a second.
+ */
+export function errorLogger(who: string, url: string, log: (line: string) => void): (e: Error) => void {
+  const last = new Map<string, number>();
   return (e: Error) => {
+    const code = (e as NodeJS.ErrnoException).code;
+    // Socket errors carry a string code (ECONNREFUSED…); BullMQ's script errors a number.
+    const msg = typeof code === 'string' ? `Redis at ${redactUrl(url)}: ${code} (reconnecting)` : e.message;
     const now = Date.now();
-    if (now - last < 60_000) return;
-    last = now;
-    log(`${what}: Redis at ${redactUrl(url)}: ${(e as NodeJS.ErrnoException).code ?? e.message} (retrying)`);
+    if (now - (last.get(msg) ?? -Infinity) < 60_000) return;
+    last.set(msg, now);
+    log(`${who}: ${msg}`);
   };
 }

@@ -57,7 +57,7 @@ function differing<T>(want: Record<string, T>, have: Record<string, T>, same: (a
  * the calibration windows, and the data files' names and sizes (their mtimes, which the study uses to
  * notice a local edit, differ between hosts for the same bytes).
  */
-async function verifyInputs(job: CellJob, hashes: FileHashCache, contexts: ModelContexts): Promise<void> {
+export async function verifyInputs(job: CellJob, hashes: FileHashCache, contexts: ModelContexts): Promise<void> {
   if (job.lowbit !== LOWBIT_VERSION) throw mismatch(job, `the study runs lowbit ${job.lowbit}, this worker ${LOWBIT_VERSION}: run the same version on both`);
   const want: CellIdentity = job.identity;
   const base = loadModel(job.modelDir);
@@ -102,6 +102,16 @@ function jobProgress(job: Job, local: StudyProgress): StudyProgress {
     stop: () => local.stop(),
     log: (line) => local.log(line),
   };
+}
+
+/** BullMQ's lock errors, said in terms of what happens to the cell. */
+function lockError(e: Error): Error | undefined {
+  const m = /^(?:could not renew lock for job|Missing lock for job|Lock mismatch for job) ([^. ]+)/.exec(e.message);
+  if (!m) return undefined;
+  const job = m[1].slice(0, 12);
+  return /renew/.test(e.message)
+    ? new Error(`lost the lock on job ${job} (this process was stalled longer than --lock-duration?): another worker may take the cell over`)
+    : new Error(`result of job ${job} dropped: another worker took the cell over while this one was stalled`);
 }
 
 /** Serves cells until the signal fires; resolves once the worker has let go of every job. */
@@ -161,7 +171,8 @@ export async function runWorker(opts: WorkerOptions): Promise<WorkerSummary> {
     maxStalledCount: LOCK_DEFAULTS.maxStalledCount,
     autorun: false,
   });
-  worker.on('error', errorLogger(name, opts.redis, (l) => progress.log(l)));
+  const logError = errorLogger(name, opts.redis, (l) => progress.log(l));
+  worker.on('error', (e) => logError(lockError(e) ?? e));
   const stop = () => stopping.abort();
   opts.signal?.addEventListener('abort', stop, { once: true });
   try {
