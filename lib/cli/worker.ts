@@ -7,7 +7,6 @@ import { ChildProcess, spawn } from 'child_process';
 import * as os from 'os';
 import { Command } from 'commander';
 import { cudaDevices, DeviceSpec, deviceName, parseDevice, resolveDevice } from '../eval/cuda';
-import { runWorker } from '../study/worker';
 import { applyThreads, fail, intOption } from './common';
 import { createProgress } from './progress';
 
@@ -85,7 +84,7 @@ export function workerCommand(): Command {
   return new Command('worker')
     .description('run the cells of distributed studies (lowbit study --redis) taken from a Redis queue, until stopped')
     .requiredOption('--redis <url>', 'the Redis of the study, e.g. redis://host:6379')
-    .option('--queue <name>', 'queue name shared with the study (default lowbit)', 'lowbit')
+    .option('--queue <name>', 'queue name shared with the study', 'lowbit')
     .option('--device <dev>', 'cpu, cuda (every GPU: one worker process each) or cuda:N (default: cuda when there is a GPU)')
     .option('--workers <n>', 'worker processes on this host (default: one per GPU, 1 on the CPU)', intOption('--workers', 1, 1024))
     .option('--concurrency <n>', 'cells at once in each worker process', intOption('--concurrency', 1, 64), 1)
@@ -103,6 +102,8 @@ export function workerCommand(): Command {
         }
         const signal = stopSignal();
         applyThreads(o.threads);
+        // eslint-disable-next-line @typescript-eslint/no-var-requires
+        const { runWorker } = require('../study/worker') as typeof import('../study/worker'); // BullMQ loads only here (~0.1 s a start)
         const summary = await runWorker({
           redis: o.redis,
           queue: o.queue,
