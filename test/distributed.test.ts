@@ -251,6 +251,25 @@ d('distributed study (BullMQ on a local redis-server)', () => {
     expect(await b.exit).toBe(0);
   });
 
+  test('a study process killed (SIGKILL) loses nothing: its rerun collects what the workers did meanwhile', async () => {
+    await queue.obliterate({ force: true });
+    const out = path.join(tmp, 'killed-study');
+    const args = [...studyArgs(out).map((a) => (a === 'rtn,gptq' ? 'rtn' : a === '256' ? '128' : a)), '--redis', url];
+    const first = start(args);
+    await waitFor('the cells to be queued', () => /cell\(s\) queued/.test(first.err()));
+    first.child.kill('SIGKILL');
+    await first.exit;
+    const w = start(workerArgs('--name', 'wk'));
+    await waitFor('the worker to finish the 4 cells', async () => (await queue.getCompletedCount()) === 4);
+    w.child.kill('SIGINT');
+    expect(await w.exit).toBe(0);
+    const again = cli([...args, '--json']);
+    expect(again.code).toBe(0);
+    expect(JSON.parse(again.stdout).summary).toMatchObject({ total: 4, done: 4, failed: 0 });
+    expect(fs.readFileSync(path.join(out, 'results.log'), 'utf8').trimEnd().split('\n')).toHaveLength(4);
+    expect(w.err().match(/wk: qwen3-tiny \S+ started/g)).toHaveLength(4); // nothing ran twice
+  });
+
   test('a study stopped with Ctrl-C withdraws the cells no worker has started', async () => {
     await queue.obliterate({ force: true });
     const study = start([...studyArgs(path.join(tmp, 'withdrawn')), '--redis', url]);

@@ -84,13 +84,13 @@ export async function runDistributedStudy(opts: DistributedStudyOptions): Promis
     const outstanding = new Map(pending.map((pc) => [pc.fp, pc]));
     const running = new Map<string, Running>();
     const settling = new Set<string>();
-    let done = total - pending.length;
+    const before = total - pending.length;
+    let done = before;
     let ran = 0;
     let spent = 0;
     let finished!: () => void;
     const allDone = new Promise<void>((r) => (finished = r));
-    progress.start('study: cells', total, 'cells');
-    progress.update(done);
+    progress.start('study: cells to run', pending.length, 'cells');
 
     const accept = (pc: PlannedCell, rec: StudyRecord) => {
       if (!outstanding.delete(pc.fp)) return;
@@ -103,7 +103,7 @@ export async function runDistributedStudy(opts: DistributedStudyOptions): Promis
       // Cells run side by side: the ETA divides the mean cell time by the workers seen busy.
       const busy = Math.max(1, running.size + 1);
       progress.log(recordLine(tag, rec, done < total ? ((spent / ran) * (total - done)) / busy : undefined));
-      progress.update(done);
+      progress.update(done - before);
       if (!outstanding.size) finished();
     };
 
@@ -117,6 +117,8 @@ export async function runDistributedStudy(opts: DistributedStudyOptions): Promis
         if (!outstanding.has(fp)) return;
         if (!job) {
           await queue.add(CELL_JOB, jobData(pc, opts), { ...JOB_OPTIONS, jobId: fp });
+          running.delete(fp);
+          progress.log(`study: ${pc.cell.modelName} ${pc.cell.label}: its job was gone from Redis (restarted without persistence?); queued again`);
           return;
         }
         const state = await job.getState();

@@ -1,7 +1,7 @@
 // A cell's fingerprint: sha256 over everything its results depend on — the model's files (full sha256 of
 // each safetensors file, computed once and cached in the study folder under path + size + mtime), the
-// quantization spec (canonical JSON), the calibration ids, the evaluation settings with the data files'
-// sizes and mtimes, and lowbit's version. Same fingerprint ⇒ the stored result stands; anything changed ⇒ rerun.
+// quantization spec (canonical JSON), the calibration ids, the evaluation settings (with the GPU backend,
+// when not the CPU) and the data files' sizes and mtimes, and lowbit's version. Same fingerprint ⇒ the stored result stands; anything changed ⇒ rerun.
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';

@@ -104,14 +104,14 @@ function jobProgress(job: Job, local: StudyProgress): StudyProgress {
   };
 }
 
-/** BullMQ's lock errors, said in terms of what happens to the cell. */
+/** BullMQ's errors about a job this worker no longer holds, said in terms of what happens to the cell. */
 function lockError(e: Error): Error | undefined {
-  const m = /^(?:could not renew lock for job|Missing lock for job|Lock mismatch for job) ([^. ]+)/.exec(e.message);
+  const m = /^(could not renew lock for job|Missing lock for job|Lock mismatch for job|Missing key for job) ([^. ]+)/.exec(e.message);
   if (!m) return undefined;
-  const job = m[1].slice(0, 12);
-  return /renew/.test(e.message)
-    ? new Error(`lost the lock on job ${job} (this process was stalled longer than --lock-duration?): another worker may take the cell over`)
-    : new Error(`result of job ${job} dropped: another worker took the cell over while this one was stalled`);
+  const job = m[2].slice(0, 12);
+  if (/renew/.test(m[1])) return new Error(`lost the lock on job ${job} (Redis unreachable, or this process stalled longer than --lock-duration): another worker may take the cell over`);
+  if (/key/.test(m[1])) return new Error(`result of job ${job} dropped: the job is gone from Redis (restarted without persistence?); the study queues the cell again`);
+  return new Error(`result of job ${job} dropped: another worker took the cell over while this one was stalled`);
 }
 
 /** Serves cells until the signal fires; resolves once the worker has let go of every job. */
