@@ -97,6 +97,8 @@ export function workerCommand(): Command {
       try {
         const devices = devicesFor(o);
         if (devices.length > 1) {
+          // eslint-disable-next-line @typescript-eslint/no-var-requires
+          await (require('../study/jobs') as typeof import('../study/jobs')).checkRedis(o.redis); // one error, not one per child
           process.exitCode = await supervise(devices, o);
           return;
         }
@@ -104,7 +106,7 @@ export function workerCommand(): Command {
         applyThreads(o.threads);
         // eslint-disable-next-line @typescript-eslint/no-var-requires
         const { runWorker } = require('../study/worker') as typeof import('../study/worker'); // BullMQ loads only here (~0.1 s a start)
-        const summary = await runWorker({
+        await runWorker({
           redis: o.redis,
           queue: o.queue,
           device: devices[0],
@@ -116,7 +118,6 @@ export function workerCommand(): Command {
           signal,
           progress: createProgress(process.stderr, false),
         });
-        process.exitCode = summary.failed ? 3 : 0;
       } catch (e) {
         fail(e);
       }

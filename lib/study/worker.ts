@@ -186,6 +186,6 @@ export async function runWorker(opts: WorkerOptions): Promise<WorkerSummary> {
     opts.signal?.removeEventListener('abort', stop);
     await worker.close();
   }
-  progress.log(`${name}: stopped after ${summary.cells} cell(s)`);
+  progress.log(`${name}: stopped after ${summary.cells} cell(s)${summary.failed ? `, ${summary.failed} of them failed` : ''}`);
   return summary;
 }
