@@ -33,6 +33,11 @@ function stopSignal(): AbortSignal {
       first = now;
       process.stderr.write('\nlowbit worker: stopping: the cell in progress goes back to the queue (again to quit now)\n');
       ac.abort();
+      // Putting the cell back needs Redis; without it, give up after a minute and leave the cell to the stalled check.
+      setTimeout(() => {
+        process.stderr.write('lowbit worker: could not hand the cell back within 60 s (Redis unreachable?); quitting\n');
+        process.exit(130);
+      }, 60_000).unref();
     } else if (now - first > 1000) {
       process.exit(130);
     }
