@@ -24,3 +24,7 @@ export { cudaDevices, toDevice } from './eval/cuda';
 export { attachPacked, packLinear, unpackLinear, packedMatmul } from './quant/packed';
 export { runStudy } from './study/runner';
 export type { StudyOptions, StudySummary } from './study/runner';
+export { runDistributedStudy } from './study/distributed';
+export type { DistributedStudyOptions } from './study/distributed';
+export { runWorker } from './study/worker';
+export type { WorkerOptions, WorkerSummary } from './study/worker';

@@ -1,6 +1,7 @@
 // Shared CLI plumbing: option parsing helpers, Ctrl-C → AbortSignal, and error reporting without stacks.
 import * as path from 'path';
 import { InvalidArgumentError } from 'commander';
+import { GPU_DTYPES, GpuDType } from '../eval/cuda';
 import { addon } from '../native/addon';
 
 export const DEFAULT_DATA_DIR = path.resolve(__dirname, '..', '..', 'data');
@@ -14,6 +15,11 @@ export function intOption(name: string, min: number, max = Number.MAX_SAFE_INTEG
     }
     return n;
   };
+}
+
+export function gpuDtypeOption(v: string): GpuDType {
+  if (!(GPU_DTYPES as readonly string[]).includes(v)) throw new InvalidArgumentError(`--dtype must be one of ${GPU_DTYPES.join(', ')}, got "${v}"`);
+  return v as GpuDType;
 }
 
 export function listOption(v: string): string[] {

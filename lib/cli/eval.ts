@@ -1,10 +1,10 @@
-import { Command, InvalidArgumentError } from 'commander';
+import { Command } from 'commander';
 import { deviceName, GPU_DTYPES, GpuDType, resolveDevice, toDevice } from '../eval/cuda';
 import { evaluate, TaskResult } from '../eval/evaluate';
 import { TASKS, TASK_NAMES } from '../eval/tasks/registry';
 import { loadModel, scanNonFinite } from '../load/model';
 import { loadTokenizer } from '../load/tokenizer';
-import { applyThreads, fail, intOption, interruptSignal, listOption } from './common';
+import { applyThreads, fail, gpuDtypeOption, intOption, interruptSignal, listOption } from './common';
 import { createProgress } from './progress';
 import { addQuantOptions, QuantCliOptions, quantSummary, runQuantization, specFromOptions } from './quantize';
 
@@ -74,11 +74,6 @@ export function evalCommand(): Command {
         fail(e);
       }
     });
-}
-
-function gpuDtypeOption(v: string): GpuDType {
-  if (!(GPU_DTYPES as readonly string[]).includes(v)) throw new InvalidArgumentError(`--dtype must be one of ${GPU_DTYPES.join(', ')}, got "${v}"`);
-  return v as GpuDType;
 }
 
 function printTable(model: string, results: Record<string, TaskResult>, seconds: number): void {

@@ -4,6 +4,7 @@ import { evalCommand } from './eval';
 import { quantizeCommand } from './quantize';
 import { reportCommand } from './report';
 import { studyCommand } from './study';
+import { workerCommand } from './worker';
 
 // eslint-disable-next-line @typescript-eslint/no-var-requires
 const { version } = require('../../package.json');
@@ -16,4 +17,5 @@ program.addCommand(evalCommand());
 program.addCommand(quantizeCommand());
 program.addCommand(studyCommand());
 program.addCommand(reportCommand());
+program.addCommand(workerCommand());
 program.parseAsync(process.argv);

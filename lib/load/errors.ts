@@ -13,7 +13,9 @@ export type LowbitErrorCode =
   | 'BAD_TOKENIZER' // tokenizer.json is unreadable
   | 'BAD_ARGUMENT' // an API or CLI option is out of range or inconsistent
   | 'BAD_DATA' // an evaluation or calibration data file is malformed (names file and line)
-  | 'IO_ERROR'; // writing a file failed
+  | 'IO_ERROR' // writing a file failed
+  | 'QUEUE_ERROR' // the job queue (Redis) of a distributed study is unreachable or refused a command
+  | 'INPUT_MISMATCH'; // a worker's copy of a model, data or calibration file differs from the study's
 
 export class LowbitError extends Error {
   readonly code: LowbitErrorCode;

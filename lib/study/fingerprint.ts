@@ -1,11 +1,12 @@
 // A cell's fingerprint: sha256 over everything its results depend on — the model's files (full sha256 of
 // each safetensors file, computed once and cached in the study folder under path + size + mtime), the
-// quantization spec (canonical JSON), the calibration ids, the evaluation settings with the data files'
-// sizes and mtimes, and lowbit's version. Same fingerprint ⇒ the stored result stands; anything changed ⇒ rerun.
+// quantization spec (canonical JSON), the calibration ids, the evaluation settings (with the GPU backend,
+// when not the CPU) and the data files' sizes and mtimes, and lowbit's version. Same fingerprint ⇒ the stored result stands; anything changed ⇒ rerun.
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import type { CalibrationSet } from '../calibrate/calibration';
+import type { GpuDType } from '../eval/cuda';
 import type { QuantSpec } from '../quant/spec';
 import { writeFileAtomically } from './store';
 
@@ -34,8 +35,8 @@ export class FileHashCache {
   private entries: Record<string, { size: number; mtimeMs: number; sha256: string }> = {};
   private dirty = false;
 
-  constructor(studyDir: string) {
-    this.file = path.join(studyDir, 'hashes.json');
+  constructor(dir: string) {
+    this.file = path.join(dir, 'hashes.json');
     try {
       this.entries = JSON.parse(fs.readFileSync(this.file, 'utf8'));
     } catch {
@@ -43,19 +44,20 @@ export class FileHashCache {
     }
   }
 
-  hash(file: string): string {
+  /** Reads in chunks with awaits between them, so a worker's event loop (and its job lock) keeps going while a large model is hashed. */
+  async hash(file: string): Promise<string> {
     const abs = path.resolve(file);
     const st = fs.statSync(abs);
     const e = this.entries[abs];
     if (e && e.size === st.size && e.mtimeMs === st.mtimeMs) return e.sha256;
     const h = crypto.createHash('sha256');
-    const fd = fs.openSync(abs, 'r');
+    const fh = await fs.promises.open(abs, 'r');
     try {
       const buf = Buffer.allocUnsafe(1 << 22);
       let n: number;
-      while ((n = fs.readSync(fd, buf, 0, buf.length, null)) > 0) h.update(buf.subarray(0, n));
+      while ((n = (await fh.read(buf, 0, buf.length, null)).bytesRead) > 0) h.update(buf.subarray(0, n));
     } finally {
-      fs.closeSync(fd);
+      await fh.close();
     }
     const digest = h.digest('hex');
     this.entries[abs] = { size: st.size, mtimeMs: st.mtimeMs, sha256: digest };
@@ -71,14 +73,14 @@ export class FileHashCache {
 }
 
 /** The model's identity: the sha256 of each weight file, config.json and the tokenizer files (by name). */
-export function modelIdentity(modelDir: string, weightFiles: string[], cache: FileHashCache): Record<string, string> {
+export async function modelIdentity(modelDir: string, weightFiles: string[], cache: FileHashCache): Promise<Record<string, string>> {
   const id: Record<string, string> = {};
   const files = [...weightFiles.map((f) => path.resolve(modelDir, f))];
   for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json']) {
     const p = path.join(modelDir, f);
     if (fs.existsSync(p)) files.push(p);
   }
-  for (const f of files) id[path.basename(f)] = cache.hash(f);
+  for (const f of files) id[path.basename(f)] = await cache.hash(f);
   return id;
 }
 
@@ -103,34 +105,46 @@ export function dataIdentity(dataDir: string): Record<string, [number, number]> 
   return out;
 }
 
+/** Where a cell is evaluated when not on the CPU; part of the fingerprint, since GPU numbers differ slightly from the CPU's. */
+export interface GpuBackend {
+  type: 'cuda';
+  dtype: GpuDType;
+  actFp32: boolean;
+}
+
 export interface EvalSettings {
   tasks: string[];
   seqLen: number;
   maxWindows?: number;
   limit?: number;
   dataDir: string;
+  /** Absent: the CPU (and fingerprints stay those of studies made before GPUs could run cells). */
+  backend?: GpuBackend;
 }
 
-export function calibrationIdentity(c: CalibrationSet): { nsamples: number; seqLen: number; source: string; ids: string } {
+export type CalibrationIdentity = { nsamples: number; seqLen: number; source: string; ids: string };
+
+/** Everything outside the cell's spec and evaluation settings that its fingerprint covers. */
+export interface CellIdentity {
+  model: Record<string, string>;
+  calibration?: CalibrationIdentity;
+  data: Record<string, [number, number]>;
+}
+
+export function calibrationIdentity(c: CalibrationSet): CalibrationIdentity {
   const ids = sha256(new Uint8Array(c.ids.buffer, c.ids.byteOffset, c.ids.byteLength));
   // The source is named by its base name only, so the same ids from another folder fingerprint alike.
   return { nsamples: c.nsamples, seqLen: c.seqLen, source: path.basename(c.source), ids };
 }
 
-export function cellFingerprint(parts: {
-  model: Record<string, string>;
-  spec?: QuantSpec;
-  calibration?: ReturnType<typeof calibrationIdentity>;
-  eval: EvalSettings;
-  data: Record<string, [number, number]>;
-}): string {
+export function cellFingerprint(parts: CellIdentity & { spec?: QuantSpec; eval: EvalSettings }): string {
   return sha256(
     canonicalJson({
       lowbit: LOWBIT_VERSION,
       model: parts.model,
       spec: parts.spec ?? null,
       calibration: parts.calibration ?? null,
-      eval: { tasks: parts.eval.tasks, seqLen: parts.eval.seqLen, maxWindows: parts.eval.maxWindows ?? null, limit: parts.eval.limit ?? null },
+      eval: { tasks: parts.eval.tasks, seqLen: parts.eval.seqLen, maxWindows: parts.eval.maxWindows ?? null, limit: parts.eval.limit ?? null, backend: parts.eval.backend },
       data: parts.data,
     }),
   );

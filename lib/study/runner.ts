@@ -1,24 +1,28 @@
-// Runs a study: for each model, the tokenizer is loaded once (and the evaluation texts encoded once);
-// each pending cell (its fingerprint has no result in the store) loads the model fresh (weights are
-// memory-mapped and quantization rewrites the in-memory model), quantizes, evaluates and appends one
-// durable record. An abort stops between steps and writes nothing for the cell in progress; a failing cell
-// is recorded as failed with its message and skipped on later runs unless retryFailed is set.
+// Runs a study in one process. planStudy fingerprints every cell before any compute (model file hashes,
+// calibration ids, data files) and writes the manifest; runCell runs one cell — load the model fresh
+// (weights are memory-mapped and quantization rewrites the in-memory model), quantize, evaluate — and
+// returns its record; runStudy appends each record durably as it comes. The distributed study and its
+// workers (distributed.ts, worker.ts) use the same three, so both modes give the same records.
+// An abort stops between steps and writes nothing for the cell in progress; a failing cell is recorded as
+// failed with its message and skipped on later runs unless retryFailed is set.
 import * as fs from 'fs';
 import * as path from 'path';
 import type { CalibrationSet } from '../calibrate/calibration';
-import { loadCalibration } from '../calibrate/resolve';
+import { CalibrationSource, loadCalibration } from '../calibrate/resolve';
+import { toDevice } from '../eval/cuda';
 import { evaluate, EvalOptions } from '../eval/evaluate';
 import { throwIfAborted } from '../eval/forward';
 import { loadModel } from '../load/model';
 import { loadTokenizer } from '../load/tokenizer';
 import type { LoadedModel } from '../load/types';
 import { checkSpecForModel, needsCalibration, quantize } from '../quant/pipeline';
-import { calibrationIdentity, cellFingerprint, dataIdentity, EvalSettings, FileHashCache, LOWBIT_VERSION, modelIdentity } from './fingerprint';
+import type { QuantSpec } from '../quant/spec';
+import { calibrationIdentity, CellIdentity, cellFingerprint, dataIdentity, EvalSettings, FileHashCache, LOWBIT_VERSION, modelIdentity } from './fingerprint';
 import { Cell, CellInfo, Grid, SkippedCell } from './grid';
 import { ResultStore, StudyRecord, writeFileAtomically } from './store';
 
 export interface StudyProgress {
-  start(label: string, total: number): void;
+  start(label: string, total: number, unit?: string): void;
   update(done: number, tokens?: number): void;
   stop(): void;
   log(line: string): void;
@@ -31,6 +35,8 @@ export interface StudyOptions {
   calibIds?: string;
   calib?: string;
   retryFailed?: boolean;
+  /** The GPU to evaluate on when eval.backend is cuda (default 0). */
+  deviceIndex?: number;
   signal?: AbortSignal;
   progress?: StudyProgress;
 }
@@ -72,9 +78,9 @@ export function readManifest(dir: string): Manifest | undefined {
   }
 }
 
-const quietProgress: StudyProgress = { start() {}, update() {}, stop() {}, log() {} };
+export const quietProgress: StudyProgress = { start() {}, update() {}, stop() {}, log() {} };
 
-function fmtDuration(s: number): string {
+export function fmtDuration(s: number): string {
   if (!Number.isFinite(s)) return '?';
   if (s < 60) return `${s.toFixed(0)}s`;
   if (s < 3600) return `${Math.floor(s / 60)}m${String(Math.round(s % 60)).padStart(2, '0')}s`;
@@ -87,32 +93,40 @@ function briefResults(results: Record<string, { ppl?: number | null; acc?: numbe
     .join(', ');
 }
 
-export async function runStudy(opts: StudyOptions): Promise<StudySummary> {
-  const t0 = performance.now();
-  const progress = opts.progress ?? quietProgress;
-  const store = new ResultStore(opts.dir, { lock: true });
-  try {
-    if (store.opened.truncatedBytes) progress.log(`study: cut a torn last record (${store.opened.truncatedBytes} bytes) from ${store.file}`);
-    if (store.opened.corruptLines) progress.log(`study: ignored ${store.opened.corruptLines} corrupt line(s) in ${store.file}`);
-    const hashes = new FileHashCache(store.dir);
-    const data = dataIdentity(opts.eval.dataDir);
-    const evalKey = { ...opts.eval };
+/** The log line for a finished cell: "TAG done in 3.1s: wikitext2 ppl 197.20 | ETA 2m10s" or "TAG FAILED: why". */
+export function recordLine(tag: string, rec: StudyRecord, eta?: number): string {
+  return rec.status === 'ok'
+    ? `${tag} done in ${rec.seconds.toFixed(1)}s: ${briefResults(rec.results!)}${eta !== undefined ? ` | ETA ${fmtDuration(eta)}` : ''}`
+    : `${tag} FAILED: ${rec.error}`;
+}
 
-    // Per model: tokenizer, memoized encoder, calibration sets and fingerprints, all before any compute.
-    interface ModelCtx {
-      encode: (t: string) => ArrayLike<number>;
-      calib: (cell: Cell, model: LoadedModel) => CalibrationSet;
-    }
-    const ctx = new Map<string, ModelCtx>();
-    const fps = new Map<Cell, string>();
-    const extraSkipped: SkippedCell[] = [];
-    const runnable: Cell[] = [];
-    for (const model of [...new Set(opts.grid.cells.map((c) => c.model))]) {
-      throwIfAborted(opts.signal);
-      const base = loadModel(model); // memory-mapped; cheap
-      const id = modelIdentity(model, base.files, hashes);
-      hashes.save();
-      const tok = loadTokenizer(model);
+export function cellInfo(c: Cell): CellInfo {
+  const { spec: _spec, ...info } = c;
+  return info;
+}
+
+interface ModelContext {
+  encode: (text: string) => ArrayLike<number>;
+  calibration: (model: LoadedModel, spec: QuantSpec, src: CalibrationSource) => CalibrationSet;
+}
+
+/**
+ * Per model folder: the tokenizer (with a memo for the long evaluation texts, which every cell encodes
+ * alike) and the calibration sets drawn so far. A worker serves cells of many models over its life, so it
+ * keeps the `keep` most recently used models only.
+ */
+export class ModelContexts {
+  private readonly byModel = new Map<string, ModelContext>();
+
+  constructor(private readonly keep = Infinity) {}
+
+  get(modelDir: string): ModelContext {
+    const key = path.resolve(modelDir);
+    let ctx = this.byModel.get(key);
+    if (ctx) {
+      this.byModel.delete(key); // re-inserted last: most recently used
+    } else {
+      const tok = loadTokenizer(modelDir);
       const memo = new Map<string, ArrayLike<number>>();
       const encode = (t: string) => {
         if (t.length < 20000) return tok.encode(t);
@@ -120,110 +134,191 @@ export async function runStudy(opts: StudyOptions): Promise<StudySummary> {
         if (!ids) memo.set(t, (ids = Int32Array.from(tok.encode(t))));
         return ids;
       };
-      const calibSets = new Map<string, CalibrationSet>();
-      const calib = (cell: Cell, m: LoadedModel) => {
-        const s = cell.spec!;
-        const key = `${s.nsamples}x${s.calibSeqLen}s${s.seed}`;
-        let set = calibSets.get(key);
-        if (!set) calibSets.set(key, (set = loadCalibration(m, encode, s, { calibIds: opts.calibIds, calib: opts.calib, dataDir: opts.eval.dataDir })));
+      const sets = new Map<string, CalibrationSet>();
+      const calibration = (model: LoadedModel, spec: QuantSpec, src: CalibrationSource) => {
+        const k = `${src.calibIds ?? ''}\u0000${src.calib ?? ''}\u0000${src.dataDir}\u0000${spec.nsamples}x${spec.calibSeqLen}s${spec.seed}`;
+        let set = sets.get(k);
+        if (!set) sets.set(k, (set = loadCalibration(model, encode, spec, src)));
         return set;
       };
-      ctx.set(model, { encode, calib });
-      for (const cell of opts.grid.cells.filter((c) => c.model === model)) {
-        if (cell.spec) {
-          try {
-            checkSpecForModel(base, cell.spec);
-          } catch (e) {
-            extraSkipped.push({ modelName: cell.modelName, method: cell.method, wbits: cell.wbits, abits: cell.abits, groupSize: cell.groupSize, label: cell.label, reason: (e as Error).message });
-            continue;
-          }
-        }
-        const calibration = cell.spec && needsCalibration(cell.spec) ? calibrationIdentity(calib(cell, base)) : undefined;
-        fps.set(cell, cellFingerprint({ model: id, spec: cell.spec, calibration, eval: evalKey, data }));
-        runnable.push(cell);
-      }
+      ctx = { encode, calibration };
     }
-    const skipped = [...opts.grid.skipped, ...extraSkipped];
-    const manifest: Manifest = {
-      v: 1,
-      lowbit: LOWBIT_VERSION,
-      updated: new Date().toISOString(),
-      eval: { ...opts.eval, dataDir: path.resolve(opts.eval.dataDir) },
-      calibration: { calibIds: opts.calibIds, calib: opts.calib },
-      cells: runnable.map((c) => ({ fp: fps.get(c)!, cell: cellInfo(c) })),
-      skipped,
-    };
-    writeFileAtomically(manifestPath(store.dir), JSON.stringify(manifest, null, 1) + '\n');
+    this.byModel.set(key, ctx);
+    while (this.byModel.size > this.keep) this.byModel.delete(this.byModel.keys().next().value!);
+    return ctx;
+  }
+}
 
-    const pending = runnable.filter((c) => {
-      const r = store.get(fps.get(c)!);
-      return !r || (r.status === 'failed' && opts.retryFailed);
-    });
-    const total = runnable.length;
+export interface PlannedCell {
+  cell: Cell;
+  fp: string;
+  identity: CellIdentity;
+}
+
+export interface StudyPlan {
+  cells: PlannedCell[]; // runnable cells, in grid order
+  skipped: SkippedCell[];
+}
+
+function calibrationSource(opts: { calibIds?: string; calib?: string; eval: EvalSettings }): CalibrationSource {
+  return { calibIds: opts.calibIds, calib: opts.calib, dataDir: opts.eval.dataDir };
+}
+
+/** Fingerprints every cell (cells a model cannot take join the skipped list) and writes DIR/study.json. */
+export async function planStudy(opts: StudyOptions, store: ResultStore, contexts: ModelContexts): Promise<StudyPlan> {
+  const hashes = new FileHashCache(store.dir);
+  const data = dataIdentity(opts.eval.dataDir);
+  const src = calibrationSource(opts);
+  const extraSkipped: SkippedCell[] = [];
+  const cells: PlannedCell[] = [];
+  for (const model of [...new Set(opts.grid.cells.map((c) => c.model))]) {
+    throwIfAborted(opts.signal);
+    const base = loadModel(model); // memory-mapped; cheap
+    const id = await modelIdentity(model, base.files, hashes);
+    hashes.save();
+    const ctx = contexts.get(model);
+    for (const cell of opts.grid.cells.filter((c) => c.model === model)) {
+      if (cell.spec) {
+        try {
+          checkSpecForModel(base, cell.spec);
+        } catch (e) {
+          extraSkipped.push({ modelName: cell.modelName, method: cell.method, wbits: cell.wbits, abits: cell.abits, groupSize: cell.groupSize, label: cell.label, reason: (e as Error).message });
+          continue;
+        }
+      }
+      const calibration = cell.spec && needsCalibration(cell.spec) ? calibrationIdentity(ctx.calibration(base, cell.spec, src)) : undefined;
+      const identity: CellIdentity = { model: id, calibration, data };
+      cells.push({ cell, fp: cellFingerprint({ ...identity, spec: cell.spec, eval: opts.eval }), identity });
+    }
+  }
+  const skipped = [...opts.grid.skipped, ...extraSkipped];
+  const manifest: Manifest = {
+    v: 1,
+    lowbit: LOWBIT_VERSION,
+    updated: new Date().toISOString(),
+    eval: { ...opts.eval, dataDir: path.resolve(opts.eval.dataDir) },
+    calibration: { calibIds: opts.calibIds, calib: opts.calib },
+    cells: cells.map((c) => ({ fp: c.fp, cell: cellInfo(c.cell) })),
+    skipped,
+  };
+  writeFileAtomically(manifestPath(store.dir), JSON.stringify(manifest, null, 1) + '\n');
+  return { cells, skipped };
+}
+
+export interface CellRun {
+  eval: EvalSettings;
+  calibIds?: string;
+  calib?: string;
+  /** Where this process finds the model (default: the cell's own path). */
+  modelDir?: string;
+  deviceIndex?: number;
+  /** Prefix of the progress labels, e.g. "[3/30] qwen3-tiny gptq:w4g128". */
+  tag: string;
+  signal?: AbortSignal;
+  progress?: StudyProgress;
+}
+
+/** Runs one cell to its record: 'ok' with the results, or 'failed' with the error. Throws only when aborted. */
+export async function runCell(cell: Cell, fp: string, contexts: ModelContexts, run: CellRun): Promise<StudyRecord> {
+  const progress = run.progress ?? quietProgress;
+  const c0 = performance.now();
+  const modelDir = run.modelDir ?? cell.model;
+  const backend = run.eval.backend;
+  let model: LoadedModel | undefined;
+  try {
+    const { encode, calibration } = contexts.get(modelDir);
+    model = loadModel(modelDir);
+    let quant: StudyRecord['quant'];
+    if (cell.spec) {
+      const calib = needsCalibration(cell.spec) ? calibration(model, cell.spec, calibrationSource(run)) : undefined;
+      const layers = model.config.numLayers;
+      progress.start(`${run.tag} quantize`, layers, 'layers');
+      const rep = await quantize(model, cell.spec, { calibration: calib, signal: run.signal, onProgress: (p) => progress.update(p.layer, 0) });
+      progress.update(layers, 0);
+      progress.stop();
+      quant = { seconds: rep.seconds, calibration: rep.calibration ? path.basename(rep.calibration) : null, avgBits: rep.avgBits ?? null };
+    }
+    // Activation-quantized models run on the CPU path (as lowbit eval does), whatever the backend.
+    if (backend?.type === 'cuda' && !model.quantization?.actBits) {
+      await toDevice(model, { type: 'cuda', index: run.deviceIndex ?? 0 }, { dtype: backend.dtype, actFp32: backend.actFp32 });
+    }
+    const evalOpts = {
+      tasks: run.eval.tasks,
+      dataDir: run.eval.dataDir,
+      seqLen: run.eval.seqLen,
+      maxWindows: run.eval.maxWindows,
+      limit: run.eval.limit, // zero-shot tasks: at most N examples each
+      signal: run.signal,
+      onTaskStart: (task: string, n: number) => progress.start(`${run.tag} ${task}`, n),
+      onProgress: (p: { windows?: number; done?: number; tokens?: number }) => progress.update(p.windows ?? p.done ?? 0, p.tokens ?? 0),
+    } as EvalOptions;
+    const results = await evaluate(model, encode, evalOpts);
+    progress.stop();
+    throwIfAborted(run.signal);
+    return { v: 1, fp, cell: cellInfo(cell), status: 'ok', results: results as unknown as StudyRecord['results'], seconds: (performance.now() - c0) / 1000, quant, at: new Date().toISOString() };
+  } catch (e) {
+    progress.stop();
+    const err = e as Error;
+    if (err?.name === 'AbortError' || run.signal?.aborted) throw e; // nothing recorded for this cell
+    return { v: 1, fp, cell: cellInfo(cell), status: 'failed', results: null, seconds: (performance.now() - c0) / 1000, error: err?.message ?? String(e), at: new Date().toISOString() };
+  } finally {
+    if (model && backend) await toDevice(model, { type: 'cpu' }); // frees the GPU copy now, not at some later GC
+  }
+}
+
+/** The cells with no result in the store yet (or a failed one, with retryFailed). */
+export function pendingCells(plan: StudyPlan, store: ResultStore, retryFailed?: boolean): PlannedCell[] {
+  return plan.cells.filter((c) => {
+    const r = store.get(c.fp);
+    return !r || (r.status === 'failed' && retryFailed);
+  });
+}
+
+export function summarize(plan: StudyPlan, store: ResultStore, ran: number, t0: number): StudySummary {
+  const status = plan.cells.map((c) => store.get(c.fp)?.status);
+  return {
+    total: plan.cells.length,
+    done: status.filter((s) => s === 'ok').length,
+    ran,
+    failed: status.filter((s) => s === 'failed').length,
+    skipped: plan.skipped.length,
+    seconds: (performance.now() - t0) / 1000,
+  };
+}
+
+/** Opens the study folder's store (locked: one study per folder) and says what its opening repaired. */
+export function openStudyStore(dir: string, progress: StudyProgress): ResultStore {
+  const store = new ResultStore(dir, { lock: true });
+  if (store.opened.truncatedBytes) progress.log(`study: cut a torn last record (${store.opened.truncatedBytes} bytes) from ${store.file}`);
+  if (store.opened.corruptLines) progress.log(`study: ignored ${store.opened.corruptLines} corrupt line(s) in ${store.file}`);
+  return store;
+}
+
+export async function runStudy(opts: StudyOptions): Promise<StudySummary> {
+  const t0 = performance.now();
+  const progress = opts.progress ?? quietProgress;
+  const store = openStudyStore(opts.dir, progress);
+  try {
+    const contexts = new ModelContexts();
+    const plan = await planStudy(opts, store, contexts);
+    const pending = pendingCells(plan, store, opts.retryFailed);
+    const total = plan.cells.length;
     let done = total - pending.length;
-    progress.log(
-      `study: ${total} cells (${done} already in ${store.file}, ${pending.length} to run), ${skipped.length} skipped combinations`,
-    );
+    progress.log(`study: ${total} cells (${done} already in ${store.file}, ${pending.length} to run), ${plan.skipped.length} skipped combinations`);
     let ran = 0;
     let spent = 0;
-    for (const cell of pending) {
+    for (const { cell, fp } of pending) {
       throwIfAborted(opts.signal);
       const tag = `[${done + 1}/${total}] ${cell.modelName} ${cell.label}`;
-      const c0 = performance.now();
-      const { encode, calib } = ctx.get(cell.model)!;
-      let rec: StudyRecord;
-      try {
-        const model = loadModel(cell.model);
-        let quant: StudyRecord['quant'];
-        if (cell.spec) {
-          const calibration = needsCalibration(cell.spec) ? calib(cell, model) : undefined;
-          progress.start(`${tag} quantize`, model.config.numLayers);
-          const rep = await quantize(model, cell.spec, { calibration, signal: opts.signal, onProgress: (p) => progress.update(p.layer, 0) });
-          progress.update(model.config.numLayers, 0);
-          progress.stop();
-          quant = { seconds: rep.seconds, calibration: rep.calibration ? path.basename(rep.calibration) : null, avgBits: rep.avgBits ?? null };
-        }
-        const evalOpts = {
-          tasks: opts.eval.tasks,
-          dataDir: opts.eval.dataDir,
-          seqLen: opts.eval.seqLen,
-          maxWindows: opts.eval.maxWindows,
-          limit: opts.eval.limit, // zero-shot tasks: at most N examples each
-          signal: opts.signal,
-          onTaskStart: (task: string, n: number) => progress.start(`${tag} ${task}`, n),
-          onProgress: (p: { windows?: number; done?: number; tokens?: number }) => progress.update(p.windows ?? p.done ?? 0, p.tokens ?? 0),
-        } as EvalOptions;
-        const results = await evaluate(model, encode, evalOpts);
-        progress.stop();
-        rec = { v: 1, fp: fps.get(cell)!, cell: cellInfo(cell), status: 'ok', results: results as unknown as StudyRecord['results'], seconds: (performance.now() - c0) / 1000, quant, at: new Date().toISOString() };
-      } catch (e) {
-        progress.stop();
-        const err = e as Error;
-        if (err?.name === 'AbortError' || opts.signal?.aborted) throw e; // nothing written for this cell
-        rec = { v: 1, fp: fps.get(cell)!, cell: cellInfo(cell), status: 'failed', results: null, seconds: (performance.now() - c0) / 1000, error: err?.message ?? String(e), at: new Date().toISOString() };
-      }
-      throwIfAborted(opts.signal);
+      const rec = await runCell(cell, fp, contexts, { ...opts, tag });
       store.append(rec);
       ran++;
       done++;
       spent += rec.seconds;
-      const eta = (spent / ran) * (total - done);
-      progress.log(
-        rec.status === 'ok'
-          ? `${tag} done in ${rec.seconds.toFixed(1)}s: ${briefResults(rec.results!)}${done < total ? ` | ETA ${fmtDuration(eta)}` : ''}`
-          : `${tag} FAILED: ${rec.error}`,
-      );
+      progress.log(recordLine(tag, rec, done < total ? (spent / ran) * (total - done) : undefined));
     }
-    const status = runnable.map((c) => store.get(fps.get(c)!)?.status);
-    const failed = status.filter((s) => s === 'failed').length;
-    const ok = status.filter((s) => s === 'ok').length;
-    return { total, done: ok, ran, failed, skipped: skipped.length, seconds: (performance.now() - t0) / 1000 };
+    return summarize(plan, store, ran, t0);
   } finally {
     store.close();
   }
-}
-
-function cellInfo(c: Cell): CellInfo {
-  const { spec: _spec, ...info } = c;
-  return info;
 }

@@ -27,6 +27,8 @@ export interface StudyRecord {
   error?: string;
   quant?: { seconds: number; calibration: string | null; avgBits: number | null };
   at?: string;
+  /** The worker that ran the cell, in a distributed study ("host:pid/cuda:0"). */
+  worker?: string;
 }
 
 const CRC_TABLE = (() => {
