@@ -266,7 +266,7 @@ function weightsOf(lin: Linear): Float32Array {
 }
 
 function sameLinears(a: LoadedModel, b: LoadedModel): boolean {
-  return a.weights.layers.every((l, i) => LINEAR_NAMES.every((n) => maxDiff(weightsOf(l.linears[n]), weightsOf(b.weights.layers[i].linears[n])) === 0));
+  return a.weights.layers.every((l, i) => LINEAR_NAMES.every((n) => maxDiff(weightsOf(l.linears[n]!), weightsOf(b.weights.layers[i].linears[n]!)) === 0));
 }
 
 function meanAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -346,7 +346,7 @@ describe('export → loadModel on qwen3-tiny', () => {
     const { model, report } = runs.rtn; // scales already fp16-rounded by the gptq test
     saveQuantized(model, path.join(tmp, 'rtn-awq'), report, { format: 'awq' });
     const a = loadModel(path.join(tmp, 'rtn-awq'));
-    expect(a.weights.layers[0].linears.down.quantized!.zeros).toEqual(model.weights.layers[0].linears.down.quantized!.zeros);
+    expect(a.weights.layers[0].linears.down!.quantized!.zeros).toEqual(model.weights.layers[0].linears.down!.quantized!.zeros);
     expect(sameLinears(model, a)).toBe(true);
     saveQuantized(model, path.join(tmp, 'rtn-lowbit'), report, { format: 'lowbit' });
     expect(sameLinears(model, loadModel(path.join(tmp, 'rtn-lowbit')))).toBe(true);

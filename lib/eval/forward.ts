@@ -58,7 +58,7 @@ export interface LayerCaptures {
   attnIn: Float32Array; // input of q, k, v  [T, hidden]
   oIn: Float32Array; // input of o          [T, heads*headDim]
   mlpIn: Float32Array; // input of gate, up [T, hidden]
-  downIn: Float32Array; // input of down    [T, intermediate]
+  downIn?: Float32Array; // input of down  [T, intermediate] (dense MLP only: a sparse layer's experts each have their own)
 }
 
 /** Per-position NLL of next-token prediction for sequences ids [nseq, seqLen] (row-major). */

@@ -1,6 +1,7 @@
 // Packed low-bit weights for inference: a QuantizedTensor (integers + group scales/zeros) packed into the
 // CPU kernels' layout (native/cpu/packed.h), and a model whose linears run from packed weights only.
-import { LINEAR_NAMES, LoadedModel } from '../load/types';
+import { layerLinears } from '../load/linears';
+import type { LoadedModel } from '../load/types';
 import { addon } from '../native/addon';
 import type { QuantizedLinear, QuantizedTensor } from './weights';
 
@@ -75,8 +76,8 @@ export function attachPacked(model: LoadedModel, opts: AttachOptions = {}): numb
   const w8a8 = (opts.int8 ?? true) && model.quantization?.actBits === 8;
   let n = 0;
   for (const layer of model.weights.layers) {
-    for (const name of LINEAR_NAMES) {
-      const lin = layer.linears[name] as PackedLinear;
+    for (const ref of layerLinears(layer)) {
+      const lin = ref.lin as PackedLinear;
       const q = lin.quantized;
       if (!q) continue;
       lin.packed = w8a8 && isInt8Packable(q) ? packInt8(q, lin.outFeatures, lin.inFeatures) : packLinear(q, lin.outFeatures, lin.inFeatures);
