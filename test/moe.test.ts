@@ -4,13 +4,21 @@
 // The fixture and its golden file come from test/fixtures/make_qwen3_moe_tiny.py (run on the GPU host).
 import * as fs from 'fs';
 import * as path from 'path';
+import { CalibrationSet, readCalibIds } from '../lib/calibrate/calibration';
 import { routeTokens } from '../lib/calibrate/experts';
+import { DEFAULT_DATA_DIR as DATA_DIR, DEFAULT_MODEL_DIR } from '../lib/cli/common';
+import { pplText } from '../lib/eval/datasets';
 import { embedTokens, runLayer, scoreSequences } from '../lib/eval/forward';
+import { perplexity } from '../lib/eval/perplexity';
+import { roundScalesForFormat, saveQuantized } from '../lib/export/checkpoint';
 import { configFromJson } from '../lib/load/config';
 import { loadModel } from '../lib/load/model';
+import { loadTokenizer } from '../lib/load/tokenizer';
 import { openSafetensors, TensorToWrite, writeSafetensors } from '../lib/load/safetensors';
 import type { LayerWeights, LoadedModel, ModelConfig } from '../lib/load/types';
 import { addon } from '../lib/native/addon';
+import { quantize } from '../lib/quant/pipeline';
+import { parseSpec } from '../lib/quant/spec';
 import { toF32 } from '../lib/quant/weights';
 import { tmpDir, toBf16 } from './helpers/fixtures';
 import { gauss } from './helpers/random';
@@ -266,6 +274,123 @@ describe('tiny Qwen3-MoE against transformers', () => {
       fs.copyFileSync(path.join(MOE_DIR, 'config.json'), path.join(dir, 'config.json'));
       writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
       expect(() => loadModel(dir)).toThrow(/model\.layers\.2\.mlp\.experts\.5\.down_proj\.weight/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+// ---- quantized MoE ----------------------------------------------------------------------------------------
+
+describe('quantized tiny Qwen3-MoE', () => {
+  const WINDOWS = 32;
+  const SEQ_PPL = 256;
+  let wikitext: Int32Array; // the first WINDOWS×256 wikitext2 tokens, as transformers' protocol tokenized them
+  const fp = golden.ppl.fp32_seq256_w32 as number;
+  const ppl = async (m: LoadedModel) => (await perplexity(m, wikitext, { seqLen: SEQ_PPL, maxWindows: WINDOWS })).ppl;
+  const c4 = (n: number, seqLen: number) => readCalibIds(path.join(DATA_DIR, 'calib_c4_128x2048.i16'), n, seqLen);
+  const quantized = async (text: string, calibration?: CalibrationSet) => {
+    const m = loadModel(MOE_DIR);
+    const spec = calibration ? { ...parseSpec(text), nsamples: calibration.nsamples, calibSeqLen: calibration.seqLen } : parseSpec(text);
+    const report = await quantize(m, spec, { calibration });
+    return { m, report };
+  };
+  beforeAll(() => {
+    // A prefix of the joined text tokenizes like the whole text up to far before the cut.
+    const ids = loadTokenizer(DEFAULT_MODEL_DIR).encode(pplText('wikitext2', DATA_DIR).slice(0, 60000));
+    expect(ids.length).toBeGreaterThan(WINDOWS * SEQ_PPL + 1000);
+    wikitext = Int32Array.from(ids).subarray(0, WINDOWS * SEQ_PPL);
+  });
+
+  test('fp perplexity through the evaluation path equals transformers (GPTQ protocol, 32 windows of 256)', async () => {
+    expect(Math.abs((await ppl(loadModel(MOE_DIR))) / fp - 1)).toBeLessThan(1e-5);
+  });
+
+  test.each(['rtn:w8perchannel', 'rtn:w4perchannel', 'rtn:w4g32', 'rtn:w3g32'])(
+    "%s equals transformers with reference_ptq's RTN on every expert (router kept)",
+    async (text) => {
+      const { m } = await quantized(text);
+      const anchor = golden.ppl[text.replace(':', '-')] as number;
+      expect(Math.abs((await ppl(m)) / anchor - 1)).toBeLessThan(1e-5);
+      const orig = loadModel(MOE_DIR);
+      for (const l of [0, 2]) {
+        expect(m.weights.layers[l].moe!.router).toEqual(orig.weights.layers[l].moe!.router);
+        for (const ex of m.weights.layers[l].moe!.experts) for (const lin of Object.values(ex)) expect(lin.quantized?.bits).toBe(Number(text[5]));
+      }
+    },
+  );
+
+  test.each([
+    ['gptq:w4g32', 1.1],
+    ['gptq:w4g32,moe-calib=routed', 1.1],
+    ['awq:w4g32', 1.1],
+    ['awq:w4g32,moe-calib=routed', 1.1],
+    ['smoothquant:w8a8', 1.01],
+    ['gptq:w3perchannel', 1.25],
+  ])('%s: every expert quantized, perplexity within [0.95·fp, %f·fp], coverage reported', async (text, band) => {
+    const calib = c4(16, SEQ_PPL);
+    const { m, report } = await quantized(text, calib);
+    const p = await ppl(m);
+    // Low bits can land a little below fp on a model this small (AWQ's clipping regularizes); far below is a bug.
+    expect(p).toBeGreaterThan(fp * 0.95);
+    expect(p).toBeLessThan(fp * band);
+    const routed = text.includes('routed');
+    expect(report.experts!.mode).toBe(routed ? 'routed' : 'all');
+    expect(report.experts!.layers.map((c) => c.layer)).toEqual([0, 2]);
+    for (const c of report.experts!.layers) {
+      expect(c.tokens).toBe(16 * SEQ_PPL);
+      expect(c.routed.reduce((a, b) => a + b, 0)).toBe(c.tokens * 2);
+      expect(c.statTokens).toEqual(routed ? c.routed : c.routed.map(() => c.tokens));
+      expect(c.statTokens.every((n) => n > 0)).toBe(true);
+      for (const ex of m.weights.layers[c.layer].moe!.experts) for (const lin of Object.values(ex)) expect(lin.quantized).toBeDefined();
+    }
+    if (text.startsWith('gptq')) expect(report.linears.filter((r) => r.expert !== undefined)).toHaveLength(2 * 8 * 3);
+  });
+
+  test('billm:w1g32 binarizes every expert and stays far better than a uniform guess', async () => {
+    const { m, report } = await quantized('billm:w1g32', c4(16, SEQ_PPL));
+    const p = await ppl(m);
+    expect(Number.isFinite(p)).toBe(true);
+    expect(p).toBeLessThan(m.config.vocabSize / 2);
+    expect(report.linears.filter((r) => r.expert !== undefined)).toHaveLength(2 * 8 * 3);
+    expect(report.experts!.layers).toHaveLength(2);
+  });
+
+  test("routed counts on the unquantized layers are transformers' (AWQ and SmoothQuant calibrate before changing a layer)", async () => {
+    const calib: CalibrationSet = { ids: wikitext.slice(0, 8 * SEQ_PPL), nsamples: 8, seqLen: SEQ_PPL, source: 'wikitext2 windows 0-7' };
+    for (const text of ['awq:w4g32', 'smoothquant:w8a8']) {
+      const { report } = await quantized(text, calib);
+      for (const c of report.experts!.layers) expect(c.routed).toEqual(golden.routed_counts_seq256_w8[String(c.layer)]);
+    }
+  });
+
+  test('routed mode: an expert no calibration token reached is calibrated on all tokens, not skipped', async () => {
+    const calib = c4(1, 16);
+    const { m, report } = await quantized('gptq:w4g32,moe-calib=routed', calib);
+    const starved = report.experts!.layers.flatMap((c) => c.routed.map((n, e) => ({ c, n, e })).filter((x) => x.n === 0));
+    expect(starved.length).toBeGreaterThan(0); // the premise: 16 tokens × top-2 leave some of 8 experts empty
+    for (const { c, e } of starved) {
+      expect(c.statTokens[e]).toBe(c.tokens);
+      const down = m.weights.layers[c.layer].moe!.experts[e].down;
+      expect(toF32(down.weight).some((v) => v !== 0)).toBe(true);
+    }
+    expect(Number.isFinite(await ppl(m))).toBe(true);
+  });
+
+  test('a GPTQ MoE checkpoint (per-expert qweight, fp router) reloads to the same perplexity', async () => {
+    const { m, report } = await quantized('gptq:w4g32', c4(8, SEQ_PPL));
+    roundScalesForFormat(m, 'gptq');
+    const before = await ppl(m);
+    const dir = tmpDir('lowbit-moe-gptq-');
+    try {
+      saveQuantized(m, dir, report, { format: 'gptq' });
+      const names = openSafetensors(path.join(dir, 'model.safetensors')).names();
+      expect(names).toContain('model.layers.0.mlp.experts.7.down_proj.qweight');
+      expect(names).toContain('model.layers.2.mlp.gate.weight');
+      expect(names).not.toContain('model.layers.2.mlp.gate.qweight');
+      const back = loadModel(dir);
+      expect(back.weights.layers[0].moe!.experts[7].down.quantized).toBeDefined();
+      expect(Math.abs((await ppl(back)) / before - 1)).toBeLessThan(1e-5);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

@@ -80,23 +80,22 @@ export function checkSpecForModel(model: LoadedModel, spec: QuantSpec): void {
   }
   if (spec.groupSize <= 0) return;
   model.weights.layers.forEach((layer, l) => {
-    for (const { lin, path } of layerLinears(layer)) {
+    for (const { lin, kind, expert } of layerLinears(layer)) {
       if (lin.inFeatures % spec.groupSize) {
+        const name = `model.layers.${l}.${expert === undefined ? '' : `experts.${expert}.`}${kind}`;
         throw new LowbitError(
           'BAD_ARGUMENT',
-          `--group-size ${spec.groupSize} does not divide in_features ${lin.inFeatures} of model.layers.${l}.${path} (use a divisor or perchannel)`,
+          `--group-size ${spec.groupSize} does not divide in_features ${lin.inFeatures} of ${name} (use a divisor or perchannel)`,
         );
       }
     }
   });
 }
 
-/** The GPU GPTQ session has no sparse (MoE) layers: those models quantize on the CPU unless a GPU is asked for by name. */
+/** The GPU GPTQ session has no sparse (MoE) layers: those models quantize on the CPU (the report's device says so). */
 function gptqDevice(model: LoadedModel, requested: QuantizeOptions['device']): DeviceSpec {
-  if (!model.config.moe) return typeof requested === 'object' ? requested : resolveDevice(requested);
-  const asked = typeof requested === 'object' ? requested.type : requested && requested !== 'auto' ? resolveDevice(requested).type : 'cpu';
-  if (asked === 'cuda') throw new LowbitError('UNSUPPORTED', `${model.dir}: GPTQ on the GPU has no Qwen3-MoE (sparse) layers; quantize it with --device cpu`);
-  return { type: 'cpu' };
+  if (model.config.moe) return { type: 'cpu' };
+  return typeof requested === 'object' ? requested : resolveDevice(requested);
 }
 
 /**
