@@ -4,7 +4,7 @@ import { evaluate, TaskResult } from '../eval/evaluate';
 import { TASKS, TASK_NAMES } from '../eval/tasks/registry';
 import { loadModel, scanNonFinite } from '../load/model';
 import { loadTokenizer } from '../load/tokenizer';
-import { planMemory, parseBytes } from '../eval/stream';
+import { planMemory, parseBytes, scanNonFiniteStreaming } from '../eval/stream';
 import { applyThreads, fail, gpuDtypeOption, intOption, interruptSignal, listOption } from './common';
 import { createProgress } from './progress';
 import { addQuantOptions, QuantCliOptions, quantSummary, runQuantization, specFromOptions } from './quantize';
@@ -52,16 +52,17 @@ export function evalCommand(): Command {
         const tok = await loadTokenizer(modelDir);
         const progress = createProgress(process.stderr, false);
         const spec = specFromOptions(o);
-        const bad = scanNonFinite(model);
+        const memory = { stream: o.stream, maxMemory: o.maxMemory, spillDir: o.spillDir };
+        const streaming = planMemory(model, 0, 0, memory).mode !== 'resident';
+        const bad = streaming ? scanNonFiniteStreaming(model) : scanNonFinite(model);
         if (bad.length) progress.log(`lowbit: warning: non-finite values (NaN/Inf) in ${bad.map((b) => `${b.name} (${b.count})`).join(", ")}; results will be NaN`);
         const quant = spec ? quantSummary(await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal, device)) : undefined;
-        const memory = { stream: o.stream, maxMemory: o.maxMemory, spillDir: o.spillDir };
         if (device.type === 'cuda') {
           const onCpu = model.quantization?.actBits
             ? 'activation quantization runs on the CPU path'
             : model.config.moe
               ? 'Qwen3-MoE (sparse) layers run on the CPU path'
-              : planMemory(model, 0, 0, memory).mode !== 'resident'
+              : streaming
                 ? 'layer streaming runs on the CPU path'
                 : undefined;
           if (onCpu) {

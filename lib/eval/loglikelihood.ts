@@ -44,9 +44,10 @@ function tokenBytes(model: LoadedModel): number {
   return Math.max(model.config.intermediateSize, model.config.vocabSize / 8) * 4 * 4;
 }
 
-/** Padded tokens per forward that keep activations (tokens × max(intermediate, vocab/8) floats × 4) near 512 MiB. */
-export function defaultBatchTokens(model: LoadedModel): number {
-  return Math.max(512, Math.min(16384, Math.floor((512 << 20) / tokenBytes(model))));
+/** Padded tokens per forward that keep activations (tokens × max(intermediate, vocab/8) floats × 4) near 512 MiB,
+ *  or a quarter of a memory cap (but at least one 512-token row). */
+export function defaultBatchTokens(model: LoadedModel, maxMemory = Infinity): number {
+  return Math.max(512, Math.min(16384, Math.floor(Math.min(512 << 20, maxMemory / 4) / tokenBytes(model))));
 }
 
 export async function loglikelihood(
@@ -93,7 +94,7 @@ export async function loglikelihood(
     return a - b;
   });
 
-  const batchTokens = opts.batchTokens ?? defaultBatchTokens(model);
+  const batchTokens = opts.batchTokens ?? defaultBatchTokens(model, opts.memory?.maxMemory);
   // Batches of groups order[start, end), right-padded to the batch's longest input L.
   const batches: { start: number; end: number; ids: Int32Array; seqLen: number }[] = [];
   for (let i = 0; i < order.length; ) {

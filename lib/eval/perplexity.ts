@@ -33,8 +33,9 @@ function windowBytes(model: LoadedModel, seqLen: number): number {
   return seqLen * Math.max(model.config.intermediateSize, model.config.vocabSize / 8) * 4 * 4;
 }
 
-export function defaultBatch(model: LoadedModel, seqLen: number): number {
-  return Math.max(1, Math.min(8, Math.floor((512 << 20) / windowBytes(model, seqLen))));
+/** Windows per forward: transient activations near 512 MiB, or a quarter of a memory cap. */
+export function defaultBatch(model: LoadedModel, seqLen: number, maxMemory = Infinity): number {
+  return Math.max(1, Math.min(8, Math.floor(Math.min(512 << 20, maxMemory / 4) / windowBytes(model, seqLen))));
 }
 
 export async function perplexity(model: LoadedModel, ids: ArrayLike<number>, opts: PerplexityOptions = {}): Promise<PerplexityResult> {
@@ -42,7 +43,7 @@ export async function perplexity(model: LoadedModel, ids: ArrayLike<number>, opt
   let windows = Math.floor(ids.length / seqLen);
   if (opts.maxWindows !== undefined) windows = Math.min(windows, opts.maxWindows);
   if (windows < 1) throw new Error(`need at least ${seqLen} tokens for one window, have ${ids.length}`);
-  const batch = opts.batch ?? defaultBatch(model, seqLen);
+  const batch = opts.batch ?? defaultBatch(model, seqLen, opts.memory?.maxMemory);
   const plan = planMemory(model, windows * seqLen, batch * windowBytes(model, seqLen), opts.memory);
   const t0 = performance.now();
   const windowNll: number[] = [];

@@ -10,6 +10,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { LowbitError } from '../load/errors';
 import { layerLinears } from '../load/linears';
+import { NonFiniteTensor, scanNonFinite } from '../load/model';
 import type { LayerWeights, LoadedModel } from '../load/types';
 import { addon, isF32Array, Weight } from '../native/addon';
 import { embedTokens, runLayer, throwIfAborted } from './forward';
@@ -79,6 +80,22 @@ export function adviseLayer(model: LoadedModel, l: number, advice: 'dontneed' | 
 
 function adviseWeight(w: Weight, advice: 'dontneed' | 'willneed'): number {
   return addon.adviseMapped(isF32Array(w) ? w : w.data, advice);
+}
+
+/**
+ * scanNonFinite for a model about to be streamed: a tensor group at a time, handing each group's pages
+ * back to the kernel once read, so the scan does not make the whole checkpoint resident.
+ */
+export function scanNonFiniteStreaming(model: LoadedModel): NonFiniteTensor[] {
+  const found = scanNonFinite(model, 'model.embed_tokens.');
+  adviseWeight(model.weights.embed, 'dontneed');
+  for (let l = 0; l < model.config.numLayers; l++) {
+    found.push(...scanNonFinite(model, `model.layers.${l}.`));
+    adviseLayer(model, l, 'dontneed');
+  }
+  found.push(...scanNonFinite(model, 'model.norm.'), ...scanNonFinite(model, 'lm_head.'));
+  adviseWeight(model.weights.lmHead, 'dontneed');
+  return found;
 }
 
 /** All batches' hidden states between two layers. */
