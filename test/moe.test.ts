@@ -8,6 +8,7 @@ import { CalibrationSet, readCalibIds } from '../lib/calibrate/calibration';
 import { routeTokens } from '../lib/calibrate/experts';
 import { DEFAULT_DATA_DIR as DATA_DIR, DEFAULT_MODEL_DIR } from '../lib/cli/common';
 import { pplText } from '../lib/eval/datasets';
+import { createKvCache, decodeStep } from '../lib/eval/decode';
 import { embedTokens, runLayer, scoreSequences } from '../lib/eval/forward';
 import { perplexity } from '../lib/eval/perplexity';
 import { roundScalesForFormat, saveQuantized } from '../lib/export/checkpoint';
@@ -17,6 +18,7 @@ import { loadTokenizer } from '../lib/load/tokenizer';
 import { openSafetensors, TensorToWrite, writeSafetensors } from '../lib/load/safetensors';
 import type { LayerWeights, LoadedModel, ModelConfig } from '../lib/load/types';
 import { addon } from '../lib/native/addon';
+import { attachPacked, PackedLinear } from '../lib/quant/packed';
 import { quantize } from '../lib/quant/pipeline';
 import { parseSpec } from '../lib/quant/spec';
 import { toF32 } from '../lib/quant/weights';
@@ -261,6 +263,18 @@ describe('tiny Qwen3-MoE against transformers', () => {
     }
   });
 
+  test('the KV-cache decode step runs the sparse layers too: per-token NLL as transformers, top-1 as its top-5 head', async () => {
+    const cache = createKvCache(model, SEQ);
+    const seq = golden.input_ids[0] as number[];
+    let worst = 0;
+    for (let t = 0; t < SEQ - 1; t++) {
+      const r = await decodeStep(model, seq[t], t, cache, { target: seq[t + 1] });
+      worst = Math.max(worst, Math.abs(r.nll - golden.nll[0][t]));
+      expect(r.next).toBe(golden.top5_idx[0][t][0]);
+    }
+    expect(worst).toBeLessThan(1e-4);
+  });
+
   test('a missing expert tensor is named', () => {
     const src = openSafetensors(path.join(MOE_DIR, 'model.safetensors'));
     const tensors: Record<string, TensorToWrite> = {};
@@ -375,6 +389,26 @@ describe('quantized tiny Qwen3-MoE', () => {
       expect(toF32(down.weight).some((v) => v !== 0)).toBe(true);
     }
     expect(Number.isFinite(await ppl(m))).toBe(true);
+  });
+
+  test('SmoothQuant W8A8: experts on int8×int8 kernels, and a lowbit checkpoint that reloads, both near the fake-quantized model', async () => {
+    const { m, report } = await quantized('smoothquant:w8a8', c4(8, SEQ_PPL));
+    const fake = await ppl(m);
+    const dir = tmpDir('lowbit-moe-w8a8-');
+    try {
+      saveQuantized(m, dir, report, { format: 'lowbit' });
+      const back = loadModel(dir);
+      expect(back.quantization?.actBits).toBe(8);
+      // The folded router comes back as it was written (F32), unquantized.
+      expect(Array.from(toF32(back.weights.layers[2].moe!.router))).toEqual(Array.from(toF32(m.weights.layers[2].moe!.router)));
+      attachPacked(m);
+      for (const l of [0, 2]) for (const ex of m.weights.layers[l].moe!.experts) for (const lin of Object.values(ex)) expect((lin as PackedLinear).packed?.kind).toBe('int8');
+      // Real int8 activations round differently from fp32 fake quantization in the last ulps (test/formats.test.ts).
+      expect(Math.abs((await ppl(m)) / fake - 1)).toBeLessThan(0.01);
+      expect(Math.abs((await ppl(back)) / fake - 1)).toBeLessThan(0.01);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test('a GPTQ MoE checkpoint (per-expert qweight, fp router) reloads to the same perplexity', async () => {

@@ -4,7 +4,6 @@
 // expert for statistics — the expert's weights are then fitted to the whole input distribution of the
 // layer; 'routed' uses only the tokens the router picks (the routing of the model as it runs), falling
 // back to all tokens for an expert no token was routed to. Either way the routed counts are reported.
-import { LowbitError } from '../load/errors';
 import type { LoadedModel } from '../load/types';
 import { addon } from '../native/addon';
 
@@ -111,11 +110,4 @@ export class CoverageCounter {
       statTokens: this.routed.map((n, e) => (this.usesAll(e) ? this.tokens : n)),
     };
   }
-}
-
-export function parseMoeCalib(v: string): MoeCalib {
-  if (!(MOE_CALIB_MODES as readonly string[]).includes(v)) {
-    throw new LowbitError('BAD_ARGUMENT', `--moe-calib must be one of ${MOE_CALIB_MODES.join(', ')}, got "${v}"`);
-  }
-  return v as MoeCalib;
 }

@@ -1,5 +1,6 @@
-// The decoder-layer forward (Llama/Qwen2/Qwen3, Qwen3-MoE through moe.cpp) as async bindings. TypeScript drives the model a
-// layer at a time, which is what layer-by-layer calibration needs; each call runs off the event loop.
+// The decoder-layer forward (Llama/Qwen2/Qwen3; a Qwen3-MoE sparse MLP runs in moe.cpp) as async bindings.
+// TypeScript drives the model a layer at a time, which is what layer-by-layer calibration needs; each call
+// runs off the event loop.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
