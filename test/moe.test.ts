@@ -337,6 +337,7 @@ describe('quantized tiny Qwen3-MoE', () => {
   test.each([
     ['gptq:w4g32', 1.1],
     ['gptq:w4g32,moe-calib=routed', 1.1],
+    ['gptq:w4g32,no-true-sequential', 1.1],
     ['awq:w4g32', 1.1],
     ['awq:w4g32,moe-calib=routed', 1.1],
     ['smoothquant:w8a8', 1.01],

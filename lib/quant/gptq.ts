@@ -87,44 +87,35 @@ export async function hessianLayer(
   // collected from the unquantized layer before anything is solved.
   const E = layer.moe.experts.length;
   const cov = new CoverageCounter(l, E, spec.moeCalib ?? 'all');
-  const steps: { collect: () => Promise<(r: LinearReport[]) => Promise<void>> }[] = [];
-  for (const subset of spec.trueSequential ? ATTN_SUBSETS : [ATTN_SUBSETS.flat()]) {
-    steps.push({
-      collect: async () => {
-        onStage?.(`hessian ${subset.join(',')}`);
-        const H = await collectHessians(model, l, inputs, subset, signal);
-        return async (r) => {
-          for (const name of subset) r.push(await solve(ref(name), H.get(INPUT_OF[name])!));
-        };
-      },
-    });
-  }
-  steps.push({
-    collect: async () => {
+  // Each step collects its Hessians and returns the solves that use them.
+  type Step = () => Promise<() => Promise<void>>;
+  const solveExperts = (names: MlpLinearName[], H: Float32Array[]) => async () => {
+    onStage?.(`solve experts ${names.join(',')}`);
+    for (let e = 0; e < E; e++) for (const name of names) reports.push(await solve(ref(name, e), H[e]));
+  };
+  const steps: Step[] = [
+    ...(spec.trueSequential ? ATTN_SUBSETS : [ATTN_SUBSETS.flat()]).map((subset): Step => async () => {
+      onStage?.(`hessian ${subset.join(',')}`);
+      const H = await collectHessians(model, l, inputs, subset, signal);
+      return async () => {
+        for (const name of subset) reports.push(await solve(ref(name), H.get(INPUT_OF[name])!));
+      };
+    }),
+    async () => {
       onStage?.('hessian experts up,gate');
-      const H = await collectExpertInputHessians(model, l, inputs, cov, signal);
-      return solveExperts(['up', 'gate'], (e) => H[e]);
+      return solveExperts(['up', 'gate'], await collectExpertInputHessians(model, l, inputs, cov, signal));
     },
-  });
-  steps.push({
-    collect: async () => {
+    async () => {
       onStage?.('hessian experts down');
-      const H = await collectExpertDownHessians(model, l, inputs, cov, signal);
-      return solveExperts(['down'], (e) => H[e]);
+      return solveExperts(['down'], await collectExpertDownHessians(model, l, inputs, cov, signal));
     },
-  });
-  function solveExperts(names: MlpLinearName[], H: (e: number) => Float32Array) {
-    return async (r: LinearReport[]) => {
-      onStage?.(`solve experts ${names.join(',')}`);
-      for (let e = 0; e < E; e++) for (const name of names) r.push(await solve(ref(name, e), H(e)));
-    };
-  }
+  ];
   if (spec.trueSequential) {
-    for (const s of steps) await (await s.collect())(reports);
+    for (const step of steps) await (await step())();
   } else {
     const solves = [];
-    for (const s of steps) solves.push(await s.collect());
-    for (const run of solves) await run(reports);
+    for (const step of steps) solves.push(await step());
+    for (const run of solves) await run();
   }
   return { linears: reports, coverage: cov.report() };
 }
