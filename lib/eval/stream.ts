@@ -71,11 +71,9 @@ export function parseBytes(text: string): number {
   return Math.floor(n);
 }
 
-/** Advises the kernel about a layer's mapped weight pages; views that are not mapped (quantized, packed) are skipped. */
+/** Advises the kernel about a layer's mapped weight pages (bytes advised); weights off the mapping (quantized) are skipped. */
 export function adviseLayer(model: LoadedModel, l: number, advice: 'dontneed' | 'willneed'): number {
-  let bytes = 0;
-  for (const w of layerWeights(model.weights.layers[l])) bytes += addon.adviseMapped(isF32Array(w) ? w : w.data, advice);
-  return bytes;
+  return layerWeights(model.weights.layers[l]).reduce((s, w) => s + adviseWeight(w, advice), 0);
 }
 
 function adviseWeight(w: Weight, advice: 'dontneed' | 'willneed'): number {
