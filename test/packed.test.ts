@@ -12,6 +12,7 @@ import { attachPacked, Int8Weight, packInt8, packLinear, PackedLinear, unpackLin
 import { quantize } from '../lib/quant/pipeline';
 import { parseSpec } from '../lib/quant/spec';
 import type { QuantizedTensor } from '../lib/quant/weights';
+import { expandPacked } from './helpers/fake-quant';
 
 const SHARED = path.resolve(__dirname, '..', '..', 'shared');
 const LEVELS = ['scalar', 'avx2', 'avx512'] as const;
@@ -228,10 +229,12 @@ describe('forward on packed weights (qwen3-tiny) matches the fake-quant model', 
     return { worst, mean: sum / a.length };
   }
 
+  /** The fake-quant model: quantize() leaves packed linears; expand them back to their fp32 dequantization. */
   async function prepare(specText: string): Promise<LoadedModel> {
     addon.setThreads(2);
     const model: LoadedModel = loadModel(path.join(SHARED, 'models', 'qwen3-tiny'));
     await quantize(model, parseSpec(specText));
+    expect(expandPacked(model)).toBe(model.config.numLayers * LINEAR_NAMES.length);
     return model;
   }
 

@@ -7,7 +7,8 @@ import * as path from 'path';
 import { readCalibIds, sampleWindows, CalibrationSet } from '../lib/calibrate/calibration';
 import { scoreSequences } from '../lib/eval/forward';
 import { loadModel } from '../lib/load/model';
-import { LINEAR_NAMES, LoadedModel } from '../lib/load/types';
+import { dequantize } from '../lib/export/pack';
+import { Linear, LINEAR_NAMES, LoadedModel } from '../lib/load/types';
 import { checkSpecForModel, quantize, QuantizeReport } from '../lib/quant/pipeline';
 import { parseSpec } from '../lib/quant/spec';
 import { toF32 } from '../lib/quant/weights';
@@ -29,15 +30,18 @@ async function meanNll(model: LoadedModel): Promise<number> {
   return s / (SEQ - 1);
 }
 
-/** Weights as fp32. Arrays made by the addon come from Node's main realm, not jest's sandbox, so
- *  `instanceof Float32Array` (which lib's toF32 uses) is false for them here; test the tag instead. */
-function f32(w: LoadedModel['weights']['layers'][number]['linears']['q']['weight']): Float32Array {
+/** A linear's weights as fp32 (dequantized where it runs packed). Arrays made by the addon come from Node's
+ *  main realm, not jest's sandbox, so `instanceof Float32Array` (which lib's toF32 uses) is false for them
+ *  here; test the tag instead. */
+function f32(lin: Linear): Float32Array {
+  const w = lin.weight;
+  if (!w) return dequantize(lin.quantized!, lin.inFeatures);
   return Object.prototype.toString.call(w) === '[object Float32Array]' ? (w as Float32Array) : toF32(w);
 }
 
 function allFinite(model: LoadedModel): boolean {
   return model.weights.layers.every(
-    (l) => LINEAR_NAMES.every((n) => f32(l.linears[n]!.weight).every(Number.isFinite)) && l.inputNorm.every(Number.isFinite) && l.postAttnNorm.every(Number.isFinite),
+    (l) => LINEAR_NAMES.every((n) => f32(l.linears[n]!).every(Number.isFinite)) && l.inputNorm.every(Number.isFinite) && l.postAttnNorm.every(Number.isFinite),
   );
 }
 
@@ -107,8 +111,8 @@ test('GPTQ twice gives bit-identical weights', async () => {
   await quantize(b, parseSpec('gptq:w4g128,nsamples=4,seqlen=256'), { calibration: calib });
   for (let l = 0; l < a.config.numLayers; l++) {
     for (const n of LINEAR_NAMES) {
-      const wa = f32(a.weights.layers[l].linears[n]!.weight);
-      const wb = f32(b.weights.layers[l].linears[n]!.weight);
+      const wa = f32(a.weights.layers[l].linears[n]!);
+      const wb = f32(b.weights.layers[l].linears[n]!);
       expect(wa).not.toBe(wb);
       expect(Buffer.from(wa.buffer, wa.byteOffset, wa.byteLength).equals(Buffer.from(wb.buffer, wb.byteOffset, wb.byteLength))).toBe(true);
     }

@@ -113,7 +113,7 @@ describe('smoothing leaves the full-precision layer unchanged (qwen3-tiny layer 
     expect(maxRel(attn1, attn0)).toBeLessThan(1e-5);
     expect(maxRel(mlp1, mlp0)).toBeLessThan(1e-5);
     // The calibration inputs were pushed through the (smoothed) layer: they equal the layer's output.
-    expect(maxRel(inputs.batches[0], before)).toBeLessThan(1e-5);
+    expect(maxRel(inputs.batch(0), before)).toBeLessThan(1e-5);
   });
 });
 

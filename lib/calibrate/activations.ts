@@ -1,34 +1,61 @@
 // The calibration activations entering one decoder layer, kept in batches of whole sequences. Only this
 // one layer's inputs live in memory; after a layer is quantized they are pushed through it in place.
 import { embedTokens, LayerCaptures, runLayer, throwIfAborted } from '../eval/forward';
+import * as os from 'os';
+import { ActivationStore, DiskStore, MemoryStore } from '../eval/stream';
 import { LowbitError } from '../load/errors';
 import type { LoadedModel } from '../load/types';
 import type { CalibrationSet } from './calibration';
 
 export class LayerInputs {
   private constructor(
-    readonly batches: Float32Array[],
+    private readonly store: ActivationStore,
+    private readonly count: number,
     readonly seqLen: number,
     readonly nsamples: number,
   ) {}
 
-  static async embed(model: LoadedModel, calib: CalibrationSet, batchSeqs?: number): Promise<LayerInputs> {
-    const per = batchSeqs ?? defaultCalibBatch(model, calib.seqLen);
-    const batches: Float32Array[] = [];
-    for (let s = 0; s < calib.nsamples; s += per) {
-      const n = Math.min(per, calib.nsamples - s);
-      const b = await embedTokens(model, calib.ids.subarray(s * calib.seqLen, (s + n) * calib.seqLen));
-      checkFinite(b, s, calib.seqLen, model.config.hiddenSize, 'the embeddings of');
-      batches.push(b);
+  /**
+   * Embeds the calibration windows in batches. With memory.maxMemory, batches whose working set would
+   * exceed a quarter of the cap are made smaller, and the activations wait in a temporary file (in
+   * memory.spillDir) when they would take more than half of it.
+   */
+  static async embed(model: LoadedModel, calib: CalibrationSet, memory: { maxMemory?: number; spillDir?: string } = {}): Promise<LayerInputs> {
+    const per = calibBatch(model, calib.seqLen, memory.maxMemory);
+    const lengths: number[] = [];
+    for (let s = 0; s < calib.nsamples; s += per) lengths.push(Math.min(per, calib.nsamples - s) * calib.seqLen * model.config.hiddenSize);
+    const total = calib.nsamples * calib.seqLen * model.config.hiddenSize * 4;
+    const spill = memory.maxMemory !== undefined && total > memory.maxMemory / 2;
+    const store: ActivationStore = spill ? new DiskStore(memory.spillDir ?? os.tmpdir(), lengths) : new MemoryStore();
+    try {
+      for (let i = 0, s = 0; s < calib.nsamples; i++, s += per) {
+        const n = Math.min(per, calib.nsamples - s);
+        const b = await embedTokens(model, calib.ids.subarray(s * calib.seqLen, (s + n) * calib.seqLen));
+        checkFinite(b, s, calib.seqLen, model.config.hiddenSize, 'the embeddings of');
+        store.write(i, b);
+      }
+    } catch (e) {
+      store.close();
+      throw e;
     }
-    return new LayerInputs(batches, calib.seqLen, calib.nsamples);
+    return new LayerInputs(store, lengths.length, calib.seqLen, calib.nsamples);
+  }
+
+  /** Batch i's activations (a copy when they wait on disk). */
+  batch(i: number): Float32Array {
+    return this.store.read(i);
+  }
+
+  /** Whether the activations wait on disk between layers. */
+  get spilled(): boolean {
+    return this.store instanceof DiskStore;
   }
 
   /** Runs layer l on a copy of every batch and hands each batch's captured linear inputs to fn. */
   async capture(model: LoadedModel, l: number, fn: (c: LayerCaptures) => Promise<void>, signal?: AbortSignal): Promise<void> {
-    for (const b of this.batches) {
+    for (let i = 0; i < this.count; i++) {
       throwIfAborted(signal);
-      const caps = await runLayer(model, l, b.slice(), this.seqLen, { capture: true });
+      const caps = await runLayer(model, l, this.store.read(i).slice(), this.seqLen, { capture: true });
       await fn(caps!);
     }
   }
@@ -36,13 +63,20 @@ export class LayerInputs {
   /** Replaces the inputs by layer l's outputs; with capture, fn also sees each batch's linear inputs on the way. */
   async propagate(model: LoadedModel, l: number, signal?: AbortSignal, fn?: (c: LayerCaptures) => Promise<void>): Promise<void> {
     let first = 0;
-    for (const b of this.batches) {
+    for (let i = 0; i < this.count; i++) {
       throwIfAborted(signal);
+      const b = this.store.read(i);
       const caps = await runLayer(model, l, b, this.seqLen, { capture: !!fn });
       if (fn) await fn(caps!);
       checkFinite(b, first, this.seqLen, model.config.hiddenSize, `the output of model.layers.${l} for`);
+      this.store.write(i, b);
       first += b.length / (this.seqLen * model.config.hiddenSize);
     }
+  }
+
+  /** Releases the activations (removes a spill file). */
+  close(): void {
+    this.store.close();
   }
 }
 
@@ -61,10 +95,11 @@ function checkFinite(b: Float32Array, firstSeq: number, seqLen: number, hidden: 
   }
 }
 
-export function defaultCalibBatch(model: LoadedModel, seqLen: number): number {
-  // Bounded by the transient activations of one layer call (≈ 8 floats per token per intermediate unit).
+/** Sequences per calibration batch: its transient activations in one layer call (≈ 8 floats per token per
+ *  intermediate unit) within 768 MiB, and within a quarter of maxMemory. */
+function calibBatch(model: LoadedModel, seqLen: number, maxMemory = Infinity): number {
   const perSeq = seqLen * model.config.intermediateSize * 4 * 8;
-  return Math.max(1, Math.min(16, Math.floor((768 << 20) / perSeq)));
+  return Math.max(1, Math.min(16, Math.floor(Math.min(768 << 20, maxMemory / 4) / perSeq)));
 }
 
 /** Statistics gathered from a layer's captured linear inputs (Hessians, channel maxima, means) are finite iff the

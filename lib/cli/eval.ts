@@ -56,7 +56,7 @@ export function evalCommand(): Command {
         const streaming = planMemory(model, 0, 0, memory).mode !== 'resident';
         const bad = streaming ? scanNonFiniteStreaming(model) : scanNonFinite(model);
         if (bad.length) progress.log(`lowbit: warning: non-finite values (NaN/Inf) in ${bad.map((b) => `${b.name} (${b.count})`).join(", ")}; results will be NaN`);
-        const quant = spec ? quantSummary(await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal, device)) : undefined;
+        const quant = spec ? quantSummary(await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal, device, { memory })) : undefined;
         if (device.type === 'cuda') {
           const onCpu = model.quantization?.actBits
             ? 'activation quantization runs on the CPU path'

@@ -3,12 +3,14 @@ import { MOE_CALIB_MODES, MoeCalib } from '../calibrate/experts';
 import { loadCalibration } from '../calibrate/resolve';
 import { DeviceSpec, resolveDevice } from '../eval/cuda';
 import { evaluate } from '../eval/evaluate';
-import { defaultFormat, EXPORT_FORMATS, ExportFormat, roundScalesForFormat, saveQuantized } from '../export/checkpoint';
+import { CheckpointWriter, defaultFormat, EXPORT_FORMATS, ExportFormat, SaveResult, storesF16Scales } from '../export/checkpoint';
+import { parseBytes } from '../eval/stream';
+import { layerLinears } from '../load/linears';
 import { LowbitError } from '../load/errors';
 import { loadModel } from '../load/model';
 import { loadTokenizer } from '../load/tokenizer';
-import type { LoadedModel } from '../load/types';
-import { needsCalibration, quantize, QuantizeReport } from '../quant/pipeline';
+import type { LayerWeights, LoadedModel } from '../load/types';
+import { needsCalibration, quantize, QuantizeOptions, QuantizeReport } from '../quant/pipeline';
 import { defaultSpec, Method, METHODS, parseSpec, QuantSpec, validateSpec } from '../quant/spec';
 import { applyThreads, DEFAULT_DATA_DIR, fail, intOption, interruptSignal, listOption } from './common';
 import { createProgress, Progress } from './progress';
@@ -94,6 +96,7 @@ export async function runQuantization(
   progress: Progress,
   signal: AbortSignal,
   device?: DeviceSpec,
+  extra: Pick<QuantizeOptions, 'f16Scales' | 'onLayer' | 'memory'> = {},
 ): Promise<QuantizeReport> {
   const calibration = needsCalibration(spec) ? loadCalibration(model, encode, spec, o) : undefined;
   if (calibration) progress.log(`calibration: ${calibration.nsamples} × ${calibration.seqLen} tokens from ${calibration.source}`);
@@ -102,6 +105,7 @@ export async function runQuantization(
     calibration,
     signal,
     device,
+    ...extra,
     onProgress: (p) => progress.update(p.layer, 0),
   });
   progress.update(model.config.numLayers, 0);
@@ -148,9 +152,12 @@ export function quantizeCommand(): Command {
       new Option('--format <f>', 'checkpoint format: gptq (default when the quantization fits it: 2/3/4/8-bit weight-only), gptq_v2, awq (4-bit, no act-order), lowbit (anything, e.g. BiLLM, SmoothQuant), dequant (fp32 weights)')
         .choices(EXPORT_FORMATS as string[]),
     )
+    .option('--max-memory <size>', 'memory quantization may use, e.g. 4G: calibration batches sized to it, calibration activations on disk beyond half of it; with --eval, a larger model is evaluated layer by layer', parseBytes)
+    .option('--spill-dir <dir>', 'where calibration (and --eval) activations go when they do not fit in --max-memory (default: the OS temp folder)')
     .option('--json', 'print one JSON document on stdout');
   addQuantOptions(cmd);
-  return cmd.action(async (modelDir: string, o: QuantCliOptions & { out: string; format?: ExportFormat; threads?: number; device?: string; json?: boolean; eval?: string[]; maxWindows?: number }) => {
+  type Opts = QuantCliOptions & { out: string; format?: ExportFormat; threads?: number; device?: string; json?: boolean; eval?: string[]; maxWindows?: number; maxMemory?: number; spillDir?: string };
+  return cmd.action(async (modelDir: string, o: Opts) => {
     try {
       const signal = interruptSignal();
       applyThreads(o.threads);
@@ -160,15 +167,31 @@ export function quantizeCommand(): Command {
       const model = loadModel(modelDir);
       const tok = loadTokenizer(modelDir);
       const progress = createProgress();
-      const report = await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal, device);
       const format = o.format ?? defaultFormat(model, spec);
-      // GPTQ/AWQ store fp16 scales: evaluate (--eval) exactly the weights the checkpoint will load as.
-      roundScalesForFormat(model, format);
-      const results = o.eval
-        ? await evaluate(model, (t) => tok.encode(t), { tasks: o.eval, dataDir: o.dataDir, maxWindows: o.maxWindows, signal, onTaskStart: (t, n) => progress.start(t, n), onProgress: (p) => progress.update(p.windows, p.tokens) })
-        : undefined;
-      progress.stop();
-      const saved = saveQuantized(model, o.out, report, { format, onWarning: (m) => progress.log(`warning: ${m}`) });
+      const memory = { maxMemory: o.maxMemory, spillDir: o.spillDir };
+      // Each finished layer goes to the output as soon as it is done; without --eval it is then dropped,
+      // so memory holds one layer's work and the calibration activations, whatever the model's size.
+      const writer = CheckpointWriter.open(model, o.out, spec, { format, onWarning: (m) => progress.log(`warning: ${m}`) });
+      let report: QuantizeReport, results, saved: SaveResult;
+      try {
+        report = await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal, device, {
+          // GPTQ/AWQ store fp16 scales: the model (and --eval) gets exactly the weights the checkpoint loads as.
+          f16Scales: storesF16Scales(format),
+          memory,
+          onLayer: (l) => {
+            writer.writeLayer(l);
+            if (!o.eval) releaseLayer(model.weights.layers[l]);
+          },
+        });
+        results = o.eval
+          ? await evaluate(model, (t) => tok.encode(t), { tasks: o.eval, dataDir: o.dataDir, maxWindows: o.maxWindows, memory, signal, onTaskStart: (t, n) => progress.start(t, n), onProgress: (p) => progress.update(p.windows, p.tokens) })
+          : undefined;
+        progress.stop();
+        saved = writer.finish(report);
+      } catch (e) {
+        writer.abort();
+        throw e;
+      }
       if (o.json) process.stdout.write(JSON.stringify({ model: model.dir, out: o.out, format, quant: quantSummary(report), results }) + '\n');
       else process.stdout.write(`wrote ${o.out} (${report.name}, ${format} format${saved.kinds ? ` ${JSON.stringify(saved.kinds)}` : ''})\n` + (results ? JSON.stringify(results, null, 2) + '\n' : ''));
     } catch (e) {
@@ -177,3 +200,7 @@ export function quantizeCommand(): Command {
   });
 }
 
+/** Drops a layer's quantized weights once written: the in-memory model is not used again. */
+function releaseLayer(layer: LayerWeights): void {
+  for (const { lin } of layerLinears(layer)) Object.assign(lin, { weight: undefined, quantized: undefined, packed: undefined });
+}

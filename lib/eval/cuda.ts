@@ -2,7 +2,8 @@
 // holds a model's weights resident on one GPU for evaluation. scoreSequences (forward.ts) uses the GPU for
 // a model attached with toDevice(); everything else keeps running on the CPU.
 import { LowbitError } from '../load/errors';
-import type { LoadedModel } from '../load/types';
+import { dequantize } from '../export/pack';
+import type { LayerWeights, Linear, LoadedModel } from '../load/types';
 import { addon } from '../native/addon';
 
 export interface CudaDevice {
@@ -113,7 +114,7 @@ export class GpuModel {
     if (model.config.moe) throw new LowbitError('UNSUPPORTED', `${model.dir}: the CUDA backend has no Qwen3-MoE (sparse) layers; evaluate it with --device cpu`);
     const w = model.weights;
     const handle = await addon.gpuModelCreate(
-      { cfg: model.config, layers: w.layers, embed: w.embed, lmHead: w.lmHead, finalNorm: w.finalNorm },
+      { cfg: model.config, layers: w.layers.map(denseLayer), embed: w.embed, lmHead: w.lmHead, finalNorm: w.finalNorm },
       { device: opts.device ?? 0, dtype, actFp32: opts.actFp32 ?? false },
     );
     return new GpuModel(handle);
@@ -131,6 +132,13 @@ export class GpuModel {
   free(): void {
     addon.gpuModelFree(this.handle);
   }
+}
+
+/** The GPU backend takes dense weights: linears that run packed on the CPU are dequantized for the upload. */
+function denseLayer(layer: LayerWeights): LayerWeights {
+  const dense = (lin: Linear): Linear => (lin.weight || !lin.quantized ? lin : { ...lin, weight: dequantize(lin.quantized, lin.inFeatures) });
+  const linears = Object.fromEntries(Object.entries(layer.linears).map(([k, lin]) => [k, lin && dense(lin)]));
+  return { ...layer, linears: linears as LayerWeights['linears'] };
 }
 
 const attached = new WeakMap<LoadedModel, GpuModel>();

@@ -76,7 +76,7 @@ export function adviseLayer(model: LoadedModel, l: number, advice: 'dontneed' | 
   return layerWeights(model.weights.layers[l]).reduce((s, w) => s + adviseWeight(w, advice), 0);
 }
 
-function adviseWeight(w: Weight, advice: 'dontneed' | 'willneed'): number {
+export function adviseWeight(w: Weight, advice: 'dontneed' | 'willneed'): number {
   return addon.adviseMapped(isF32Array(w) ? w : w.data, advice);
 }
 
@@ -97,13 +97,13 @@ export function scanNonFiniteStreaming(model: LoadedModel): NonFiniteTensor[] {
 }
 
 /** All batches' hidden states between two layers. */
-interface ActivationStore {
+export interface ActivationStore {
   read(i: number): Float32Array;
   write(i: number, h: Float32Array): void;
   close(): void;
 }
 
-class MemoryStore implements ActivationStore {
+export class MemoryStore implements ActivationStore {
   private readonly h: Float32Array[] = [];
   read(i: number): Float32Array {
     return this.h[i];
@@ -117,7 +117,7 @@ class MemoryStore implements ActivationStore {
 }
 
 /** One temporary file, a fixed slot per batch; unlinked on close. */
-class DiskStore implements ActivationStore {
+export class DiskStore implements ActivationStore {
   private readonly fd: number;
   private readonly file: string;
   private readonly offsets: number[] = [];

@@ -1,7 +1,8 @@
 // Packed low-bit weights for inference: a QuantizedTensor (integers + group scales/zeros) packed into the
 // CPU kernels' layout (native/cpu/packed.h), and a model whose linears run from packed weights only.
 import { layerLinears } from '../load/linears';
-import type { LoadedModel } from '../load/types';
+import { PACKED_BITS } from '../load/quantized';
+import type { LayerWeights, LoadedModel } from '../load/types';
 import { addon } from '../native/addon';
 import type { QuantizedLinear, QuantizedTensor } from './weights';
 
@@ -67,6 +68,29 @@ export interface AttachOptions {
   int8?: boolean;
 }
 
+/** Whether the packed kernels take q for a [rows, cols] linear (2/3/4/8 bits, whole groups; or W8A8 int8). */
+export function isPackable(q: QuantizedTensor, cols: number, w8a8: boolean): boolean {
+  if (w8a8 && isInt8Packable(q)) return true;
+  return PACKED_BITS.includes(q.bits) && (q.groupSize <= 0 || cols % q.groupSize === 0);
+}
+
+/**
+ * Converts the linears of one layer that have a packable `quantized` into packed form and drops their fp32
+ * weight (the integers stay for export); others keep their weight. Returns the number converted.
+ */
+export function packLayer(layer: LayerWeights, w8a8: boolean): number {
+  let n = 0;
+  for (const ref of layerLinears(layer)) {
+    const lin = ref.lin as PackedLinear;
+    const q = lin.quantized;
+    if (!q || !isPackable(q, lin.inFeatures, w8a8)) continue;
+    lin.packed = w8a8 && isInt8Packable(q) ? packInt8(q, lin.outFeatures, lin.inFeatures) : packLinear(q, lin.outFeatures, lin.inFeatures);
+    (lin as { weight?: unknown }).weight = undefined;
+    n++;
+  }
+  return n;
+}
+
 /**
  * Converts every linear that has `quantized` into packed form and drops its fp32 weight, so the model
  * is never held in fp32 again; the forward (layerForward etc.) then runs the packed kernels.
@@ -74,16 +98,5 @@ export interface AttachOptions {
  */
 export function attachPacked(model: LoadedModel, opts: AttachOptions = {}): number {
   const w8a8 = (opts.int8 ?? true) && model.quantization?.actBits === 8;
-  let n = 0;
-  for (const layer of model.weights.layers) {
-    for (const ref of layerLinears(layer)) {
-      const lin = ref.lin as PackedLinear;
-      const q = lin.quantized;
-      if (!q) continue;
-      lin.packed = w8a8 && isInt8Packable(q) ? packInt8(q, lin.outFeatures, lin.inFeatures) : packLinear(q, lin.outFeatures, lin.inFeatures);
-      (lin as { weight?: unknown }).weight = undefined;
-      n++;
-    }
-  }
-  return n;
+  return model.weights.layers.reduce((n, layer) => n + packLayer(layer, w8a8), 0);
 }

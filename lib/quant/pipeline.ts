@@ -17,6 +17,9 @@ import { rtnLinear } from './rtn';
 import { quantizeLayerWeightsSym, smoothLayer } from './smoothquant';
 import { QuantSpec, specName, validateSpec } from './spec';
 import { install } from './weights';
+import { packLayer } from './packed';
+import { roundLayerScales } from '../export/checkpoint';
+import { adviseWeight, MemoryOptions } from '../eval/stream';
 
 export interface QuantizeProgress {
   layer: number;
@@ -31,6 +34,14 @@ export interface QuantizeOptions {
   /** Where GPTQ's calibration and solver run: cpu, cuda or cuda:N (default: cuda when a GPU and a CUDA
    *  build are there, else cpu). The other methods run on the CPU. */
   device?: DeviceSpec | string;
+  /** Round each finished layer's scales to fp16, as GPTQ/AWQ checkpoints store them, so that the model in
+   *  memory is exactly what the checkpoint will load as. */
+  f16Scales?: boolean;
+  /** Called once layer l is quantized, its calibration outputs propagated and its linears packed
+   *  (e.g. to write the layer out and release it). */
+  onLayer?: (l: number) => void | Promise<void>;
+  /** Bounds the calibration activations (batch size, spill to disk), as evaluation's streaming does. */
+  memory?: Pick<MemoryOptions, 'maxMemory' | 'spillDir'>;
 }
 
 export interface QuantizeReport {
@@ -99,8 +110,9 @@ function gptqDevice(model: LoadedModel, requested: QuantizeOptions['device']): D
 }
 
 /**
- * Quantizes the model in place (its linears get fp32 dequantized weights plus the integers a packed
- * export needs). On abort it throws an AbortError and the in-memory model is partly quantized: discard it.
+ * Quantizes the model in place, a layer at a time. Once a layer is done its linears hold the integers a
+ * checkpoint needs and run from the packed kernels (`lin.packed`, no fp32 weight), so the model is never
+ * held in fp32 as a whole; widths the kernels lack (1, 5, 6, 7 bits) and BiLLM keep an fp32 weight. On abort it throws an AbortError and the in-memory model is partly quantized: discard it.
  */
 export async function quantize(model: LoadedModel, spec: QuantSpec, opts: QuantizeOptions = {}): Promise<QuantizeReport> {
   checkSpecForModel(model, spec);
@@ -118,8 +130,8 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
   const covered = (c: ExpertCoverage | undefined) => c && coverage.push(c);
   let bitsWeighted = 0;
   let weights = 0;
+  let inputs: LayerInputs | undefined;
   try {
-    let inputs: LayerInputs | undefined;
     refuseNonFinite(model, 'model.embed_tokens.');
     if (needsCalibration(spec)) {
       const calib = opts.calibration;
@@ -129,13 +141,14 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
       }
       opts.onProgress?.({ layer: 0, layers, stage: 'embed calibration' });
       if (device.type === 'cuda') gpu = await GpuGptq.create(model, calib, device.index);
-      else inputs = await LayerInputs.embed(model, calib);
+      else inputs = await LayerInputs.embed(model, calib, opts.memory);
     }
     for (let l = 0; l < layers; l++) {
       throwIfAborted(signal);
       refuseNonFinite(model, `model.layers.${l}.`);
       const stage = (s: string) => opts.onProgress?.({ layer: l, layers, stage: s });
       const layer = model.weights.layers[l];
+      const mapped = layerLinears(layer).map((r) => r.lin.weight);
       switch (spec.method) {
         case 'rtn':
           stage('rtn');
@@ -187,11 +200,17 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
           await quantizeLayerWeightsSym(layer, spec);
           break;
       }
+      if (opts.f16Scales) roundLayerScales(layer);
+      packLayer(layer, spec.abits === 8);
+      // The layer's checkpoint pages are not read again: hand them back rather than keep the model resident.
+      for (const w of mapped) adviseWeight(w, 'dontneed');
+      await opts.onLayer?.(l);
     }
     gpuPeakBytes = gpu?.info().peakBytes;
   } finally {
     signal?.removeEventListener('abort', onAbort);
     gpu?.free();
+    inputs?.close();
   }
   model.quantization = { spec, actBits: spec.abits };
   return {
