@@ -110,7 +110,7 @@ export async function runQuantization(
   });
   progress.update(model.config.numLayers, 0);
   progress.stop();
-  progress.log(`quantized with ${report.name} on ${report.device} in ${report.seconds.toFixed(1)} s${report.avgBits ? ` (${report.avgBits.toFixed(3)} bits/weight)` : ''}`);
+  progress.log(`quantized with ${report.name} on ${report.device} in ${report.seconds.toFixed(1)} s${report.avgBits ? ` (${report.avgBits.toFixed(3)} bits/weight)` : ''}${report.activations === 'disk' ? '; calibration activations spilled to disk' : ''}`);
   if (report.experts) progress.log(coverageLine(report.experts));
   return report;
 }
@@ -135,6 +135,7 @@ export function quantSummary(r: QuantizeReport) {
     device: r.device,
     calibration: r.calibration ?? null,
     avgBits: r.avgBits ?? null,
+    ...(r.activations ? { activations: r.activations } : {}),
     ...(r.experts ? { experts: r.experts } : {}),
   };
 }

@@ -59,6 +59,8 @@ export interface QuantizeReport {
   /** MoE models with a calibrated method: per sparse layer, the tokens routed to each expert and the
    *  tokens its statistics came from. */
   experts?: { mode: MoeCalib; layers: ExpertCoverage[] };
+  /** Where the calibration activations waited between layers (CPU calibration only). */
+  activations?: 'memory' | 'disk';
 }
 
 /**
@@ -222,6 +224,7 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
     avgBits: weights ? bitsWeighted / weights : undefined,
     device: deviceName(device),
     gpuPeakBytes,
+    activations: inputs && (inputs.spilled ? 'disk' : 'memory'),
     experts: coverage.length ? { mode: spec.moeCalib ?? 'all', layers: coverage } : undefined,
   };
 }
