@@ -14,10 +14,9 @@ export interface RandomModelSize {
   vocab: number;
 }
 
-const TINY = path.resolve(__dirname, '..', '..', 'models', 'qwen3-tiny');
-
-/** Writes the model into dir (created) and returns the safetensors file's size in bytes. */
-export function writeRandomQwen3(dir: string, s: RandomModelSize, seed = 0x9e3779b9): number {
+/** Writes the model into dir (created), with the tokenizer files of tokenizerFrom (a model folder whose
+ *  vocabulary covers s.vocab), and returns the safetensors file's size in bytes. */
+export function writeRandomQwen3(dir: string, s: RandomModelSize, tokenizerFrom: string, seed = 0x9e3779b9): number {
   let state = seed >>> 0 || 1;
   const f = new Float32Array(1);
   const u = new Uint32Array(f.buffer);
@@ -59,6 +58,6 @@ export function writeRandomQwen3(dir: string, s: RandomModelSize, seed = 0x9e377
     tie_word_embeddings: true, max_position_embeddings: 4096,
   };
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
-  for (const file of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(TINY, file), path.join(dir, file));
+  for (const file of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(tokenizerFrom, file), path.join(dir, file));
   return fs.statSync(path.join(dir, 'model.safetensors')).size;
 }
