@@ -15,7 +15,7 @@ export { quantize, needsCalibration } from './quant/pipeline';
 export type { QuantizeOptions, QuantizeReport, QuantizeProgress } from './quant/pipeline';
 export { parseSpec, defaultSpec, validateSpec, specName, METHODS } from './quant/spec';
 export type { QuantSpec, Method } from './quant/spec';
-export { saveQuantized } from './export/checkpoint';
+export { CheckpointWriter, saveQuantized } from './export/checkpoint';
 export { evaluate } from './eval/evaluate';
 export { perplexity } from './eval/perplexity';
 export { planMemory, parseBytes } from './eval/stream';
