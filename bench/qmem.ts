@@ -6,7 +6,9 @@
  * pipeline that held every quantized linear in fp32 until the end. Each checkpoint is then scored on one
  * 512-token window so that the runs can be compared.
  *
- *   sh bench/qmem/run.sh [--layers 12] [--hidden 1024] [--nsamples 64] [--seqlen 256] [--cap 64M] [--threads 2] [--baseline DIR] [--keep DIR]
+ *   sh bench/qmem/run.sh [--layers 12] [--hidden 1024] [--inter N] [--nsamples 64] [--seqlen 256] [--quant SPEC] [--cap 64M] [--threads 2] [--baseline DIR] [--keep DIR]
+ *
+ * The capped run's checkpoint is also scored under --max-memory CAP (layer-streamed evaluation).
  *
  * The weights are random (perplexity means nothing beyond agreement); shapes are Qwen3-like with an 8192 vocabulary.
  */
@@ -30,14 +32,16 @@ const seqlen = arg('seqlen', '256');
 const cap = arg('cap', '64M');
 const threads = arg('threads', '2');
 const baseline = arg('baseline', '');
-const size = { layers, hidden, inter: Math.round((hidden * 8) / 3 / 128) * 128, heads: hidden / 128, kvHeads: Math.max(1, hidden / 256), headDim: 128, vocab: 8192 };
-const SPEC = `gptq:w4g128,nsamples=${nsamples},seqlen=${seqlen}`;
+const size = { layers, hidden, inter: Number(arg('inter', String(Math.round((hidden * 8) / 3 / 128) * 128))), heads: hidden / 128, kvHeads: Math.max(1, hidden / 256), headDim: 128, vocab: 8192 };
+const SPEC = arg('quant', `gptq:w4g128,nsamples=${nsamples},seqlen=${seqlen}`);
 
 interface Run {
   maxRssMiB: number;
   seconds: number;
   ppl: number;
   activations: string;
+  /** With a cap: the checkpoint scored under it. */
+  capped?: { ppl: number; mode: string; maxRssMiB: number };
 }
 
 function timed(main: string, args: string[]): { kb: number; stdout: string; seconds: number } {
@@ -52,8 +56,16 @@ function quantizeRun(root: string, model: string, out: string, extra: string[]):
   const calib = path.join(ROOT, 'data', 'calib_c4_128x2048.i16');
   const q = timed(main, ['quantize', model, '--quant', SPEC, '--calib-ids', calib, '--format', 'gptq', '--out', out, '--threads', threads, '--device', 'cpu', '--json', ...extra]);
   const doc = JSON.parse(q.stdout);
-  const e = timed(path.join(ROOT, 'dist', 'cli', 'main.js'), ['eval', out, '--tasks', 'wikitext2', '--max-windows', '1', '--seqlen', '512', '--threads', threads, '--device', 'cpu', '--json']);
-  return { maxRssMiB: q.kb / 1024, seconds: q.seconds, ppl: JSON.parse(e.stdout).results.wikitext2.ppl, activations: doc.quant.activations ?? 'memory' };
+  const evalArgs = ['eval', out, '--tasks', 'wikitext2', '--max-windows', '1', '--seqlen', '512', '--threads', threads, '--device', 'cpu', '--json'];
+  const e = timed(path.join(ROOT, 'dist', 'cli', 'main.js'), evalArgs);
+  const run: Run = { maxRssMiB: q.kb / 1024, seconds: q.seconds, ppl: JSON.parse(e.stdout).results.wikitext2.ppl, activations: doc.quant.activations ?? 'memory' };
+  const capAt = extra.indexOf('--max-memory');
+  if (capAt >= 0) {
+    const c = timed(path.join(ROOT, 'dist', 'cli', 'main.js'), [...evalArgs, '--max-memory', extra[capAt + 1]]);
+    const w = JSON.parse(c.stdout).results.wikitext2;
+    run.capped = { ppl: w.ppl, mode: w.mode, maxRssMiB: c.kb / 1024 };
+  }
+  return run;
 }
 
 /** Whether two checkpoints hold the same tensors (names, dtypes, shapes, bytes), whatever their order in the file. */
@@ -91,6 +103,8 @@ try {
   }
   if (baseline) console.log(`tensors of the baseline's checkpoint and of this version's without a cap: ${sameTensors('out-base', 'out-resident')}`);
   console.log(`tensors without a cap and under the cap: ${sameTensors('out-resident', 'out-capped')}`);
+  const c = rows[rows.length - 1][1].capped!;
+  console.log(`the capped run's checkpoint evaluated under --max-memory ${cap}: ${c.mode}, max RSS ${c.maxRssMiB.toFixed(0)} MiB, ppl ${c.ppl.toFixed(4)} (${c.ppl === rows[rows.length - 1][1].ppl ? 'identical to' : 'differs from'} its resident evaluation)`);
 } finally {
   if (!keep) fs.rmSync(dir, { recursive: true, force: true });
 }
