@@ -170,8 +170,9 @@ export function quantizeCommand(): Command {
       const progress = createProgress();
       const format = o.format ?? defaultFormat(model, spec);
       const memory = { maxMemory: o.maxMemory, spillDir: o.spillDir };
-      // Each finished layer goes to the output as soon as it is done; without --eval it is then dropped,
-      // so memory holds one layer's work and the calibration activations, whatever the model's size.
+      // Each finished layer goes to the output as soon as it is done, then is dropped (with --eval, all but
+      // its packed weights), so memory holds one layer's work and the calibration activations, whatever
+      // the model's size.
       const writer = CheckpointWriter.open(model, o.out, spec, { format, onWarning: (m) => progress.log(`warning: ${m}`) });
       let report: QuantizeReport, results, saved: SaveResult;
       try {
@@ -181,7 +182,7 @@ export function quantizeCommand(): Command {
           memory,
           onLayer: (l) => {
             writer.writeLayer(l);
-            if (!o.eval) releaseLayer(model.weights.layers[l]);
+            releaseLayer(model.weights.layers[l], !!o.eval);
           },
         });
         results = o.eval
@@ -201,7 +202,8 @@ export function quantizeCommand(): Command {
   });
 }
 
-/** Drops a layer's quantized weights once written: the in-memory model is not used again. */
-function releaseLayer(layer: LayerWeights): void {
-  for (const { lin } of layerLinears(layer)) Object.assign(lin, { weight: undefined, quantized: undefined, packed: undefined });
+/** Drops what a written layer no longer needs: everything, or with --eval all but what the forward runs
+ *  (packed weights, or the fp32 weight of widths without a kernel). */
+function releaseLayer(layer: LayerWeights, forEval: boolean): void {
+  for (const { lin } of layerLinears(layer)) Object.assign(lin, forEval ? { quantized: undefined } : { weight: undefined, quantized: undefined, packed: undefined });
 }
