@@ -5,7 +5,7 @@ import * as path from 'path';
 import { isF32Array, Weight } from '../native/addon';
 import { parseConfig } from './config';
 import { LowbitError } from './errors';
-import { isInt8Packable, packInt8, packLinear, PackedLinear } from '../quant/packed';
+import { binaryWeight, isInt8Packable, packInt8, packLinear, PackedLinear } from '../quant/packed';
 import { loadQuantizedLinear, QuantConfig, quantizationStateOf, readQuantConfig } from './quantized';
 import { CheckpointReader, Tensor, openCheckpoint } from './safetensors';
 import {
@@ -103,6 +103,10 @@ function buildWeights(config: ModelConfig, ckpt: CheckpointReader, qc: QuantConf
         // The integers stay (re-export, inspection); the forward runs from the kernel layout.
         const q = (lin.quantized = packed.quantized);
         if (!packed.weight) lin.packed = actBits === 8 && isInt8Packable(q) ? packInt8(q, out, inF) : packLinear(q, out, inF);
+      } else if (packed?.binary) {
+        // The 1-bit kernels run the stored tensors as they are.
+        lin.binary = packed.binary;
+        lin.packed = binaryWeight(packed.binary, out, inF);
       }
       linears[n] = lin;
     }

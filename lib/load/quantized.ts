@@ -5,9 +5,9 @@
 import * as path from 'path';
 import { awqShapes, unpackAwq } from '../export/awq-format';
 import { GptqCheckpointFormat, gptqShapes, unpackGptq } from '../export/gptq-format';
-import { decodeCodebook } from '../export/lowbit-format';
+import { binaryShapes } from '../export/lowbit-format';
 import { dequantize, fromF16Bits, streamWords, unpackAlongInput } from '../export/pack';
-import type { QuantizedTensor } from '../quant/weights';
+import type { BinaryTensor, QuantizedTensor } from '../quant/weights';
 import { defaultSpec, Method, METHODS, QuantSpec } from '../quant/spec';
 import { LowbitError } from './errors';
 import type { CheckpointReader, DType, Tensor } from './safetensors';
@@ -61,7 +61,7 @@ export function readQuantConfig(raw: Json, dir: string): QuantConfig | undefined
   if (qc.lm_head === true) throw new LowbitError('UNSUPPORTED', `${file}: quantized lm_head (quantization_config.lm_head: true) is not supported`);
   let method: Method | undefined;
   if (qm === 'lowbit') {
-    if (qc.version !== 1) throw new LowbitError('UNSUPPORTED', `${file}: lowbit format version ${JSON.stringify(qc.version)} is not supported (1)`);
+    if (qc.version !== 1 && qc.version !== 2) throw new LowbitError('UNSUPPORTED', `${file}: lowbit format version ${JSON.stringify(qc.version)} is not supported (1, 2)`);
     if (!METHODS.includes(qc.method as Method)) throw bad(`method must be one of ${METHODS.join(', ')}, got ${JSON.stringify(qc.method)}`);
     method = qc.method as Method;
   }
@@ -137,25 +137,37 @@ function ngroupsOf(qc: QuantConfig, inF: number, base: string, file: string): nu
 export const PACKED_BITS = [2, 3, 4, 8];
 
 export interface LoadedLinear {
-  /** Dense fp32 weights, only where no packed kernel runs this linear (BiLLM codebooks, 1/5/6/7 bits). */
+  /** Dense fp32 weights, only where no packed kernel runs this linear (1/5/6/7 bits). */
   weight?: Float32Array;
   quantized?: QuantizedTensor;
+  /** BiLLM: the stored tensors themselves (views of the mapped file), run by the 1-bit kernels. */
+  binary?: BinaryTensor;
+}
+
+/** The lowbit "binary" layout of linear `base`: shapes, dtypes and finite scales checked. */
+function loadBinary(ckpt: CheckpointReader, base: string, out: number, inF: number, qc: QuantConfig): BinaryTensor {
+  const block = qc.groupSize > 0 ? qc.groupSize : inF;
+  const sh = binaryShapes(out, inF, block);
+  const sal = ckpt.get(`${base}.salient`);
+  expect(sal, ['U8'], sh.salient);
+  const planes = ckpt.get(`${base}.planes`);
+  expect(planes, ['I32'], sh.planes);
+  const sc = ckpt.get(`${base}.scales`);
+  expect(sc, ['F16'], sh.scales, ` (block ${block}: ${qc.file} quantization_config.group_size)`);
+  const scales = sc.data as Uint16Array;
+  for (let i = 0; i < scales.length; i++) {
+    if ((scales[i] & 0x7c00) === 0x7c00) throw new LowbitError('BAD_CHECKPOINT', `${sc.file}: tensor "${sc.name}"[${i}] is not finite (fp16 bits 0x${scales[i].toString(16)})`);
+  }
+  return { block, salient: sal.data as Uint8Array, planes: planes.data as Int32Array, scales };
 }
 
 /** The linear `base` of a quantized checkpoint, or undefined when it is stored as a plain `.weight`. */
 export function loadQuantizedLinear(ckpt: CheckpointReader, base: string, out: number, inF: number, qc: QuantConfig): LoadedLinear | undefined {
-  if (qc.quantMethod === 'lowbit' && ckpt.has(`${base}.codes`)) {
-    const codes = ckpt.get(`${base}.codes`);
-    const cb = ckpt.get(`${base}.codebook`);
-    if (cb.shape.length !== 3 || cb.shape[0] !== out) {
-      throw new LowbitError('SHAPE_MISMATCH', `${cb.file}: tensor "${cb.name}" has shape ${shapeStr(cb.shape)}, expected [${out}, nblocks, 2^cbits]`);
+  if (qc.quantMethod === 'lowbit') {
+    if (ckpt.has(`${base}.planes`)) return { binary: loadBinary(ckpt, base, out, inF, qc) };
+    if (ckpt.has(`${base}.codes`)) {
+      throw new LowbitError('UNSUPPORTED', `${ckpt.get(`${base}.codes`).file}: "${base}" uses lowbit format version 1's BiLLM codebook layout, which is no longer read: quantize the model again`);
     }
-    const cbits = Math.log2(cb.shape[2]);
-    if (!Number.isInteger(cbits) || cbits < 1 || cbits > 8) throw new LowbitError('SHAPE_MISMATCH', `${cb.file}: tensor "${cb.name}": last dimension ${cb.shape[2]} is not 2^cbits`);
-    const block = qc.groupSize > 0 ? qc.groupSize : inF;
-    expect(cb, ['F32'], [out, Math.ceil(inF / block), cb.shape[2]]);
-    expect(codes, ['I32'], [out, streamWords(inF, cbits)]);
-    return { weight: decodeCodebook({ cbits, block, codes: codes.data as Int32Array, codebook: cb.data as Float32Array }, out, inF, ) };
   }
   if (!ckpt.has(`${base}.qweight`)) return undefined;
   const qw = ckpt.get(`${base}.qweight`);

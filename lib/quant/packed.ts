@@ -1,8 +1,9 @@
 // Packed low-bit weights for inference: a QuantizedTensor (integers + group scales/zeros) packed into the
-// CPU kernels' layout (native/cpu/packed.h), and a model whose linears run from packed weights only.
+// CPU kernels' layout (native/cpu/packed.h), BiLLM binary weights as stored (native/cpu/binary.h), and a
+// model whose linears run from packed weights only.
 import { LINEAR_NAMES, LoadedModel } from '../load/types';
 import { addon } from '../native/addon';
-import type { QuantizedLinear, QuantizedTensor } from './weights';
+import type { BinaryTensor, QuantizedLinear, QuantizedTensor } from './weights';
 
 /** 2/3/4/8-bit weights in the kernels' layout. Buffers are ordinary JS typed arrays (GC-owned). */
 export interface PackedWeight {
@@ -28,7 +29,14 @@ export interface Int8Weight {
   wsum: Int32Array; // [rows] Σ_k w
 }
 
-export type AnyPackedWeight = PackedWeight | Int8Weight;
+/** BiLLM binary weights: the BinaryTensor's own arrays (no copy; from a checkpoint, views of the mapped file). */
+export interface BinaryWeight extends BinaryTensor {
+  kind: 'binary';
+  rows: number;
+  cols: number;
+}
+
+export type AnyPackedWeight = PackedWeight | Int8Weight | BinaryWeight;
 
 export interface PackedLinear extends QuantizedLinear {
   packed?: AnyPackedWeight;
@@ -55,8 +63,13 @@ export function packInt8(q: QuantizedTensor, rows: number, cols: number): Int8We
   return addon.packInt8(q.qweight, q.scales, q.zeros, { rows, cols }) as Int8Weight;
 }
 
+export function binaryWeight(b: BinaryTensor, rows: number, cols: number): BinaryWeight {
+  return { kind: 'binary', rows, cols, block: b.block, salient: b.salient, planes: b.planes, scales: b.scales };
+}
+
 /** y [M, rows] = x [M, cols] · Wᵀ from packed weights. */
 export function packedMatmul(x: Float32Array, p: AnyPackedWeight): Promise<Float32Array> {
+  if (p.kind === 'binary') return addon.binaryMatmul(x, p);
   return p.kind === 'int8' ? addon.int8Matmul(x, p) : addon.packedMatmul(x, p);
 }
 
@@ -67,9 +80,9 @@ export interface AttachOptions {
 }
 
 /**
- * Converts every linear that has `quantized` into packed form and drops its fp32 weight, so the model
- * is never held in fp32 again; the forward (layerForward etc.) then runs the packed kernels.
- * Returns the number of linears converted.
+ * Converts every linear that has `quantized` (or BiLLM's `binary`) into packed form and drops its fp32
+ * weight, so the model is never held in fp32 again; the forward (layerForward etc.) then runs the packed
+ * kernels. Returns the number of linears converted.
  */
 export function attachPacked(model: LoadedModel, opts: AttachOptions = {}): number {
   const w8a8 = (opts.int8 ?? true) && model.quantization?.actBits === 8;
@@ -78,8 +91,9 @@ export function attachPacked(model: LoadedModel, opts: AttachOptions = {}): numb
     for (const name of LINEAR_NAMES) {
       const lin = layer.linears[name] as PackedLinear;
       const q = lin.quantized;
-      if (!q) continue;
-      lin.packed = w8a8 && isInt8Packable(q) ? packInt8(q, lin.outFeatures, lin.inFeatures) : packLinear(q, lin.outFeatures, lin.inFeatures);
+      if (lin.binary) lin.packed = binaryWeight(lin.binary, lin.outFeatures, lin.inFeatures);
+      else if (!q) continue;
+      else lin.packed = w8a8 && isInt8Packable(q) ? packInt8(q, lin.outFeatures, lin.inFeatures) : packLinear(q, lin.outFeatures, lin.inFeatures);
       (lin as { weight?: unknown }).weight = undefined;
       n++;
     }
