@@ -347,6 +347,23 @@ describe('export → loadModel on qwen3-tiny', () => {
     });
   }
 
+  test('a loaded checkpoint holds its integers once: packed, unpacked on access; released file pages read back the same', () => {
+    const loaded = loadModel(path.join(tmp, 'rtn-gptq'));
+    const lin = loaded.weights.layers[0].linears.q as PackedLinear;
+    expect(lin.packed?.kind).toBe('packed');
+    expect(typeof Object.getOwnPropertyDescriptor(lin, 'quantized')?.get).toBe('function');
+    const inMemory = runs.rtn.model.weights.layers[0].linears.q.quantized!;
+    const q = lin.quantized!;
+    expect(q).toMatchObject({ bits: 4, groupSize: 128, sym: inMemory.sym });
+    expect(Buffer.from(q.qweight).equals(Buffer.from(inMemory.qweight))).toBe(true);
+    expect(q.zeros).toEqual(inMemory.zeros);
+    const ck = openCheckpoint(path.join(tmp, 'rtn-gptq'));
+    const t = ck.get('model.layers.0.self_attn.q_proj.qweight');
+    const before = Int32Array.from(t.data as Int32Array);
+    ck.release(t);
+    expect(Buffer.from((t.data as Int32Array).buffer, t.data.byteOffset, t.data.byteLength).equals(Buffer.from(before.buffer))).toBe(true);
+  });
+
   test('file sizes: quantized linears ≤ 0.35× their bf16 bytes (gptq w4g128)', () => {
     const qh = header(path.join(tmp, 'rtn-gptq', 'model.safetensors'));
     const fh = header(path.join(TINY, 'model.safetensors'));

@@ -5,7 +5,7 @@ import * as path from 'path';
 import { isF32Array, Weight } from '../native/addon';
 import { parseConfig } from './config';
 import { LowbitError } from './errors';
-import { binaryWeight, isInt8Packable, packInt8, packLinear, PackedLinear } from '../quant/packed';
+import { binaryWeight, isInt8Packable, packInt8, packLinear, PackedLinear, unpackOnAccess } from '../quant/packed';
 import { loadQuantizedLinear, QuantConfig, quantizationStateOf, readQuantConfig } from './quantized';
 import { CheckpointReader, Tensor, openCheckpoint } from './safetensors';
 import {
@@ -100,9 +100,17 @@ function buildWeights(config: ModelConfig, ckpt: CheckpointReader, qc: QuantConf
         inFeatures: inF,
       };
       if (packed?.quantized) {
-        // The integers stay (re-export, inspection); the forward runs from the kernel layout.
-        const q = (lin.quantized = packed.quantized);
-        if (!packed.weight) lin.packed = actBits === 8 && isInt8Packable(q) ? packInt8(q, out, inF) : packLinear(q, out, inF);
+        // The forward runs from the kernel layout. The integers stay reachable (re-export, inspection): kept
+        // as they are for the int8 and dense paths, unpacked on access from the packed weights otherwise.
+        const q = packed.quantized;
+        if (packed.weight || (actBits === 8 && isInt8Packable(q))) {
+          lin.quantized = q;
+          if (!packed.weight) lin.packed = packInt8(q, out, inF);
+        } else {
+          const p = packLinear(q, out, inF);
+          lin.packed = p;
+          unpackOnAccess(lin, p, q);
+        }
       } else if (packed?.binary) {
         // The 1-bit kernels run the stored tensors as they are.
         lin.binary = packed.binary;

@@ -238,6 +238,8 @@ export function loadQuantizedLinear(ckpt: CheckpointReader, base: string, out: n
     }
     q = { bits: qc.bits, groupSize: qc.groupSize, sym: qc.sym, qweight: unpackAlongInput(qw.data as Int32Array, out, inF, qc.bits), scales, zeros, gIdx: checkGIdx(gt, ng) };
   }
+  // Everything was copied out of the file (unpacked integers, fp32 scales): its pages can leave the RSS.
+  for (const k of ['qweight', 'qzeros', 'scales', 'g_idx']) if (ckpt.has(`${base}.${k}`)) ckpt.release(ckpt.get(`${base}.${k}`));
   // Packable widths run from the packed kernels and are never expanded; other widths are dequantized.
   return PACKED_BITS.includes(q.bits) ? { quantized: q } : { weight: dequantize(q, inF), quantized: q };
 }

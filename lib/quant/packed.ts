@@ -13,8 +13,8 @@ export interface PackedWeight {
   cols: number;
   groupSize: number; // -1: one group per row
   data: Uint8Array;
-  scales: Float32Array; // [rows rounded up to 4, ngroups]
-  zeros: Float32Array; // [rows rounded up to 4, ngroups]
+  scales: Float32Array; // [rows rounded up to 4 / 4, ngroups, 4] (native/cpu/packed.h)
+  zeros: Float32Array; // [rows rounded up to 4 / 4, ngroups, 4]
   perm?: Int32Array; // act-order: packed column j holds original column perm[j]
 }
 
@@ -50,6 +50,22 @@ export function packLinear(q: QuantizedTensor, rows: number, cols: number): Pack
 /** The integers, scales and zeros back (original column order), bit for bit. */
 export function unpackLinear(p: PackedWeight): { qweight: Uint8Array; scales: Float32Array; zeros: Float32Array; gIdx?: Int32Array } {
   return addon.unpackLinear(p);
+}
+
+/**
+ * Makes `lin.quantized` a getter that unpacks the integers, scales and zeros from `p` on each access (bit for
+ * bit the QuantizedTensor that was packed, gIdx present only for act-order), so a loaded model does not hold
+ * its integers twice (1 byte per weight unpacked beside bits/8 packed). Assigning `lin.quantized` replaces
+ * the getter with the value.
+ */
+export function unpackOnAccess(lin: PackedLinear, p: PackedWeight, q: Pick<QuantizedTensor, 'bits' | 'groupSize' | 'sym'>): void {
+  const { bits, groupSize, sym } = q;
+  Object.defineProperty(lin, 'quantized', {
+    configurable: true,
+    enumerable: true,
+    get: (): QuantizedTensor => ({ bits, groupSize, sym, ...unpackLinear(p) }),
+    set: (v: QuantizedTensor | undefined) => Object.defineProperty(lin, 'quantized', { value: v, writable: true, enumerable: true, configurable: true }),
+  });
 }
 
 /** Whether a QuantizedTensor is a per-channel 8-bit grid with integer zeros (W8A8-packable). */

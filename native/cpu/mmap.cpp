@@ -38,6 +38,26 @@ static Napi::Value MmapFile(const Napi::CallbackInfo& info) {
   }, new size_t(size));
 }
 
-LOWBIT_EXPORTS { exports.Set("mmapFile", Napi::Function::New(env, MmapFile)); }
+// releasePages(buffer from mmapFile, offset, length): the whole pages inside [offset, offset+length) leave
+// this process's resident set (MADV_DONTNEED on a read-only private file mapping: a later read faults them
+// back in from the page cache). For tensors a loader has copied out of the file and no longer reads.
+static Napi::Value ReleasePages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsArrayBuffer() || !info[1].IsNumber() || !info[2].IsNumber())
+    throw Napi::TypeError::New(env, "releasePages(buffer, offset, length)");
+  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
+  const int64_t off = info[1].As<Napi::Number>().Int64Value(), len = info[2].As<Napi::Number>().Int64Value();
+  if (off < 0 || len < 0 || static_cast<size_t>(off + len) > ab.ByteLength()) throw Napi::RangeError::New(env, "releasePages: range outside the buffer");
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = reinterpret_cast<uintptr_t>(ab.Data()) + off, e = b + len;
+  const uintptr_t b0 = (b + page - 1) / page * page, e0 = e / page * page;
+  if (e0 > b0) ::madvise(reinterpret_cast<void*>(b0), e0 - b0, MADV_DONTNEED);
+  return env.Undefined();
+}
+
+LOWBIT_EXPORTS {
+  exports.Set("mmapFile", Napi::Function::New(env, MmapFile));
+  exports.Set("releasePages", Napi::Function::New(env, ReleasePages));
+}
 
 }  // namespace lowbit
