@@ -1,6 +1,6 @@
 /**
  * Packed low-bit GEMV/GEMM benchmark: y = x·Wᵀ with W packed (int2/3/4/8, group 128; BiLLM 1-bit binary
- * weights, block 128, "bin1" rows: 2 bit planes + 8 fp16 scales per row and block), fp32 activations,
+ * weights, block 128, "bin1" rows: a 2-bit code per weight + 8 fp16 scales per row and block), fp32 activations,
  * against (a) memory bandwidth measured in the same run (1 GiB memcpy, read+write GB/s; and a pure read
  * kernel, an AVX-512 sum of the 1 GiB buffer, on 1 and 2 threads: the GEMV only reads, so that is its ceiling),
  * (b) our fp32 GEMM (addon.gemm, same M) and (c) OpenBLAS cblas_sgemv (M = 1) / cblas_sgemm (M > 1).
@@ -43,21 +43,22 @@ function time(fn: () => void, reps: number): number {
   return median(t);
 }
 
-/** BiLLM binary weights: random planes, ~10% salient columns, scales around 0.01 (fp16). */
+/** BiLLM binary weights: random codes, ~10% salient columns, fp16 scales 2^-7. */
 function binary(c: Case, threads: number): { s: number; bytes: number } {
   addon.setThreads(threads);
-  const wpr = Math.ceil(c.cols / 32);
+  const wpr = Math.ceil(c.cols / 16);
   const nb = Math.ceil(c.cols / 128);
-  const planes = new Int32Array(c.rows * wpr * 2);
-  for (let i = 0; i < planes.length; i++) planes[i] = (i * 2654435761) ^ (i >>> 3) * 40503;
+  const codes = new Int32Array(c.rows * wpr);
+  for (let i = 0; i < codes.length; i++) codes[i] = (i * 2654435761) ^ (i >>> 3) * 40503;
   const salient = new Uint8Array(Math.ceil(c.cols / 8));
   for (let i = 0; i < salient.length; i++) salient[i] = i % 10 === 0 ? 0xff : 0;
   const scales = new Uint16Array(c.rows * nb * 8).fill(0x2000); // fp16 0.0078125
-  const p = { kind: 'binary', rows: c.rows, cols: c.cols, block: 128, salient, planes, scales };
+  const raw = { kind: 'binary', rows: c.rows, cols: c.cols, block: 128, salient, codes, scales };
+  const p = { ...raw, packed: addon.packBinary(raw) as Uint8Array };
   const x = Float32Array.from({ length: c.M * c.cols }, () => Math.random() - 0.5);
   const y = new Float32Array(c.M * c.rows);
   const s = time(() => addon.binaryMatmulSync(x, p, y), c.M === 1 ? 25 : 7);
-  return { s, bytes: planes.byteLength + scales.byteLength + salient.byteLength };
+  return { s, bytes: p.packed.byteLength + salient.byteLength };
 }
 
 function packed(c: Case, threads: number): { s: number; bytes: number } {

@@ -158,14 +158,14 @@ describe('billmQuantize', () => {
     }
   });
 
-  test('the binary structure (planes, salient bitmap, fp16 scales) decodes to the returned weights bit for bit', async () => {
+  test('the binary structure (2-bit codes, salient bitmap, fp16 scales) decodes to the returned weights bit for bit', async () => {
     const sameBits = (a: Float32Array, b: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
     const tail = await billmQuantize(p.W, p.H, { ...base, blockSize: 100 });
     const paper = await billmQuantize(p.W, p.H, { ...base, centered: false });
     for (const [r, block] of [[res, 128], [tail, 100], [paper, 128]] as [BillmResult, number][]) {
       const b = r.binary;
       expect(b.block).toBe(block);
-      expect(b.planes.length).toBe(ROWS * Math.ceil(COLS / 32) * 2);
+      expect(b.codes.length).toBe(ROWS * Math.ceil(COLS / 16));
       expect(b.scales.length).toBe(ROWS * Math.ceil(COLS / block) * 8);
       for (let c = 0; c < COLS; c++) expect((b.salient[c >> 3] >> (c & 7)) & 1).toBe(r.salientMask[c]);
       expect(sameBits(decodeBinary(b, ROWS, COLS), r.weight)).toBe(true);

@@ -231,10 +231,10 @@ describe('round trips', () => {
     const lin = { weight: r.weight, binary: r.binary, outFeatures: out, inFeatures: inF };
     const { tensors, kind } = lowbitLinearTensors('m', lin, parseSpec('billm:w1g128'));
     expect(kind).toBe('binary');
-    expect(Object.keys(tensors).sort()).toEqual(['m.planes', 'm.salient', 'm.scales']);
+    expect(Object.keys(tensors).sort()).toEqual(['m.codes', 'm.salient', 'm.scales']);
     expect(tensors['m.scales']).toMatchObject({ dtype: 'F16', shape: [out, 3, 8] });
     const fromTensors = decodeBinary(
-      { block: 128, salient: tensors['m.salient'].data as Uint8Array, planes: tensors['m.planes'].data as Int32Array, scales: tensors['m.scales'].data as Uint16Array },
+      { block: 128, salient: tensors['m.salient'].data as Uint8Array, codes: tensors['m.codes'].data as Int32Array, scales: tensors['m.scales'].data as Uint16Array },
       out,
       inF,
     );
@@ -247,7 +247,7 @@ describe('round trips', () => {
     const bytes = (a: ArrayBufferView) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
     expect(back.block).toBe(128);
     expect(bytes(back.salient).equals(bytes(r.binary.salient))).toBe(true);
-    expect(bytes(back.planes).equals(bytes(r.binary.planes))).toBe(true);
+    expect(bytes(back.codes).equals(bytes(r.binary.codes))).toBe(true);
     expect(bytes(back.scales).equals(bytes(r.binary.scales))).toBe(true);
   });
 
@@ -442,7 +442,7 @@ function binaryCheckpoint(): string {
       const [out, inF] = x.shape;
       const b = randomBinary(out, inF, 128, seed++);
       t[`${lin[1]}.salient`] = { dtype: 'U8', shape: [Math.ceil(inF / 8)], data: b.salient };
-      t[`${lin[1]}.planes`] = { dtype: 'I32', shape: [out, Math.ceil(inF / 32), 2], data: b.planes };
+      t[`${lin[1]}.codes`] = { dtype: 'I32', shape: [out, Math.ceil(inF / 16)], data: b.codes };
       t[`${lin[1]}.scales`] = { dtype: 'F16', shape: [out, Math.ceil(inF / 128), 8], data: b.scales };
     } else {
       t[n] = { dtype: x.dtype, shape: [...x.shape], data: x.data.slice() as never };
@@ -453,7 +453,7 @@ function binaryCheckpoint(): string {
 }
 
 describe('BiLLM lowbit checkpoint (synthetic binary tensors on qwen3-tiny)', () => {
-  test('loads as 1-bit kernel weights: views of the file, bits as written, no dense weight; the forward runs', async () => {
+  test('loads as 1-bit kernel weights: bits as written, no dense weight; the forward runs', async () => {
     const dir = binaryCheckpoint();
     const model = loadModel(dir);
     expect(model.quantization?.spec.method).toBe('billm');
@@ -465,7 +465,7 @@ describe('BiLLM lowbit checkpoint (synthetic binary tensors on qwen3-tiny)', () 
         const base = `model.layers.${l}.${LINEAR_TENSORS[n]}`;
         expect(lin.packed?.kind).toBe('binary');
         expect(lin.weight).toBeUndefined();
-        for (const k of ['salient', 'planes', 'scales'] as const) expect(bytes(lin.binary![k]).equals(bytes(ck.get(`${base}.${k}`).data))).toBe(true);
+        for (const k of ['salient', 'codes', 'scales'] as const) expect(bytes(lin.binary![k]).equals(bytes(ck.get(`${base}.${k}`).data))).toBe(true);
       }
     }
     expect((await nlls(model)).every(Number.isFinite)).toBe(true);
@@ -525,16 +525,16 @@ describe('corrupt checkpoints give errors naming file and tensor', () => {
     const dir = variant('group', (c) => (c.quantization_config.group_size = 100));
     expect(() => loadModel(dir)).toThrow(new RegExp(`"${Q}": group_size 100 \\(.*config\\.json\\) does not divide in_features 256`));
   });
-  test('BiLLM binary: wrong planes shape, scales not F16, a non-finite scale, version 1 codebook, unknown version', () => {
+  test('BiLLM binary: wrong codes shape, scales not F16, a non-finite scale, version 1 codebook, unknown version', () => {
     const src = binaryCheckpoint();
-    const d1 = variant('bin-planes', undefined, (t) => (t[`${Q}.planes`] = { dtype: 'I32', shape: [256, 8], data: new Int32Array(256 * 8) }), src);
-    expect(() => loadModel(d1)).toThrow(new RegExp(`tensor "${Q}\\.planes" has shape \\[256, 8\\], expected \\[256, 8, 2\\]`));
+    const d1 = variant('bin-codes', undefined, (t) => (t[`${Q}.codes`] = { dtype: 'I32', shape: [256, 8], data: new Int32Array(256 * 8) }), src);
+    expect(() => loadModel(d1)).toThrow(new RegExp(`tensor "${Q}\\.codes" has shape \\[256, 8\\], expected \\[256, 16\\]`));
     const d2 = variant('bin-f32', undefined, (t) => (t[`${Q}.scales`] = { dtype: 'F32', shape: [256, 2, 8], data: new Float32Array(256 * 16) }), src);
     expect(() => loadModel(d2)).toThrow(new RegExp(`tensor "${Q}\\.scales" is F32, expected F16`));
     const d3 = variant('bin-inf', undefined, (t) => ((t[`${Q}.scales`].data as Uint16Array)[37] = 0x7c00), src);
     expect(() => loadModel(d3)).toThrow(new RegExp(`tensor "${Q}\\.scales"\\[37\\] is not finite`));
     const d4 = variant('bin-v1', undefined, (t) => {
-      for (const k of ['salient', 'planes', 'scales']) delete t[`${Q}.${k}`];
+      for (const k of ['salient', 'codes', 'scales']) delete t[`${Q}.${k}`];
       t[`${Q}.codes`] = { dtype: 'I32', shape: [256, 24], data: new Int32Array(256 * 24) };
       t[`${Q}.codebook`] = { dtype: 'F32', shape: [256, 2, 8], data: new Float32Array(256 * 16) };
     }, src);

@@ -200,7 +200,7 @@ describe('1-bit (BiLLM binary) matmul vs float64 over the independently decoded 
   test('rejects arrays of the wrong type or length', () => {
     const b = randomBinary(4, 64, 32, 5);
     const x = new Float32Array(64);
-    expect(() => addon.binaryMatmul(x, { ...binaryWeight(b, 4, 64), planes: b.planes.subarray(1) })).toThrow(/'planes' has 15 elements, expected 16/);
+    expect(() => addon.binaryMatmul(x, { ...binaryWeight(b, 4, 64), codes: b.codes.subarray(1) })).toThrow(/'codes' has 15 elements, expected 16/);
     expect(() => addon.binaryMatmul(x, { ...binaryWeight(b, 4, 64), scales: new Float32Array(b.scales) })).toThrow(/'scales' must be a Uint16Array/);
     expect(() => addon.binaryMatmul(new Float32Array(65), binaryWeight(b, 4, 64))).toThrow(/not a multiple of cols 64/);
   });
@@ -350,7 +350,7 @@ describe('forward on packed weights (qwen3-tiny) matches the fake-quant model', 
       // The in-memory model on the same kernels (attachPacked) is the loaded one exactly: same arrays, same sums.
       attachAndCheck(model, 'binary');
       expect(nllStats(packed.nll, (await scoreSequences(model, ids, SEQ)).nll).worst).toBe(0);
-      // Bits per weight on disk for the quantized linears, everything counted (planes, salient bitmaps, fp16 scales).
+      // Bits per weight on disk for the quantized linears, everything counted (codes, salient bitmaps, fp16 scales).
       const file = path.join(dir, 'model.safetensors');
       const fd = fs.openSync(file, 'r');
       const len = Buffer.alloc(8);
@@ -363,7 +363,7 @@ describe('forward on packed weights (qwen3-tiny) matches the fake-quant model', 
       let weights = 0;
       loaded.weights.layers.forEach((layer, l) => {
         for (const n of LINEAR_NAMES) {
-          for (const k of ['salient', 'planes', 'scales']) {
+          for (const k of ['salient', 'codes', 'scales']) {
             const o = header[`model.layers.${l}.${LINEAR_TENSORS[n]}.${k}`].data_offsets;
             bytes += o[1] - o[0];
           }

@@ -3,8 +3,9 @@
 //   uint      {p}.qweight I32 [ceil(in·bits/32), out] (the GPTQ bit stream, any bits 1..8), {p}.qzeros U8 [ngroups, out]
 //             (zeros as they are), {p}.scales F32 [ngroups, out], {p}.g_idx I32 [in]: exact fp32 scales
 //   int8      {p}.qweight I8 [out, in] = q − 2^(bits−1) (symmetric absmax, SmoothQuant), {p}.scales F32 [out]
-//   binary    {p}.salient U8 [ceil(in/8)], {p}.planes I32 [out, ceil(in/32), 2], {p}.scales F16 [out, nblocks, 8]
-//             (BiLLM: salient-column bitmap, two bit planes, α1 μ1 α2 μ2 αc μc αs μs per row and block)
+//   binary    {p}.salient U8 [ceil(in/8)], {p}.codes I32 [out, ceil(in/16)], {p}.scales F16 [out, nblocks, 8]
+//             (BiLLM: salient-column bitmap, a 2-bit code per weight (the two bit planes interleaved),
+//             α1 μ1 α2 μ2 αc μc αs μs per row and block)
 //   dense     {p}.weight F32 [out, in]
 import { LowbitError } from '../load/errors';
 import type { TensorToWrite } from '../load/safetensors';
@@ -27,8 +28,8 @@ function isAbsmaxSym(lin: Linear): boolean {
 }
 
 /** The binary layout's tensor shapes for a [out, inF] weight in blocks of `block` columns. */
-export function binaryShapes(out: number, inF: number, block: number): { salient: number[]; planes: number[]; scales: number[] } {
-  return { salient: [Math.ceil(inF / 8)], planes: [out, Math.ceil(inF / 32), 2], scales: [out, Math.ceil(inF / block), BINARY_SCALES] };
+export function binaryShapes(out: number, inF: number, block: number): { salient: number[]; codes: number[]; scales: number[] } {
+  return { salient: [Math.ceil(inF / 8)], codes: [out, Math.ceil(inF / 16)], scales: [out, Math.ceil(inF / block), BINARY_SCALES] };
 }
 
 /** The tensors of one linear in lowbit's layout, and which kind it took. */
@@ -79,7 +80,7 @@ export function lowbitLinearTensors(prefix: string, lin: QuantizedLinear, spec: 
       kind: 'binary',
       tensors: {
         [`${prefix}.salient`]: { dtype: 'U8', shape: sh.salient, data: b.salient },
-        [`${prefix}.planes`]: { dtype: 'I32', shape: sh.planes, data: b.planes },
+        [`${prefix}.codes`]: { dtype: 'I32', shape: sh.codes, data: b.codes },
         [`${prefix}.scales`]: { dtype: 'F16', shape: sh.scales, data: b.scales },
       },
     };

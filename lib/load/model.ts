@@ -112,9 +112,11 @@ function buildWeights(config: ModelConfig, ckpt: CheckpointReader, qc: QuantConf
           unpackOnAccess(lin, p, q);
         }
       } else if (packed?.binary) {
-        // The 1-bit kernels run the stored tensors as they are.
+        // The stored tensors stay mapped (re-export); the kernels run their packed copy, so their pages can
+        // leave the RSS.
         lin.binary = packed.binary;
         lin.packed = binaryWeight(packed.binary, out, inF);
+        if (lin.packed.packed) for (const k of ['codes', 'scales']) ckpt.release(ckpt.get(`${base}.${k}`));
       }
       linears[n] = lin;
     }

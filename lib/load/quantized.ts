@@ -140,7 +140,7 @@ export interface LoadedLinear {
   /** Dense fp32 weights, only where no packed kernel runs this linear (1/5/6/7 bits). */
   weight?: Float32Array;
   quantized?: QuantizedTensor;
-  /** BiLLM: the stored tensors themselves (views of the mapped file), run by the 1-bit kernels. */
+  /** BiLLM: the stored tensors themselves (views of the mapped file), for the 1-bit kernels. */
   binary?: BinaryTensor;
 }
 
@@ -150,24 +150,24 @@ function loadBinary(ckpt: CheckpointReader, base: string, out: number, inF: numb
   const sh = binaryShapes(out, inF, block);
   const sal = ckpt.get(`${base}.salient`);
   expect(sal, ['U8'], sh.salient);
-  const planes = ckpt.get(`${base}.planes`);
-  expect(planes, ['I32'], sh.planes);
+  const codes = ckpt.get(`${base}.codes`);
+  expect(codes, ['I32'], sh.codes);
   const sc = ckpt.get(`${base}.scales`);
   expect(sc, ['F16'], sh.scales, ` (block ${block}: ${qc.file} quantization_config.group_size)`);
   const scales = sc.data as Uint16Array;
   for (let i = 0; i < scales.length; i++) {
     if ((scales[i] & 0x7c00) === 0x7c00) throw new LowbitError('BAD_CHECKPOINT', `${sc.file}: tensor "${sc.name}"[${i}] is not finite (fp16 bits 0x${scales[i].toString(16)})`);
   }
-  return { block, salient: sal.data as Uint8Array, planes: planes.data as Int32Array, scales };
+  return { block, salient: sal.data as Uint8Array, codes: codes.data as Int32Array, scales };
 }
 
 /** The linear `base` of a quantized checkpoint, or undefined when it is stored as a plain `.weight`. */
 export function loadQuantizedLinear(ckpt: CheckpointReader, base: string, out: number, inF: number, qc: QuantConfig): LoadedLinear | undefined {
   if (qc.quantMethod === 'lowbit') {
-    if (ckpt.has(`${base}.planes`)) return { binary: loadBinary(ckpt, base, out, inF, qc) };
-    if (ckpt.has(`${base}.codes`)) {
-      throw new LowbitError('UNSUPPORTED', `${ckpt.get(`${base}.codes`).file}: "${base}" uses lowbit format version 1's BiLLM codebook layout, which is no longer read: quantize the model again`);
+    if (ckpt.has(`${base}.codebook`)) {
+      throw new LowbitError('UNSUPPORTED', `${ckpt.get(`${base}.codebook`).file}: "${base}" uses lowbit format version 1's BiLLM codebook layout, which is no longer read: quantize the model again`);
     }
+    if (ckpt.has(`${base}.codes`)) return { binary: loadBinary(ckpt, base, out, inF, qc) };
   }
   if (!ckpt.has(`${base}.qweight`)) return undefined;
   const qw = ckpt.get(`${base}.qweight`);

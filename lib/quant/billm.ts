@@ -35,7 +35,7 @@ export interface BillmOptions {
 export interface BillmResult {
   /** Dequantized binarized weights, [rows, cols] row-major: exactly what `binary` decodes to. */
   weight: Float32Array;
-  /** The binary structure (planes, salient bitmap, fp16 scales) the lowbit format stores and the 1-bit kernels run. */
+  /** The binary structure (2-bit codes, salient bitmap, fp16 scales) the lowbit format stores and the 1-bit kernels run. */
   binary: BinaryTensor;
   /** The paper's W-bits: 2·r_salient + 1·(1 − r_salient). */
   avgBits: number;

@@ -29,11 +29,15 @@ export interface Int8Weight {
   wsum: Int32Array; // [rows] Σ_k w
 }
 
-/** BiLLM binary weights: the BinaryTensor's own arrays (no copy; from a checkpoint, views of the mapped file). */
+/**
+ * BiLLM binary weights: the BinaryTensor's own arrays (from a checkpoint, views of the mapped file) and, when
+ * the block is a multiple of 16, `packed`, their copy in the SIMD kernels' layout (native/cpu/binary.h).
+ */
 export interface BinaryWeight extends BinaryTensor {
   kind: 'binary';
   rows: number;
   cols: number;
+  packed?: Uint8Array;
 }
 
 export type AnyPackedWeight = PackedWeight | Int8Weight | BinaryWeight;
@@ -80,7 +84,9 @@ export function packInt8(q: QuantizedTensor, rows: number, cols: number): Int8We
 }
 
 export function binaryWeight(b: BinaryTensor, rows: number, cols: number): BinaryWeight {
-  return { kind: 'binary', rows, cols, block: b.block, salient: b.salient, planes: b.planes, scales: b.scales };
+  const w: BinaryWeight = { kind: 'binary', rows, cols, block: b.block, salient: b.salient, codes: b.codes, scales: b.scales };
+  if (b.block % 16 === 0) w.packed = addon.packBinary(w);
+  return w;
 }
 
 /** y [M, rows] = x [M, cols] · Wᵀ from packed weights. */

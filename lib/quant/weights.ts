@@ -41,13 +41,13 @@ export interface QuantizedTensor {
 
 /**
  * BiLLM's binarized weight [rows, cols] as it is stored (lowbit format "binary", docs/formats.md) and run
- * by the 1-bit kernels (native/cpu/binary.h): per column a salient bit, per weight two bit planes, per row
+ * by the 1-bit kernels (native/cpu/binary.h): per column a salient bit, per weight a 2-bit code, per row
  * and block 8 fp16 scales (α1 μ1 α2 μ2 αc μc αs μs).
  */
 export interface BinaryTensor {
   block: number;
   salient: Uint8Array; // [ceil(cols/8)] bit c%8 of byte c/8
-  planes: Int32Array; // [rows, ceil(cols/32), 2] bit c%32 of word (c/32, plane)
+  codes: Int32Array; // [rows, ceil(cols/16)] bits 2(c%16), 2(c%16)+1 of word c/16: first sign, second bit
   scales: Uint16Array; // [rows, ceil(cols/block), 8] fp16 bits
 }
 

@@ -21,8 +21,8 @@
 // (so the weights it returns, and the error fed back, are exactly what the lowbit "binary" layout holds:
 // docs/formats.md); the searches run in fp32. Alongside the weights it returns that structure: per row and
 // block the 8 fp16 scales (α1 μ1 α2 μ2 of the salient residual, αc μc, αs μs of the concentrated and sparse
-// groups), two bit planes (first sign; second residual sign on salient columns, sparse flag elsewhere) and
-// the salient-column bitmap.
+// groups), a 2-bit code per weight (bit 0 the first sign; bit 1 the second residual sign on salient
+// columns, the sparse flag elsewhere) and the salient-column bitmap.
 //
 // Differences from the reference, all deliberate:
 //  - sign(0) is +1 here (torch.sign gives 0, which would be a third code);
@@ -69,7 +69,7 @@ enum : int { kA1 = 0, kM1, kA2, kM2, kAc, kMc, kAs, kMs, kNScales };
 struct BillmResult {
   std::vector<float> w;                // [rows, cols] dequantized
   std::vector<uint8_t> salient_bits;   // [ceil(cols/8)] bit c%8 of byte c/8: column c is salient
-  std::vector<uint32_t> planes;        // [rows, ceil(cols/32), 2] bit c%32 of word (c/32, p): plane p of column c
+  std::vector<uint32_t> codes;         // [rows, ceil(cols/16)] bits 2(c%16), 2(c%16)+1 of word c/16: the code of column c
   std::vector<uint16_t> scales;        // [rows, nblocks, kNScales] fp16
   std::vector<int32_t> block_salient;  // salient columns per block
   std::vector<uint8_t> salient_mask;   // [cols] 1 where the column is salient
@@ -269,8 +269,8 @@ void billm(const MatView& Win, int64_t rows, int64_t cols, const float* Hin, con
 
   res.w.assign(rows * cols, 0.f);
   res.salient_mask.assign(cols, 0);
-  const int64_t wpr = (cols + 31) / 32, nblocks = (cols + o.block - 1) / o.block;
-  res.planes.assign(rows * wpr * 2, 0);
+  const int64_t wpr = (cols + 15) / 16, nblocks = (cols + o.block - 1) / o.block;
+  res.codes.assign(rows * wpr, 0);
   res.scales.assign(rows * nblocks * kNScales, 0);
   std::atomic<bool> overflow{false};  // a scale beyond the fp16 range (reported after the parallel loop)
   std::vector<double> row_loss(rows, 0.0);
@@ -330,13 +330,12 @@ void billm(const MatView& Win, int64_t rows, int64_t cols, const float* Hin, con
           if (!std::isfinite(ab[k])) overflow.store(true, std::memory_order_relaxed);
           sc[k] = f32_to_f16(ab[k]);
         }
-        // Plane 0: the first sign. Plane 1: the second residual sign (salient) or the sparse flag.
-        uint32_t* pl = &res.planes[r * wpr * 2];
+        // Bit 0: the first sign. Bit 1: the second residual sign (salient) or the sparse flag.
+        uint32_t* cw = &res.codes[r * wpr];
         for (int64_t k = 0; k < nb; ++k) {
           const int64_t c = i1 + k;
           const uint32_t b0 = bits[k] & 1u, b1 = g[k] == kSal ? (bits[k] >> 1) & 1u : g[k] == kSparse;
-          pl[(c / 32) * 2] |= b0 << (c % 32);
-          pl[(c / 32) * 2 + 1] |= b1 << (c % 32);
+          cw[c / 16] |= (b0 | b1 << 1) << (2 * (c % 16));
         }
         if (!o.feedback) continue;
         for (int64_t i = 0; i < nb; ++i) {
@@ -404,7 +403,7 @@ bool get_bool(const Napi::Object& o, const char* key, bool def) {
 // billmQuantize(W, H: Float32Array [cols, cols], {rows, cols, blockSize, damp, saliencySearch, fixedSalient,
 //   maxSalient, salientMetric: 'hessian'|'magnitude', searchOnSaliency, errorFeedback, exactFeedback, centered,
 //   cancel}) → Promise<{weight, avgBits, storingBits, salientColumns, blockSalient, salientMask, loss, deadColumns,
-//   binary: {block, salient, planes, scales}}>
+//   binary: {block, salient, codes, scales}}>
 Napi::Value BillmQuantize(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     if (info.Length() < 3 || !info[2].IsObject())
@@ -458,9 +457,9 @@ Napi::Value BillmQuantize(const Napi::CallbackInfo& info) {
         Napi::Object b = Napi::Object::New(env);
         b.Set("block", Napi::Number::New(env, static_cast<double>(opt.block)));
         b.Set("salient", copy_out<uint8_t, Napi::Uint8Array>(env, r->salient_bits));
-        auto planes = Napi::Int32Array::New(env, r->planes.size());
-        std::memcpy(planes.Data(), r->planes.data(), r->planes.size() * 4);
-        b.Set("planes", planes);
+        auto codes = Napi::Int32Array::New(env, r->codes.size());
+        std::memcpy(codes.Data(), r->codes.data(), r->codes.size() * 4);
+        b.Set("codes", codes);
         b.Set("scales", copy_out<uint16_t, Napi::Uint16Array>(env, r->scales));
         out.Set("binary", b);
         return out;

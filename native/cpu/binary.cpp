@@ -89,18 +89,19 @@ void dequant_scalar(const BinaryView& p, const int32_t*, int64_t r0, int64_t n, 
   }
 }
 
-const binary_detail::Kernels kScalar{rows_scalar, rows_scalar, dequant_scalar, 1};
+const binary_detail::Kernels kScalar{rows_scalar, rows_scalar, dequant_scalar};
 
+// The SIMD kernels run from the packed layout; without it, or at SimdLevel::Scalar, the scalar ones.
 const binary_detail::Kernels* kernels_for(const BinaryView& p) {
-  if (p.block % 16) return &kScalar;
+  if (!p.packed) return nullptr;
 #if defined(__x86_64__) && defined(__GNUC__)
   switch (simd_level()) {
     case SimdLevel::Avx512: return binary_detail::kernels_avx512();
-    case SimdLevel::Avx2: return __builtin_cpu_supports("f16c") ? binary_detail::kernels_avx2() : &kScalar;
-    default: return &kScalar;
+    case SimdLevel::Avx2: return __builtin_cpu_supports("f16c") ? binary_detail::kernels_avx2() : nullptr;
+    default: return nullptr;
   }
 #else
-  return &kScalar;
+  return nullptr;
 #endif
 }
 
@@ -109,10 +110,15 @@ constexpr int64_t kPanelRows = 128, kPanelK = 1024;
 
 }  // namespace
 
+int64_t binary_packed_bytes(const BinaryView& p) {
+  return cdiv(p.rows, kBinRB) * cdiv(p.nblocks, 2) * (kBinRB * 16 * 2 + kBinRB * (p.block / 8) * 4);
+}
+
 void binary_matmul(const BinaryView& p, const float* x, int64_t M, float* y, bool parallel) {
   if (M <= 0 || p.rows <= 0) return;
-  const binary_detail::Kernels* kr = kernels_for(p);
-  const int64_t kpad = p.wpr * 32;
+  const binary_detail::Kernels* simd = kernels_for(p);
+  const binary_detail::Kernels* kr = simd ? simd : &kScalar;
+  const int64_t kpad = simd ? p.npairs * 2 * p.block : p.wpr * 16;
   // Rows of xp a cache line more than kpad apart (kpad is often a multiple of 4 KiB: set conflicts).
   const int64_t ldx = M > 1 ? kpad + 16 : kpad;
   std::vector<float> xp(static_cast<std::size_t>(M * ldx), 0.f);
@@ -125,8 +131,8 @@ void binary_matmul(const BinaryView& p, const float* x, int64_t M, float* y, boo
     else fn(0, n, 0);
   };
   if (M < kSmallM) {
-    // Units of gemv_rows rows; enough units per chunk (~64k weights) to be worth a thread handoff.
-    const int64_t unit = kr->gemv_rows, units = cdiv(p.rows, unit);
+    // Units of kBinRB rows; enough units per chunk (~64k weights) to be worth a thread handoff.
+    const int64_t unit = kBinRB, units = cdiv(p.rows, unit);
     const std::size_t chunk = static_cast<std::size_t>(std::max<int64_t>(1, 65536 / (unit * kpad)));
     const binary_detail::RowsFn fn = M == 1 ? kr->gemv : kr->tile;
     run(units, chunk, [&](std::size_t b, std::size_t e, int) {
@@ -198,6 +204,36 @@ const T* typed(const Napi::Object& o, const char* key, napi_typedarray_type type
 
 }  // namespace
 
+namespace {
+
+void fill_geometry(BinaryView& p) {
+  p.nblocks = cdiv(p.cols, p.block);
+  p.wpr = cdiv(p.cols, 16);
+  p.rows_pad = cdiv(p.rows, kBinRB) * kBinRB;
+  p.npairs = cdiv(p.nblocks, 2);
+  p.wpp = p.block / 8;
+  p.unit_bytes = kBinRB * 16 * 2 + kBinRB * p.wpp * 4;
+}
+
+// The SIMD layout (binary.h) of the stored tensors.
+void binary_pack(const BinaryView& p, uint8_t* out) {
+  std::memset(out, 0, binary_packed_bytes(p));
+  parallel_for(p.rows, [&](std::size_t r0, std::size_t r1, int) {
+    for (int64_t r = r0; r < static_cast<int64_t>(r1); ++r)
+      for (int64_t q = 0; q < p.npairs; ++q) {
+        uint8_t* u = out + ((r / kBinRB) * p.npairs + q) * p.unit_bytes;
+        uint16_t* sc = reinterpret_cast<uint16_t*>(u) + (r % kBinRB) * 16;
+        for (int64_t h = 0; h < 2 && 2 * q + h < p.nblocks; ++h)
+          std::memcpy(sc + 8 * h, p.scales + (r * p.nblocks + 2 * q + h) * kBinaryScales, kBinaryScales * 2);
+        uint32_t* cw = reinterpret_cast<uint32_t*>(u + kBinRB * 16 * 2) + (r % kBinRB) * p.wpp;
+        const int64_t w0 = q * 2 * p.block / 16;  // block is a multiple of 16: pairs start on word boundaries
+        for (int64_t j = 0; j < p.wpp && w0 + j < p.wpr; ++j) cw[j] = p.codes[r * p.wpr + w0 + j];
+      }
+  }, 64);
+}
+
+}  // namespace
+
 BinaryView binary_from_js(const Napi::Value& v) {
   if (!v.IsObject()) throw std::invalid_argument("binary weight: expected a BinaryWeight object");
   Napi::Object o = v.As<Napi::Object>();
@@ -206,11 +242,15 @@ BinaryView binary_from_js(const Napi::Value& v) {
   p.cols = get_int(o, "cols");
   p.block = get_int(o, "block");
   if (p.rows <= 0 || p.cols <= 0 || p.block <= 0) throw std::invalid_argument("binary weight: rows, cols and block must be positive");
-  p.nblocks = cdiv(p.cols, p.block);
-  p.wpr = cdiv(p.cols, 32);
+  fill_geometry(p);
   p.salient = typed<uint8_t>(o, "salient", napi_uint8_array, "Uint8Array", cdiv(p.cols, 8));
-  p.planes = typed<uint32_t>(o, "planes", napi_int32_array, "Int32Array", p.rows * p.wpr * 2);
+  p.codes = typed<uint32_t>(o, "codes", napi_int32_array, "Int32Array", p.rows * p.wpr);
   p.scales = typed<uint16_t>(o, "scales", napi_uint16_array, "Uint16Array", p.rows * p.nblocks * kBinaryScales);
+  Napi::Value pk = o.Get("packed");
+  if (!pk.IsUndefined() && !pk.IsNull()) {
+    if (!binary_packable(p.block)) throw std::invalid_argument("binary weight: 'packed' needs a block that is a multiple of 16");
+    p.packed = typed<uint8_t>(o, "packed", napi_uint8_array, "Uint8Array", binary_packed_bytes(p));
+  }
   return p;
 }
 
@@ -251,7 +291,19 @@ Napi::Value BinaryMatmulSync(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
+// packBinary(weight) → Uint8Array: the SIMD layout of a BinaryWeight's stored tensors (block % 16 == 0).
+Napi::Value PackBinary(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    BinaryView p = binary_from_js(info[0]);
+    if (!binary_packable(p.block)) throw std::invalid_argument("packBinary: block " + std::to_string(p.block) + " is not a multiple of 16");
+    auto out = Napi::Uint8Array::New(info.Env(), binary_packed_bytes(p));
+    binary_pack(p, out.Data());
+    return out;
+  });
+}
+
 LOWBIT_EXPORTS {
+  exports.Set("packBinary", Napi::Function::New(env, PackBinary));
   exports.Set("binaryMatmul", Napi::Function::New(env, BinaryMatmul));
   exports.Set("binaryMatmulSync", Napi::Function::New(env, BinaryMatmulSync));
 }

@@ -18,15 +18,11 @@ namespace lowbit {
 namespace binary_detail {
 namespace {
 
-constexpr int64_t kPrefetchBytes = 1024;
-
-// The LUTs of blocks 2q (lanes 0..7) and 2q+1 (lanes 8..15) of row r; zero for a block past the end.
+// The LUTs of blocks 2q (lanes 0..7) and 2q+1 (lanes 8..15) of a row from its 16 scales in the unit.
 // Lane l holds code l & 7 (binary.h): t1 = ±α + μ of the first term (one rounding, as the quantizer's
 // α·(±1) + μ), t2 = ±α2 + μ2 for the salient codes 4..7 and 0 elsewhere, lut = t1 + t2.
-inline __m512 lut2(const BinaryView& p, int64_t r, int64_t q) {
-  const int64_t b = 2 * q;
-  const __mmask16 k = b + 1 < p.nblocks ? 0xffff : b < p.nblocks ? 0x00ff : 0;
-  const __m512 v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p.scales + (r * p.nblocks + b) * kBinaryScales));
+inline __m512 lut2(const uint16_t* sc) {
+  const __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc)));
   const __m512i ia = _mm512_setr_epi32(4, 4, 6, 6, 0, 0, 0, 0, 12, 12, 14, 14, 8, 8, 8, 8);
   const __m512i im = _mm512_add_epi32(ia, _mm512_set1_epi32(1));
   const __m512i ia2 = _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 10, 10, 10, 10, 10, 10, 10, 10);
@@ -39,56 +35,48 @@ inline __m512 lut2(const BinaryView& p, int64_t r, int64_t q) {
   return _mm512_add_ps(t1, t2);
 }
 
-// The weights of 16 columns at c of one row: plane slices → k-masks, idx = cm | p0 | p1·2, w = lut[idx].
-inline __m512 weights16(const uint16_t* pl, int64_t c, __m512i cmv, __m512 lut) {
-  const int64_t o = (c >> 5) * 4 + ((c >> 4) & 1);  // plane 0's 16-bit slice; plane 1's is 2 further
-  const __mmask16 k0 = _cvtu32_mask16(pl[o]), k1 = _cvtu32_mask16(pl[o + 2]);
-  __m512i idx = _mm512_mask_or_epi32(cmv, k0, cmv, _mm512_set1_epi32(1));
-  idx = _mm512_mask_or_epi32(idx, k1, idx, _mm512_set1_epi32(2));
-  return _mm512_permutexvar_ps(idx, lut);
+// The weights of the 16 columns of code word `word` of one row: idx = (word >> 2l) & 3 | cm, w = lut[idx].
+inline __m512 weights16(uint32_t word, __m512i cmv, __m512 lut) {
+  const __m512i sh = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i t = _mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(word)), sh);
+  return _mm512_permutexvar_ps(_mm512_ternarylogic_epi32(t, _mm512_set1_epi32(3), cmv, 0xEA), lut);  // (t & 3) | cm
 }
 
-// R rows from r0 × MR tokens over all columns.
+// R rows from r0 (inside one row block) × MR tokens over all columns; y written for rows < r1.
 template <int R, int MR>
-void rows_block(const BinaryView& p, const float* xp, int64_t ldx, const int32_t* cm, float* y, int64_t r0) {
-  const int64_t kpad = p.wpr * 32, span = 2 * p.block, npairs = (kpad + span - 1) / span;
+void rows_block(const BinaryView& p, const float* xp, int64_t ldx, const int32_t* cm, float* y, int64_t r0, int64_t r1) {
+  const int64_t span = 2 * p.block;
   __m512 acc[MR][R];
   for (int m = 0; m < MR; ++m)
     for (int i = 0; i < R; ++i) acc[m][i] = _mm512_setzero_ps();
-  const uint16_t* pl[R];
-  for (int i = 0; i < R; ++i) pl[i] = reinterpret_cast<const uint16_t*>(p.planes + (r0 + i) * p.wpr * 2);
-  for (int64_t q = 0; q < npairs; ++q) {
+  for (int64_t q = 0; q < p.npairs; ++q) {
+    const uint16_t* sc = p.unit_scales(r0, q);
+    const uint32_t* cw = p.unit_codes(r0, q);
     __m512 lut[R];
-    for (int i = 0; i < R; ++i) lut[i] = lut2(p, r0 + i, q);
-    const int64_t c0 = q * span, c1 = std::min(kpad, c0 + span);
-    for (int64_t c = c0; c < c1; c += 16) {
-      // One cache line of planes covers 256 columns of a row: fetch the rows' next lines ahead.
-      if ((c & 255) == 0)
-        for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(pl[i] + (c >> 5) * 4) + kPrefetchBytes, _MM_HINT_T0);
+    for (int i = 0; i < R; ++i) lut[i] = lut2(sc + i * 16);
+    const int64_t c0 = q * span;
+    for (int64_t j = 0; j < p.wpp; ++j) {
+      const int64_t c = c0 + 16 * j;
       const __m512i cmv = _mm512_loadu_si512(cm + c);
       __m512 xv[MR];
       for (int m = 0; m < MR; ++m) xv[m] = _mm512_loadu_ps(xp + m * ldx + c);
       for (int i = 0; i < R; ++i) {
-        const __m512 w = weights16(pl[i], c, cmv, lut[i]);
+        const __m512 w = weights16(cw[i * p.wpp + j], cmv, lut[i]);
         for (int m = 0; m < MR; ++m) acc[m][i] = _mm512_fmadd_ps(w, xv[m], acc[m][i]);
       }
     }
   }
   for (int m = 0; m < MR; ++m)
-    for (int i = 0; i < R; ++i) y[m * p.rows + r0 + i] = _mm512_reduce_add_ps(acc[m][i]);
+    for (int i = 0; i < R && r0 + i < r1; ++i) y[m * p.rows + r0 + i] = _mm512_reduce_add_ps(acc[m][i]);
 }
 
 void gemv(const BinaryView& p, const float* xp, int64_t ldx, int64_t, const int32_t* cm, float* y, int64_t r0, int64_t r1) {
-  int64_t r = r0;
-  for (; r + 8 <= r1; r += 8) rows_block<8, 1>(p, xp, ldx, cm, y, r);
-  for (; r < r1; ++r) rows_block<1, 1>(p, xp, ldx, cm, y, r);
+  for (int64_t r = r0; r < r1; r += kBinRB) rows_block<kBinRB, 1>(p, xp, ldx, cm, y, r, r1);
 }
 
 template <int MR>
 void tile_mr(const BinaryView& p, const float* xp, int64_t ldx, const int32_t* cm, float* y, int64_t r0, int64_t r1) {
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) rows_block<4, MR>(p, xp, ldx, cm, y, r);
-  for (; r < r1; ++r) rows_block<1, MR>(p, xp, ldx, cm, y, r);
+  for (int64_t r = r0; r < r1; r += 4) rows_block<4, MR>(p, xp, ldx, cm, y, r, r1);
 }
 
 void tile(const BinaryView& p, const float* xp, int64_t ldx, int64_t M, const int32_t* cm, float* y, int64_t r0, int64_t r1) {
@@ -107,18 +95,22 @@ void tile(const BinaryView& p, const float* xp, int64_t ldx, int64_t M, const in
 void dequant(const BinaryView& p, const int32_t* cm, int64_t r0, int64_t n, int64_t k0, int64_t kc, float* out) {
   const int64_t span = 2 * p.block;
   for (int64_t r = r0; r < r0 + n; ++r) {
-    const uint16_t* pl = reinterpret_cast<const uint16_t*>(p.planes + r * p.wpr * 2);
     float* o = out + (r - r0) * kc - k0;
     int64_t q = -1;
     __m512 lut = _mm512_setzero_ps();
+    const uint32_t* cw = nullptr;
     for (int64_t c = k0; c < k0 + kc; c += 16) {
-      if (c / span != q) lut = lut2(p, r, q = c / span);
-      _mm512_storeu_ps(o + c, weights16(pl, c, _mm512_loadu_si512(cm + c), lut));
+      if (c / span != q) {
+        q = c / span;
+        lut = lut2(p.unit_scales(r, q));
+        cw = p.unit_codes(r, q);
+      }
+      _mm512_storeu_ps(o + c, weights16(cw[(c - q * span) / 16], _mm512_loadu_si512(cm + c), lut));
     }
   }
 }
 
-const Kernels kKernels{gemv, tile, dequant, 8};
+const Kernels kKernels{gemv, tile, dequant};
 
 }  // namespace
 
