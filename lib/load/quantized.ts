@@ -1,7 +1,8 @@
 // Import of quantized checkpoints: config.json's quantization_config (quant_method gptq | awq | lowbit), as
 // lowbit writes it and as AutoGPTQ / GPTQModel (v1 "gptq" and "gptq_v2" checkpoint_format) and AutoAWQ (GEMM)
-// write it. Each packed linear becomes a QuantizedTensor (`lin.quantized`) plus its fp32 dequantization as
-// `lin.weight` for the dense forward. Every error names the file and tensor at fault.
+// write it. Each integer-packed linear becomes a QuantizedTensor (for the packed kernels; widths without a
+// kernel also get their fp32 dequantization), each BiLLM one its binary tensors. Every error names the file
+// and tensor at fault.
 import * as path from 'path';
 import { awqShapes, unpackAwq } from '../export/awq-format';
 import { GptqCheckpointFormat, gptqShapes, unpackGptq } from '../export/gptq-format';
