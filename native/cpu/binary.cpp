@@ -12,6 +12,7 @@
 
 #include "async.h"
 #include "gemm.h"
+#include "packed.h"
 #include "registry.h"
 #include "simd.h"
 #include "tensor.h"
@@ -297,6 +298,7 @@ Napi::Value PackBinary(const Napi::CallbackInfo& info) {
     BinaryView p = binary_from_js(info[0]);
     if (!binary_packable(p.block)) throw std::invalid_argument("packBinary: block " + std::to_string(p.block) + " is not a multiple of 16");
     auto out = Napi::Uint8Array::New(info.Env(), binary_packed_bytes(p));
+    advise_huge_pages(out.Data(), binary_packed_bytes(p));
     binary_pack(p, out.Data());
     return out;
   });

@@ -116,6 +116,9 @@ void int8_gemm_i32(const Int8View& w, const uint8_t* u, int64_t M, int32_t* acc,
 // y[M, rows] = sx[m]·sw[n]·acc (+ nothing else; callers add bias).
 void int8_matmul(const Int8View& w, const uint8_t* u, const float* sx, int64_t M, float* y, bool parallel = true);
 
+// madvise(MADV_HUGEPAGE) on the whole 2 MiB pages of a freshly allocated, not yet touched weight buffer.
+void advise_huge_pages(void* p, std::size_t n);
+
 // Views of the JS objects packLinear / packInt8 return (validated; the buffers stay owned by JS).
 PackedView packed_from_js(const Napi::Value& v);
 Int8View int8_from_js(const Napi::Value& v);
