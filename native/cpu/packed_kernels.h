@@ -76,9 +76,12 @@ inline __attribute__((always_inline)) void gemv_blocks(const PackedView& p, cons
   for (int64_t u = 0; u < p.nunits; ++u) {
     const uint8_t* ud = base + u * RB * UB;
     const float* xu = xp + u * S * 16;
-    // No software prefetch: with each row block's scales and zeros sequential, a pass is NB weight streams,
-    // 2·NB scale/zero streams and x, which the hardware prefetchers follow; prefetching 2 KiB ahead measured
-    // no faster for int4/int8 and 3× slower for int2 on 4096×14336.
+    // With each row block's scales and zeros sequential, a pass is NB weight streams, 2·NB scale/zero streams
+    // and x, which the hardware prefetchers follow: prefetching 2 KiB ahead measured no faster for int4/int8
+    // and up to 3× slower for int2 on 4096×14336. 3-bit is the exception: 4 rows of heavy unpacking leave
+    // the out-of-order window less than a unit ahead, and the prefetch keeps it from waiting on each line.
+    if constexpr (BITS == 3)
+      for (int64_t o = 0; o < RB * UB; o += 64) V::prefetch(ud + kPrefetchBytes + o);
     static_for<0, S>([&](auto jc) {
       constexpr int J = decltype(jc)::value;
       constexpr int A = J % NA;
