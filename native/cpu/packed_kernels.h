@@ -77,11 +77,12 @@ inline __attribute__((always_inline)) void gemv_blocks(const PackedView& p, cons
     const uint8_t* ud = base + u * RB * UB;
     const float* xu = xp + u * S * 16;
     // With each row block's scales and zeros sequential, a pass is NB weight streams, 2·NB scale/zero streams
-    // and x, which the hardware prefetchers follow: prefetching 2 KiB ahead measured no faster for int4/int8
-    // and up to 3× slower for int2 on 4096×14336. 3-bit is the exception: 4 rows of heavy unpacking leave
-    // the out-of-order window less than a unit ahead, and the prefetch keeps it from waiting on each line.
-    if constexpr (BITS == 3)
-      for (int64_t o = 0; o < RB * UB; o += 64) V::prefetch(ud + kPrefetchBytes + o);
+    // and x, which the hardware prefetchers follow; prefetching 2 KiB ahead measured no faster for int4/int8.
+    // 2- and 3-bit keep it: their units span 256/512 columns of slower unpacking, and without it they fell
+    // to 2–5 GB/s in some runs on 4096×14336 (int2 also keeps two accumulator sets: with one, same).
+    if constexpr (BITS <= 3)
+      for (int b = 0; b < NB; ++b)
+        for (int64_t o = 0; o < RB * UB; o += 64) V::prefetch(ud + b * bstride + kPrefetchBytes + o);
     static_for<0, S>([&](auto jc) {
       constexpr int J = decltype(jc)::value;
       constexpr int A = J % NA;
@@ -117,8 +118,8 @@ inline __attribute__((always_inline)) void gemv_blocks(const PackedView& p, cons
 
 template <class V, int BITS>
 void gemv_t(const PackedView& p, const float* xp, const float* xsum, float* y, int64_t rb0, int64_t rb1) {
-  // 3-bit unpacking needs the registers (and more ALU work per step than FMA latency).
-  constexpr int NB = BITS == 3 ? 1 : V::GEMV_NB, NA = BITS == 3 ? 1 : V::GEMV_NA;
+  // 3-bit unpacking needs the registers (and more ALU work per step than FMA latency); 2-bit: see the prefetch.
+  constexpr int NB = BITS == 3 ? 1 : V::GEMV_NB, NA = BITS == 3 ? 1 : BITS == 2 ? 2 : V::GEMV_NA;
   int64_t rb = rb0;
   for (; rb + NB <= rb1; rb += NB) gemv_blocks<V, BITS, NB, NA>(p, xp, xsum, y, rb);
   for (; rb < rb1; ++rb) gemv_blocks<V, BITS, 1, NA>(p, xp, xsum, y, rb);
