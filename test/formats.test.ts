@@ -370,6 +370,8 @@ describe('export → loadModel on qwen3-tiny', () => {
     const loaded = loadModel(out);
     expect(loaded.quantization?.actBits).toBe(8);
     expect(sameLinears(model, loaded)).toBe(true);
+    // Reloaded W8A8 weights run the int8×int8 kernel, as the freshly quantized model's would.
+    for (const n of LINEAR_NAMES) expect((loaded.weights.layers[0].linears[n] as { packed?: { kind: string } }).packed?.kind).toBe('int8');
     // int8×int8 kernels vs fp32 fake quantization: per-token 8-bit activation rounding amplifies last-ulp
     // differences (see test/packed.test.ts: one-ulp weight changes alone move positions by ~0.03), so
     // the bounds are on the mean NLL and on the mean per-position change.

@@ -200,7 +200,7 @@ export function loadQuantizedLinear(ckpt: CheckpointReader, base: string, out: n
       if (Math.abs(src[k]) >= mid) throw new LowbitError('BAD_CHECKPOINT', `${qw.file}: tensor "${qw.name}"[${k}] = ${src[k]} is outside ±${mid - 1} for ${qc.bits}-bit weights (${qc.file})`);
       qweight[k] = src[k] + mid;
     }
-    q = { bits: qc.bits, groupSize: -1, sym: true, qweight, scales: Float32Array.from(sc.data as Float32Array), zeros: new Float32Array(out).fill(mid), gIdx: new Int32Array(inF) };
+    q = { bits: qc.bits, groupSize: -1, sym: true, qweight, scales: Float32Array.from(sc.data as Float32Array), zeros: new Float32Array(out).fill(mid) };
   } else {
     // lowbit uint: GPTQ bit stream, plain U8 zeros, fp32 scales
     const ng = ngroupsOf(qc, inF, base, qw.file);
