@@ -131,3 +131,51 @@ test('the shared qwen3-tiny and the embedded copy are the same checkpoint', () =
   const b = fs.readFileSync(path.join(SHARED, 'models', 'qwen3-tiny', 'model.safetensors'));
   expect(a.equals(b)).toBe(true);
 });
+
+describe('Qwen3-MoE and layer streaming from the command line', () => {
+  const MOE = path.join(ROOT, 'test', 'fixtures', 'qwen3-moe-tiny');
+  let moeDir: string;
+  const ARGS = ['--tasks', 'wikitext2', '--max-windows', '3', '--seqlen', '128', '--json'];
+  beforeAll(() => {
+    moeDir = path.join(tmp, 'moe');
+    fs.mkdirSync(moeDir);
+    for (const f of fs.readdirSync(MOE)) fs.copyFileSync(path.join(MOE, f), path.join(moeDir, f));
+    for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(TINY, f), path.join(moeDir, f));
+  });
+
+  test('eval reports the mode it ran: resident, --stream, and streamed on its own under --max-memory', () => {
+    const run = (extra: string[]) => {
+      const r = cli(['eval', moeDir, ...ARGS, '--device', 'cpu', ...extra]);
+      expect(r.code).toBe(0);
+      return JSON.parse(r.stdout).results.wikitext2;
+    };
+    const resident = run([]);
+    const streamed = run(['--stream']);
+    const capped = run(['--max-memory', '1M']);
+    expect([resident.mode, streamed.mode, capped.mode]).toEqual(['resident', 'streamed', 'streamed, activations on disk']);
+    expect(Number.isFinite(resident.ppl)).toBe(true);
+    expect(streamed.ppl).toBe(resident.ppl);
+    expect(capped.ppl).toBe(resident.ppl);
+    const bad = cli(['eval', moeDir, ...ARGS, '--max-memory', 'lots']);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/--max-memory: cannot read "lots"/);
+  });
+
+  test('quantize --moe-calib routed reports per-expert token counts; the checkpoint evaluates', () => {
+    const out = path.join(tmp, 'moe-gptq');
+    const r = cli(['quantize', moeDir, '--quant', 'gptq:w4g32', '--nsamples', '4', '--calib-seqlen', '128', '--calib-ids', path.join(ROOT, 'data', 'calib_c4_128x2048.i16'), '--moe-calib', 'routed', '--out', out, '--json']);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/experts: 16 in 2 sparse layers; routed calibration tokens per expert min \d+, median \d+, max \d+; \d+ got none; statistics from routed tokens/);
+    const experts = JSON.parse(r.stdout).quant.experts;
+    expect(experts.mode).toBe('routed');
+    expect(experts.layers.map((c: { layer: number }) => c.layer)).toEqual([0, 2]);
+    for (const c of experts.layers) {
+      expect(c.tokens).toBe(4 * 128);
+      expect(c.routed).toHaveLength(8);
+      expect(c.routed.reduce((a: number, b: number) => a + b, 0)).toBe(2 * c.tokens);
+    }
+    const e = cli(['eval', out, ...ARGS]);
+    expect(e.code).toBe(0);
+    expect(Number.isFinite(JSON.parse(e.stdout).results.wikitext2.ppl)).toBe(true);
+  });
+});

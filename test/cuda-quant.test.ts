@@ -237,7 +237,7 @@ gpuDescribe('GPU GPTQ pipeline on qwen3-tiny', () => {
     await quantize(a, s, { calibration: c, device: 'cuda' });
     await quantize(b, s, { calibration: c, device: 'cuda' });
     for (let l = 0; l < a.config.numLayers; l++) {
-      for (const n of LINEAR_NAMES) expect(Buffer.from((a.weights.layers[l].linears[n].weight as Float32Array).buffer).equals(Buffer.from((b.weights.layers[l].linears[n].weight as Float32Array).buffer))).toBe(true);
+      for (const n of LINEAR_NAMES) expect(Buffer.from((a.weights.layers[l].linears[n]!.weight as Float32Array).buffer).equals(Buffer.from((b.weights.layers[l].linears[n]!.weight as Float32Array).buffer))).toBe(true);
     }
   });
 });

@@ -76,7 +76,7 @@ describe('qwen3-tiny from ../shared', () => {
     const expected = { q: [nh * hd, h], k: [nkv * hd, h], v: [nkv * hd, h], o: [h, nh * hd], gate: [inter, h], up: [inter, h], down: [h, inter] };
     for (const layer of m.weights.layers) {
       for (const n of LINEAR_NAMES) {
-        const lin = layer.linears[n];
+        const lin = layer.linears[n]!;
         expect([n, lin.outFeatures, lin.inFeatures]).toEqual([n, ...expected[n]]);
         const w = lin.weight as { data: Uint16Array };
         expect(w.data.length).toBe(lin.outFeatures * lin.inFeatures);

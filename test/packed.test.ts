@@ -367,7 +367,7 @@ describe('forward on packed weights (qwen3-tiny) matches the fake-quant model', 
             const o = header[`model.layers.${l}.${LINEAR_TENSORS[n]}.${k}`].data_offsets;
             bytes += o[1] - o[0];
           }
-          weights += layer.linears[n].outFeatures * layer.linears[n].inFeatures;
+          weights += layer.linears[n]!.outFeatures * layer.linears[n]!.inFeatures;
         }
       });
       const bits = (8 * bytes) / weights;
@@ -392,8 +392,9 @@ describe('forward on packed weights (qwen3-tiny) matches the fake-quant model', 
     let seed = 12345;
     for (const layer of perturbed.weights.layers) {
       for (const n of LINEAR_NAMES) {
-        const w = layer.linears[n].weight as Float32Array;
-        layer.linears[n].weight = w.map((v) => {
+        const lin = layer.linears[n]!;
+        const w = lin.weight as Float32Array;
+        lin.weight = w.map((v) => {
           seed = (seed * 1103515245 + 12345) >>> 0;
           return Math.fround(v * (1 + (seed / 4294967296 - 0.5) * 1.2e-7));
         });

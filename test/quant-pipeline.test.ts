@@ -37,7 +37,7 @@ function f32(w: LoadedModel['weights']['layers'][number]['linears']['q']['weight
 
 function allFinite(model: LoadedModel): boolean {
   return model.weights.layers.every(
-    (l) => LINEAR_NAMES.every((n) => f32(l.linears[n].weight).every(Number.isFinite)) && l.inputNorm.every(Number.isFinite) && l.postAttnNorm.every(Number.isFinite),
+    (l) => LINEAR_NAMES.every((n) => f32(l.linears[n]!.weight).every(Number.isFinite)) && l.inputNorm.every(Number.isFinite) && l.postAttnNorm.every(Number.isFinite),
   );
 }
 
@@ -107,8 +107,8 @@ test('GPTQ twice gives bit-identical weights', async () => {
   await quantize(b, parseSpec('gptq:w4g128,nsamples=4,seqlen=256'), { calibration: calib });
   for (let l = 0; l < a.config.numLayers; l++) {
     for (const n of LINEAR_NAMES) {
-      const wa = f32(a.weights.layers[l].linears[n].weight);
-      const wb = f32(b.weights.layers[l].linears[n].weight);
+      const wa = f32(a.weights.layers[l].linears[n]!.weight);
+      const wb = f32(b.weights.layers[l].linears[n]!.weight);
       expect(wa).not.toBe(wb);
       expect(Buffer.from(wa.buffer, wa.byteOffset, wa.byteLength).equals(Buffer.from(wb.buffer, wb.byteOffset, wb.byteLength))).toBe(true);
     }

@@ -76,7 +76,7 @@ describe('smoothing leaves the full-precision layer unchanged (qwen3-tiny layer 
     const mlp0 = (await addon.mlpBlock(xm, opts)) as Float32Array;
     const norm0 = [layer.inputNorm.slice(), layer.postAttnNorm.slice()];
     const wq0 = toF32(layer.linears.q.weight).slice();
-    const wgate0 = toF32(layer.linears.gate.weight).slice();
+    const wgate0 = toF32(layer.linears.gate!.weight).slice();
 
     // Expected scales from the calibration activations' channel maxima, computed here.
     const hid = cfg.hiddenSize;
@@ -99,7 +99,7 @@ describe('smoothing leaves the full-precision layer unchanged (qwen3-tiny layer 
       expect(Math.abs(layer.postAttnNorm[j] - norm0[1][j] / sMlp[j])).toBeLessThanOrEqual(1e-5 * Math.abs(norm0[1][j] / sMlp[j]) + 1e-12);
     }
     const wq = toF32(layer.linears.q.weight);
-    const wgate = toF32(layer.linears.gate.weight);
+    const wgate = toF32(layer.linears.gate!.weight);
     for (let i = 0; i < 4 * hid; i++) {
       expect(Math.abs(wq[i] - wq0[i] * sAttn[i % hid])).toBeLessThanOrEqual(1e-5 * Math.abs(wq0[i] * sAttn[i % hid]) + 1e-12);
       expect(Math.abs(wgate[i] - wgate0[i] * sMlp[i % hid])).toBeLessThanOrEqual(1e-5 * Math.abs(wgate0[i] * sMlp[i % hid]) + 1e-12);

@@ -4,6 +4,7 @@ import { evaluate, TaskResult } from '../eval/evaluate';
 import { TASKS, TASK_NAMES } from '../eval/tasks/registry';
 import { loadModel, scanNonFinite } from '../load/model';
 import { loadTokenizer } from '../load/tokenizer';
+import { planMemory, parseBytes, scanNonFiniteStreaming } from '../eval/stream';
 import { applyThreads, fail, gpuDtypeOption, intOption, interruptSignal, listOption } from './common';
 import { createProgress } from './progress';
 import { addQuantOptions, QuantCliOptions, quantSummary, runQuantization, specFromOptions } from './quantize';
@@ -18,6 +19,9 @@ interface EvalCliOptions extends QuantCliOptions {
   device?: string;
   dtype: GpuDType;
   fp32Activations?: boolean;
+  stream?: boolean;
+  maxMemory?: number;
+  spillDir?: string;
 }
 
 export function evalCommand(): Command {
@@ -32,6 +36,9 @@ export function evalCommand(): Command {
     .option('--device <dev>', 'cpu, cuda or cuda:N (default: cuda when a GPU and a CUDA build are there, else cpu)')
     .option('--dtype <t>', `weights and activations on the GPU: ${GPU_DTYPES.join(', ')} (fp32 accumulation)`, gpuDtypeOption, 'bf16')
     .option('--fp32-activations', 'with --dtype bf16/fp16 on the GPU: keep activations fp32 (closer to fp32, slower)')
+    .option('--stream', 'run all windows through one layer before the next, so only one layer is resident (models larger than memory; CPU)')
+    .option('--max-memory <size>', 'memory the evaluation may use, e.g. 4G; a larger model is streamed layer by layer', parseBytes)
+    .option('--spill-dir <dir>', 'with streaming: where activations go when they do not fit in --max-memory (default: the OS temp folder)')
     .option('--json', 'print exactly one JSON document on stdout')
     .addHelpText('after', '\nTasks:\n' + TASK_NAMES.map((t) => `  ${t.padEnd(15)} ${TASKS[t].description}`).join('\n'));
   addQuantOptions(cmd);
@@ -40,17 +47,28 @@ export function evalCommand(): Command {
         const signal = interruptSignal();
         const t0 = performance.now();
         const threads = applyThreads(o.threads);
-        const device = resolveDevice(o.device);
+        let device = resolveDevice(o.device);
         const model = await loadModel(modelDir);
         const tok = await loadTokenizer(modelDir);
         const progress = createProgress(process.stderr, false);
         const spec = specFromOptions(o);
-        const bad = scanNonFinite(model);
+        const memory = { stream: o.stream, maxMemory: o.maxMemory, spillDir: o.spillDir };
+        const streaming = planMemory(model, 0, 0, memory).mode !== 'resident';
+        const bad = streaming ? scanNonFiniteStreaming(model) : scanNonFinite(model);
         if (bad.length) progress.log(`lowbit: warning: non-finite values (NaN/Inf) in ${bad.map((b) => `${b.name} (${b.count})`).join(", ")}; results will be NaN`);
         const quant = spec ? quantSummary(await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal, device)) : undefined;
         if (device.type === 'cuda') {
-          if (model.quantization?.actBits) progress.log('lowbit: note: activation quantization runs on the CPU path; evaluating on the CPU');
-          else await toDevice(model, device, { dtype: o.dtype, actFp32: o.fp32Activations });
+          const onCpu = model.quantization?.actBits
+            ? 'activation quantization runs on the CPU path'
+            : model.config.moe
+              ? 'Qwen3-MoE (sparse) layers run on the CPU path'
+              : streaming
+                ? 'layer streaming runs on the CPU path'
+                : undefined;
+          if (onCpu) {
+            progress.log(`lowbit: note: ${onCpu}; evaluating on the CPU`);
+            device = { type: 'cpu' };
+          } else await toDevice(model, device, { dtype: o.dtype, actFp32: o.fp32Activations });
         }
         const results = await evaluate(model, (t) => tok.encode(t), {
           tasks: o.tasks,
@@ -58,6 +76,7 @@ export function evalCommand(): Command {
           seqLen: o.seqlen,
           maxWindows: o.maxWindows,
           limit: o.limit,
+          memory,
           signal,
           onTaskStart: (task, total) => progress.start(task, total),
           onProgress: (p) => progress.update(p.windows, p.tokens),
@@ -78,9 +97,9 @@ export function evalCommand(): Command {
 
 function printTable(model: string, results: Record<string, TaskResult>, seconds: number): void {
   const f = (x: number | null | undefined, d = 4) => (x === undefined ? '–' : x === null || !Number.isFinite(x) ? 'NaN' : x.toFixed(d));
-  const lines = [`model: ${model}`, 'task            ppl        acc      acc_norm  n/windows  tokens     seconds'];
+  const lines = [`model: ${model}`, 'task            ppl        acc      acc_norm  n/windows  tokens     seconds  mode'];
   const row = (name: string, r: TaskResult) =>
-    `${name.padEnd(16)}${f(r.ppl, 3).padEnd(11)}${f(r.acc).padEnd(9)}${f(r.acc_norm).padEnd(10)}${String(r.windows ?? r.n ?? '–').padEnd(11)}${String(r.tokens ?? '–').padEnd(11)}${r.seconds.toFixed(1)}`;
+    `${name.padEnd(16)}${f(r.ppl, 3).padEnd(11)}${f(r.acc).padEnd(9)}${f(r.acc_norm).padEnd(10)}${String(r.windows ?? r.n ?? '–').padEnd(11)}${String(r.tokens ?? '–').padEnd(11)}${r.seconds.toFixed(1).padEnd(9)}${r.mode ?? ''}`;
   for (const [task, r] of Object.entries(results)) {
     lines.push(row(task, r));
     if (r.categories) {

@@ -1,4 +1,5 @@
 import { Command, Option } from 'commander';
+import { MOE_CALIB_MODES, MoeCalib } from '../calibrate/experts';
 import { loadCalibration } from '../calibrate/resolve';
 import { DeviceSpec, resolveDevice } from '../eval/cuda';
 import { evaluate } from '../eval/evaluate';
@@ -29,6 +30,7 @@ export interface QuantCliOptions {
   seed?: number;
   calib?: string;
   calibIds?: string;
+  moeCalib?: MoeCalib;
   dataDir: string;
 }
 
@@ -56,6 +58,10 @@ export function addQuantOptions(cmd: Command): Command {
     .option('--seed <n>', 'seed for drawing calibration windows', intOption('--seed', 0))
     .option('--calib <source>', 'calibration text: c4, wikitext2, or a .jsonl/.txt file', undefined)
     .option('--calib-ids <file>', 'raw int16 LE token ids [n, 2048] (e.g. calib_c4_128x2048.i16)')
+    .addOption(
+      new Option('--moe-calib <mode>', 'MoE models: statistics of each expert from every calibration token (all) or only those routed to it (routed)')
+        .choices(MOE_CALIB_MODES as string[]),
+    )
     .option('--data-dir <dir>', 'folder with the evaluation/calibration data files', DEFAULT_DATA_DIR);
 }
 
@@ -75,6 +81,7 @@ export function specFromOptions(o: QuantCliOptions): QuantSpec | undefined {
   if (o.nsamples !== undefined) s.nsamples = o.nsamples;
   if (o.calibSeqlen !== undefined) s.calibSeqLen = o.calibSeqlen;
   if (o.seed !== undefined) s.seed = o.seed;
+  if (o.moeCalib !== undefined) s.moeCalib = o.moeCalib;
   return validateSpec(s);
 }
 
@@ -100,11 +107,32 @@ export async function runQuantization(
   progress.update(model.config.numLayers, 0);
   progress.stop();
   progress.log(`quantized with ${report.name} on ${report.device} in ${report.seconds.toFixed(1)} s${report.avgBits ? ` (${report.avgBits.toFixed(3)} bits/weight)` : ''}`);
+  if (report.experts) progress.log(coverageLine(report.experts));
   return report;
 }
 
+/** One line on the experts' calibration: the routed-token spread and the experts the router starved. */
+function coverageLine(x: NonNullable<QuantizeReport['experts']>): string {
+  const routed = x.layers.flatMap((c) => c.routed).sort((a, b) => a - b);
+  const starved = x.layers.reduce((n, c) => n + c.routed.filter((r) => r === 0).length, 0);
+  const stats = x.layers.flatMap((c) => c.statTokens);
+  return (
+    `experts: ${routed.length} in ${x.layers.length} sparse layers; routed calibration tokens per expert min ${routed[0]}, ` +
+    `median ${routed[routed.length >> 1]}, max ${routed[routed.length - 1]}; ${starved} got none; ` +
+    (x.mode === 'all' ? `statistics from all ${stats[0]} tokens for every expert (--moe-calib all)` : `statistics from routed tokens (--moe-calib routed)${starved ? `, the ${starved} unrouted from all tokens` : ''}`)
+  );
+}
+
 export function quantSummary(r: QuantizeReport) {
-  return { spec: r.name, settings: r.spec, seconds: r.seconds, device: r.device, calibration: r.calibration ?? null, avgBits: r.avgBits ?? null };
+  return {
+    spec: r.name,
+    settings: r.spec,
+    seconds: r.seconds,
+    device: r.device,
+    calibration: r.calibration ?? null,
+    avgBits: r.avgBits ?? null,
+    ...(r.experts ? { experts: r.experts } : {}),
+  };
 }
 
 export function quantizeCommand(): Command {

@@ -110,6 +110,7 @@ export class GpuModel {
     const dtype = opts.dtype ?? 'bf16';
     if (!GPU_DTYPES.includes(dtype)) throw new LowbitError('BAD_ARGUMENT', `dtype must be one of ${GPU_DTYPES.join(', ')}, got "${dtype}"`);
     if (typeof addon.gpuModelCreate !== 'function') throw new LowbitError('UNSUPPORTED', 'lowbit was built without CUDA');
+    if (model.config.moe) throw new LowbitError('UNSUPPORTED', `${model.dir}: the CUDA backend has no Qwen3-MoE (sparse) layers; evaluate it with --device cpu`);
     const w = model.weights;
     const handle = await addon.gpuModelCreate(
       { cfg: model.config, layers: w.layers, embed: w.embed, lmHead: w.lmHead, finalNorm: w.finalNorm },

@@ -4,6 +4,7 @@ import type { LoadedModel } from '../load/types';
 import { PPL_MAX_WINDOWS, PplTask, pplText } from './datasets';
 import { encodePair, loglikelihood, LoglikelihoodRequest } from './loglikelihood';
 import { perplexity, PerplexityResult } from './perplexity';
+import type { ForwardMode, MemoryOptions } from './stream';
 import { loadLambada } from './tasks/lambada';
 import { MMLU_CATEGORIES } from './tasks/mmlu';
 import { checkTaskNames, loadChoiceTask, TASKS } from './tasks/registry';
@@ -29,6 +30,8 @@ export interface EvalOptions {
   /** Padded tokens per forward for the lm-eval tasks. */
   batchTokens?: number;
   actBits?: number;
+  /** Layer streaming for models larger than memory (stream.ts); each task result says which mode ran. */
+  memory?: MemoryOptions;
   signal?: AbortSignal;
   onTaskStart?: (task: string, total: number) => void;
   onProgress?: (p: TaskProgress) => void;
@@ -44,6 +47,8 @@ export interface PplTaskResult {
 /** The result of any task: the fields a task reports are set (see PplTaskResult, ChoiceTaskResult, LambadaResult, MmluResult). */
 export interface TaskResult {
   seconds: number;
+  /** The forward that ran: resident, or streamed layer by layer. */
+  mode?: ForwardMode;
   ppl?: number | null;
   windows?: number;
   tokens?: number;
@@ -99,27 +104,32 @@ export async function evaluate(
         seqLen,
         maxWindows: Number.isFinite(maxWindows) ? maxWindows : undefined,
         actBits: opts.actBits,
+        memory: opts.memory,
         signal: opts.signal,
         onProgress: (q) => opts.onProgress?.({ task, ...q }),
       });
-      results[task] = { ppl: Number.isFinite(r.ppl) ? r.ppl : null, windows: r.windows, tokens: r.tokens, seconds: r.seconds };
+      results[task] = { ppl: Number.isFinite(r.ppl) ? r.ppl : null, windows: r.windows, tokens: r.tokens, seconds: r.seconds, mode: r.mode };
       continue;
     }
     const t0 = performance.now();
     const text = p.kind === 'lambada' ? p.requests : p.docs.flatMap((d) => d.requests);
     const reqs = tokenizeRequests(p.kind === 'lambada' ? encode : p.encode, text);
     opts.onTaskStart?.(task, reqs.length);
+    let mode: ForwardMode | undefined;
     const ll = await loglikelihood(model, reqs, {
       maxContext,
       batchTokens: opts.batchTokens,
       actBits: opts.actBits,
+      memory: opts.memory,
       signal: opts.signal,
+      onMode: (m) => (mode = m),
       onProgress: (q) => opts.onProgress?.({ task, windows: q.done, total: q.total, tokens: q.tokens }),
     });
     const seconds = () => (performance.now() - t0) / 1000;
     if (p.kind === 'lambada') results[task] = scoreLambada(ll, seconds());
     else if (p.kind === 'mmlu') results[task] = scoreMmlu(p.docs, ll.map((r) => r.logprob), seconds());
     else results[task] = scoreChoices(p.docs, ll.map((r) => r.logprob), TASKS[task].metrics.includes('acc_norm'), seconds());
+    results[task].mode = mode;
   }
   return results;
 }

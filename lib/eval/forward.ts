@@ -58,7 +58,7 @@ export interface LayerCaptures {
   attnIn: Float32Array; // input of q, k, v  [T, hidden]
   oIn: Float32Array; // input of o          [T, heads*headDim]
   mlpIn: Float32Array; // input of gate, up [T, hidden]
-  downIn: Float32Array; // input of down    [T, intermediate]
+  downIn?: Float32Array; // input of down  [T, intermediate] (dense MLP only: a sparse layer's experts each have their own)
 }
 
 /** Per-position NLL of next-token prediction for sequences ids [nseq, seqLen] (row-major). */
@@ -82,6 +82,12 @@ export async function scoreSequences(
     await runLayer(model, l, h, seqLen, { actBits });
   }
   throwIfAborted(opts.signal);
+  return scoreHidden(model, h, ids, seqLen, opts.topk ?? 0);
+}
+
+/** The final norm, LM head and next-token NLL of hidden states h after the last layer, for ids [nseq, seqLen]. */
+export async function scoreHidden(model: LoadedModel, h: Float32Array, ids: Int32Array, seqLen: number, topk = 0): Promise<SequenceScores> {
+  const nseq = ids.length / seqLen;
   const targets = new Int32Array(ids.length);
   for (let s = 0; s < nseq; s++) {
     for (let t = 0; t < seqLen; t++) targets[s * seqLen + t] = t + 1 < seqLen ? ids[s * seqLen + t + 1] : -1;
@@ -93,6 +99,6 @@ export async function scoreSequences(
     vocab: model.config.vocabSize,
     eps: model.config.rmsNormEps,
     targets,
-    topk: opts.topk ?? 0,
+    topk,
   });
 }

@@ -5,11 +5,13 @@
 // similar length, right-padded (harmless under causal attention; padded positions are ignored) and
 // returned in the caller's order. The forward is scoreSequences' (embedding, decoder layers, fused
 // norm + LM head + log-softmax NLL with top-1), except that the head runs only on the positions that
-// predict continuation tokens, and requests with the same input share one forward.
+// predict continuation tokens, and requests with the same input share one forward. All batches are
+// planned first, so a model that does not fit can run them layer by layer (stream.ts).
 import { LowbitError } from '../load/errors';
 import type { LoadedModel } from '../load/types';
 import { addon } from '../native/addon';
 import { embedTokens, runLayer, throwIfAborted } from './forward';
+import { ForwardMode, MemoryOptions, planMemory, streamLayers } from './stream';
 
 export interface LoglikelihoodRequest {
   context: ArrayLike<number>;
@@ -31,12 +33,21 @@ export interface LoglikelihoodOptions {
   /** Context length of the model (default: config max_position_embeddings). */
   maxContext?: number;
   actBits?: number;
+  /** Stream layers (stream.ts) when asked, or when the model does not fit maxMemory. */
+  memory?: MemoryOptions;
+  /** Told which forward ran. */
+  onMode?: (mode: ForwardMode) => void;
 }
 
-/** Padded tokens per forward that keep activations (tokens × max(intermediate, vocab/8) floats × 4) near 512 MiB. */
-export function defaultBatchTokens(model: LoadedModel): number {
-  const perToken = Math.max(model.config.intermediateSize, model.config.vocabSize / 8) * 4 * 4;
-  return Math.max(512, Math.min(16384, Math.floor((512 << 20) / perToken)));
+/** Transient activation bytes per padded token of a forward call. */
+function tokenBytes(model: LoadedModel): number {
+  return Math.max(model.config.intermediateSize, model.config.vocabSize / 8) * 4 * 4;
+}
+
+/** Padded tokens per forward that keep activations (tokens × max(intermediate, vocab/8) floats × 4) near 512 MiB,
+ *  or a quarter of a memory cap (but at least one 512-token row). */
+export function defaultBatchTokens(model: LoadedModel, maxMemory = Infinity): number {
+  return Math.max(512, Math.min(16384, Math.floor(Math.min(512 << 20, maxMemory / 4) / tokenBytes(model))));
 }
 
 export async function loglikelihood(
@@ -83,31 +94,37 @@ export async function loglikelihood(
     return a - b;
   });
 
-  const batchTokens = opts.batchTokens ?? defaultBatchTokens(model);
-  const results: LoglikelihoodResult[] = new Array(requests.length);
-  const hidden = model.config.hiddenSize;
-  let done = 0;
-  let tokens = 0;
+  const batchTokens = opts.batchTokens ?? defaultBatchTokens(model, opts.memory?.maxMemory);
+  // Batches of groups order[start, end), right-padded to the batch's longest input L.
+  const batches: { start: number; end: number; ids: Int32Array; seqLen: number }[] = [];
   for (let i = 0; i < order.length; ) {
-    throwIfAborted(opts.signal);
     const L = groups[order[i]].inp.length;
     let j = i + 1;
     // One padded length L per batch; stop where padding would exceed a fifth of a row.
     while (j < order.length && (j - i + 1) * L <= batchTokens && groups[order[j]].inp.length * 5 >= L * 4) j++;
-    const nb = j - i;
-    const ids = new Int32Array(nb * L); // right padding with id 0 (any valid id: causal attention)
-    for (let b = 0; b < nb; b++) ids.set(groups[order[i + b]].inp, b * L);
-    const h = await forwardHidden(model, ids, L, opts);
-    // Gather the hidden rows that predict continuation tokens, one set per request, and score them.
+    const ids = new Int32Array((j - i) * L); // right padding with id 0 (any valid id: causal attention)
+    for (let b = 0; b < j - i; b++) ids.set(groups[order[i + b]].inp, b * L);
+    batches.push({ start: i, end: j, ids, seqLen: L });
+    i = j;
+  }
+
+  const results: LoglikelihoodResult[] = new Array(requests.length);
+  const hidden = model.config.hiddenSize;
+  let done = 0;
+  let tokens = 0;
+  // Gathers the hidden rows that predict continuation tokens, one set per request, and scores them.
+  const score = async (bi: number, h: Float32Array) => {
+    const { start, end, seqLen: L } = batches[bi];
     let rows = 0;
-    for (let b = 0; b < nb; b++) for (const r of groups[order[i + b]].members) rows += contTokens[r].length;
+    for (let g = start; g < end; g++) for (const r of groups[order[g]].members) rows += contTokens[r].length;
     const hg = new Float32Array(rows * hidden);
     const targets = new Int32Array(rows);
     let row = 0;
-    for (let b = 0; b < nb; b++) {
-      const g = groups[order[i + b]];
-      const n = g.inp.length;
-      for (const r of g.members) {
+    for (let g = start; g < end; g++) {
+      const grp = groups[order[g]];
+      const n = grp.inp.length;
+      const b = g - start;
+      for (const r of grp.members) {
         const cont = contTokens[r];
         for (let c = 0; c < cont.length; c++) {
           const t = n - cont.length + c; // position predicting the c-th continuation token
@@ -127,9 +144,9 @@ export async function loglikelihood(
       topk: 1,
     })) as { nll: Float64Array; topIdx: Int32Array };
     row = 0;
-    for (let b = 0; b < nb; b++) {
-      const g = groups[order[i + b]];
-      for (const r of g.members) {
+    for (let g = start; g < end; g++) {
+      const grp = groups[order[g]];
+      for (const r of grp.members) {
         let lp = 0;
         let greedy = true;
         for (let c = 0; c < contTokens[r].length; c++, row++) {
@@ -139,11 +156,27 @@ export async function loglikelihood(
         results[r] = { logprob: lp, greedy };
         done++;
       }
-      tokens += g.inp.length + 1;
+      tokens += grp.inp.length + 1;
     }
     opts.onProgress?.({ done, total: requests.length, tokens });
-    i = j;
+  };
+
+  const totalTokens = batches.reduce((s, b) => s + b.ids.length, 0);
+  const plan = planMemory(model, totalTokens, batchTokens * tokenBytes(model), opts.memory);
+  if (plan.mode === 'resident') {
+    for (let bi = 0; bi < batches.length; bi++) {
+      throwIfAborted(opts.signal);
+      await score(bi, await forwardHidden(model, batches[bi].ids, batches[bi].seqLen, opts));
+    }
+  } else {
+    await streamLayers(
+      model,
+      batches,
+      { actBits: opts.actBits, signal: opts.signal, activations: plan.mode === 'streamed' ? 'memory' : 'disk', spillDir: opts.memory?.spillDir },
+      score,
+    );
   }
+  opts.onMode?.(plan.mode);
   return results;
 }
 

@@ -1,7 +1,8 @@
 // Perplexity with the GPTQ protocol: non-overlapping windows of seqLen tokens, no BOS; each window's mean
 // NLL over its seqLen-1 predicted tokens counts as seqLen tokens; ppl = exp(Σ / (windows·seqLen)).
 import type { LoadedModel } from '../load/types';
-import { scoreSequences, throwIfAborted } from './forward';
+import { scoreHidden, scoreSequences, throwIfAborted } from './forward';
+import { ForwardMode, MemoryOptions, planMemory, streamLayers } from './stream';
 
 export interface PerplexityOptions {
   seqLen?: number;
@@ -9,6 +10,8 @@ export interface PerplexityOptions {
   /** Windows per forward call (bounded by memory: activations are batch·seqLen·intermediate floats). */
   batch?: number;
   actBits?: number;
+  /** Stream layers (stream.ts) when asked, or when the model does not fit maxMemory. */
+  memory?: MemoryOptions;
   signal?: AbortSignal;
   onProgress?: (p: { windows: number; total: number; tokens: number }) => void;
 }
@@ -21,11 +24,18 @@ export interface PerplexityResult {
   /** Mean NLL of each window. */
   windowNll: number[];
   seconds: number;
+  /** Which forward ran: all layers per batch, or layer by layer over all batches. */
+  mode: ForwardMode;
 }
 
-export function defaultBatch(model: LoadedModel, seqLen: number): number {
-  const perWindow = seqLen * Math.max(model.config.intermediateSize, model.config.vocabSize / 8) * 4 * 4;
-  return Math.max(1, Math.min(8, Math.floor((512 << 20) / perWindow)));
+/** Transient activation bytes of one window in a forward call. */
+function windowBytes(model: LoadedModel, seqLen: number): number {
+  return seqLen * Math.max(model.config.intermediateSize, model.config.vocabSize / 8) * 4 * 4;
+}
+
+/** Windows per forward: transient activations near 512 MiB, or a quarter of a memory cap. */
+export function defaultBatch(model: LoadedModel, seqLen: number, maxMemory = Infinity): number {
+  return Math.max(1, Math.min(8, Math.floor(Math.min(512 << 20, maxMemory / 4) / windowBytes(model, seqLen))));
 }
 
 export async function perplexity(model: LoadedModel, ids: ArrayLike<number>, opts: PerplexityOptions = {}): Promise<PerplexityResult> {
@@ -33,20 +43,47 @@ export async function perplexity(model: LoadedModel, ids: ArrayLike<number>, opt
   let windows = Math.floor(ids.length / seqLen);
   if (opts.maxWindows !== undefined) windows = Math.min(windows, opts.maxWindows);
   if (windows < 1) throw new Error(`need at least ${seqLen} tokens for one window, have ${ids.length}`);
-  const batch = opts.batch ?? defaultBatch(model, seqLen);
+  const batch = opts.batch ?? defaultBatch(model, seqLen, opts.memory?.maxMemory);
+  const plan = planMemory(model, windows * seqLen, batch * windowBytes(model, seqLen), opts.memory);
   const t0 = performance.now();
   const windowNll: number[] = [];
-  for (let w = 0; w < windows; w += batch) {
-    throwIfAborted(opts.signal);
-    const nb = Math.min(batch, windows - w);
-    const chunk = Int32Array.from({ length: nb * seqLen }, (_, i) => ids[w * seqLen + i]);
-    const { nll } = await scoreSequences(model, chunk, seqLen, { actBits: opts.actBits, signal: opts.signal });
+  const addWindows = (nll: Float64Array, nb: number) => {
     for (let s = 0; s < nb; s++) {
       let sum = 0;
       for (let t = 0; t < seqLen - 1; t++) sum += nll[s * seqLen + t];
       windowNll.push(sum / (seqLen - 1));
     }
-    opts.onProgress?.({ windows: w + nb, total: windows, tokens: (w + nb) * seqLen });
+  };
+  const chunks: Int32Array[] = [];
+  for (let w = 0; w < windows; w += batch) {
+    const nb = Math.min(batch, windows - w);
+    chunks.push(Int32Array.from({ length: nb * seqLen }, (_, i) => ids[w * seqLen + i]));
+  }
+  if (plan.mode === 'resident') {
+    for (const chunk of chunks) {
+      throwIfAborted(opts.signal);
+      const { nll } = await scoreSequences(model, chunk, seqLen, { actBits: opts.actBits, signal: opts.signal });
+      addWindows(nll, chunk.length / seqLen);
+      opts.onProgress?.({ windows: windowNll.length, total: windows, tokens: windowNll.length * seqLen });
+    }
+  } else {
+    // Progress in window-equivalents of the (layers + 1) passes over all windows.
+    const progress = (done: number, steps: number) => {
+      const w = Math.floor((windows * done) / steps);
+      opts.onProgress?.({ windows: w, total: windows, tokens: w * seqLen });
+    };
+    await streamLayers(
+      model,
+      chunks.map((ids) => ({ ids, seqLen })),
+      {
+        actBits: opts.actBits,
+        signal: opts.signal,
+        activations: plan.mode === 'streamed' ? 'memory' : 'disk',
+        spillDir: opts.memory?.spillDir,
+        onStep: progress,
+      },
+      async (i, h) => addWindows((await scoreHidden(model, h, chunks[i], seqLen)).nll, chunks[i].length / seqLen),
+    );
   }
   const total = windowNll.reduce((a, b) => a + b * seqLen, 0);
   return {
@@ -55,5 +92,6 @@ export async function perplexity(model: LoadedModel, ids: ArrayLike<number>, opt
     tokens: windows * seqLen,
     windowNll,
     seconds: (performance.now() - t0) / 1000,
+    mode: plan.mode,
   };
 }

@@ -11,7 +11,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { LowbitError } from '../load/errors';
 import { DType, TensorToWrite, writeSafetensors } from '../load/safetensors';
-import { LINEAR_NAMES, LINEAR_TENSORS, Linear, LoadedModel } from '../load/types';
+import { layerLinears } from '../load/linears';
+import { Linear, LoadedModel } from '../load/types';
 import { isF32Array, Weight } from '../native/addon';
 import type { QuantizeReport } from '../quant/pipeline';
 import type { QuantSpec } from '../quant/spec';
@@ -70,7 +71,7 @@ export interface SaveResult {
 
 function eachLinear(model: LoadedModel, f: (lin: Linear, name: string) => void): void {
   model.weights.layers.forEach((layer, l) => {
-    for (const n of LINEAR_NAMES) f(layer.linears[n], `model.layers.${l}.${LINEAR_TENSORS[n]}`);
+    for (const r of layerLinears(layer)) f(r.lin, `model.layers.${l}.${r.path}`);
   });
 }
 
@@ -154,9 +155,10 @@ export function saveQuantized(model: LoadedModel, outDir: string, report: Quanti
     t[p + 'post_attention_layernorm.weight'] = smallTensor(layer.postAttnNorm, [c.hiddenSize], dt);
     if (layer.qNorm) t[p + 'self_attn.q_norm.weight'] = smallTensor(layer.qNorm, [c.headDim], dt);
     if (layer.kNorm) t[p + 'self_attn.k_norm.weight'] = smallTensor(layer.kNorm, [c.headDim], dt);
-    for (const n of LINEAR_NAMES) {
-      const lin = layer.linears[n];
-      const base = p + LINEAR_TENSORS[n];
+    // The router stays in full precision: its dtype, or fp32 once AWQ/SmoothQuant folded scales into it.
+    if (layer.moe) t[p + 'mlp.gate.weight'] = tensor(layer.moe.router, [c.moe!.numExperts, c.hiddenSize]);
+    for (const { path: name, lin } of layerLinears(layer)) {
+      const base = p + name;
       if (lin.bias) t[base + '.bias'] = smallTensor(lin.bias, [lin.outFeatures], dt);
       switch (format) {
         case 'dequant':

@@ -1,17 +1,18 @@
-// config.json → ModelConfig. Defaults follow transformers' config classes for the three supported
+// config.json → ModelConfig. Defaults follow transformers' config classes for the supported
 // architectures, so a config that omits a field means what it means to transformers.
 import * as fs from 'fs';
 import * as path from 'path';
 import { LowbitError, fsReason } from './errors';
-import type { Architecture, ModelConfig } from './types';
+import type { Architecture, ModelConfig, MoeConfig } from './types';
 
-export const SUPPORTED_ARCHITECTURES: readonly Architecture[] = ['Qwen3ForCausalLM', 'Qwen2ForCausalLM', 'LlamaForCausalLM'];
+export const SUPPORTED_ARCHITECTURES: readonly Architecture[] = ['Qwen3ForCausalLM', 'Qwen2ForCausalLM', 'LlamaForCausalLM', 'Qwen3MoeForCausalLM'];
 
 /** Older or hand-written configs may give only model_type. */
 const ARCH_OF_MODEL_TYPE: Record<string, Architecture> = {
   qwen3: 'Qwen3ForCausalLM',
   qwen2: 'Qwen2ForCausalLM',
   llama: 'LlamaForCausalLM',
+  qwen3_moe: 'Qwen3MoeForCausalLM',
 };
 
 /** transformers' defaults where config.json leaves a field out. */
@@ -19,6 +20,7 @@ const DEFAULTS: Record<Architecture, { maxPositionEmbeddings: number; rmsNormEps
   Qwen3ForCausalLM: { maxPositionEmbeddings: 32768, rmsNormEps: 1e-6 },
   Qwen2ForCausalLM: { maxPositionEmbeddings: 32768, rmsNormEps: 1e-6 },
   LlamaForCausalLM: { maxPositionEmbeddings: 2048, rmsNormEps: 1e-6 },
+  Qwen3MoeForCausalLM: { maxPositionEmbeddings: 32768, rmsNormEps: 1e-6 },
 };
 const DEFAULT_ROPE_THETA = 10000;
 
@@ -93,13 +95,16 @@ export function configFromJson(c: Json, file: string): ModelConfig {
 
   const attentionBias = architecture === 'Qwen2ForCausalLM' ? true : bool('attention_bias', false);
   const mlpBias = architecture === 'LlamaForCausalLM' ? bool('mlp_bias', false) : false;
+  const isMoe = architecture === 'Qwen3MoeForCausalLM';
+  const numLayers = int('num_hidden_layers');
 
   return {
     architecture,
     modelType,
     hiddenSize,
-    intermediateSize: int('intermediate_size'),
-    numLayers: int('num_hidden_layers'),
+    // Qwen3-MoE's dense layers (mlp_only_layers) use intermediate_size, 6144 by default.
+    intermediateSize: int('intermediate_size', isMoe ? 6144 : undefined),
+    numLayers,
     numHeads,
     numKvHeads,
     headDim,
@@ -107,12 +112,44 @@ export function configFromJson(c: Json, file: string): ModelConfig {
     rmsNormEps: num('rms_norm_eps', DEFAULTS[architecture].rmsNormEps),
     ropeTheta: ropeTheta(c, file),
     tieWordEmbeddings: bool('tie_word_embeddings', false),
-    qkNorm: architecture === 'Qwen3ForCausalLM',
+    qkNorm: architecture === 'Qwen3ForCausalLM' || isMoe,
     attentionBias,
     // Qwen2's o_proj never has a bias; Llama's and Qwen3's follow attention_bias.
     oBias: architecture === 'Qwen2ForCausalLM' ? false : attentionBias,
     mlpBias,
     maxPositionEmbeddings: int('max_position_embeddings', DEFAULTS[architecture].maxPositionEmbeddings),
+    ...(isMoe ? { moe: moeConfig(c, numLayers, int, bool, bad) } : {}),
+  };
+}
+
+/** Qwen3MoeConfig's fields and defaults; which layers are sparse follows Qwen3MoeDecoderLayer. */
+function moeConfig(
+  c: Json,
+  numLayers: number,
+  int: (key: string, fallback?: number) => number,
+  bool: (key: string, fallback: boolean) => boolean,
+  bad: (msg: string) => LowbitError,
+): MoeConfig {
+  // Hub configs say num_experts; transformers 5 saves the same value as num_local_experts.
+  if (c.num_experts != null && c.num_local_experts != null && c.num_experts !== c.num_local_experts) {
+    throw bad(`"num_experts" (${JSON.stringify(c.num_experts)}) and "num_local_experts" (${JSON.stringify(c.num_local_experts)}) disagree`);
+  }
+  const numExperts = int(c.num_experts != null ? 'num_experts' : 'num_local_experts', 128);
+  const topK = int('num_experts_per_tok', 8);
+  if (topK > numExperts) throw bad(`"num_experts_per_tok" (${topK}) exceeds the number of experts (${numExperts})`);
+  const step = int('decoder_sparse_step', 1);
+  const only = c.mlp_only_layers ?? [];
+  if (!Array.isArray(only) || !only.every((l) => Number.isInteger(l) && l >= 0 && l < numLayers)) {
+    throw bad(`"mlp_only_layers" must be a list of layer indices in [0, ${numLayers}), got ${JSON.stringify(c.mlp_only_layers)}`);
+  }
+  const sparseLayers: number[] = [];
+  for (let l = 0; l < numLayers; l++) if (!only.includes(l) && (l + 1) % step === 0) sparseLayers.push(l);
+  return {
+    numExperts,
+    topK,
+    expertIntermediateSize: int('moe_intermediate_size', 768),
+    normTopkProb: bool('norm_topk_prob', false),
+    sparseLayers,
   };
 }
 

@@ -2,12 +2,13 @@
 // left as views over the mapped files, the small norm and bias vectors upcast to fp32 copies.
 import * as fs from 'fs';
 import * as path from 'path';
-import { isF32Array, Weight } from '../native/addon';
+import { addon, isF32Array, Weight } from '../native/addon';
 import { parseConfig } from './config';
 import { LowbitError } from './errors';
 import { binaryWeight, isInt8Packable, packInt8, packLinear, PackedLinear, unpackOnAccess } from '../quant/packed';
 import { loadQuantizedLinear, QuantConfig, quantizationStateOf, readQuantConfig } from './quantized';
 import { CheckpointReader, Tensor, openCheckpoint } from './safetensors';
+import { expertTensor, layerLinears } from './linears';
 import {
   LINEAR_NAMES,
   LINEAR_TENSORS,
@@ -15,8 +16,12 @@ import {
   Linear,
   LinearName,
   LoadedModel,
+  MLP_LINEAR_NAMES,
+  MlpLinearName,
   ModelConfig,
   ModelWeights,
+  MoeConfig,
+  MoeWeights,
   QuantizationState,
 } from './types';
 
@@ -82,43 +87,48 @@ function buildWeights(config: ModelConfig, ckpt: CheckpointReader, qc: QuantConf
     down: config.mlpBias,
   };
 
+  const loadLinear = (base: string, out: number, inF: number, bias: boolean): PackedLinear => {
+    const packed = qc ? loadQuantizedLinear(ckpt, base, out, inF, qc) : undefined;
+    if (qc && !packed && !ckpt.has(`${base}.weight`)) {
+      throw new LowbitError('MISSING_TENSOR', `"${base}": neither ${base}.qweight (${qc.quantMethod} checkpoint) nor ${base}.weight in ${ckpt.files.join(', ')}`);
+    }
+    const lin: PackedLinear = {
+      weight: packed ? (packed.weight as Float32Array) : toWeight(get(`${base}.weight`, [out, inF])),
+      bias: bias ? toFloat32(get(`${base}.bias`, [out])) : undefined,
+      outFeatures: out,
+      inFeatures: inF,
+    };
+    if (packed?.quantized) {
+      // The forward runs from the kernel layout. The integers stay reachable (re-export, inspection): kept
+      // as they are for the int8 and dense paths, unpacked on access from the packed weights otherwise.
+      const q = packed.quantized;
+      if (packed.weight || (actBits === 8 && isInt8Packable(q))) {
+        lin.quantized = q;
+        if (!packed.weight) lin.packed = packInt8(q, out, inF);
+      } else {
+        const pw = packLinear(q, out, inF);
+        lin.packed = pw;
+        unpackOnAccess(lin, pw, q);
+      }
+    } else if (packed?.binary) {
+      // The stored tensors stay mapped (re-export); the kernels run their packed copy, so the pages they were
+      // read from can leave the RSS.
+      lin.binary = packed.binary;
+      lin.packed = binaryWeight(packed.binary, out, inF);
+      if (lin.packed.packed) for (const a of [packed.binary.codes, packed.binary.scales]) addon.adviseMapped(a, 'dontneed');
+    }
+    return lin;
+  };
+
+  const sparse = new Set(config.moe?.sparseLayers ?? []);
   const layers: LayerWeights[] = [];
   for (let i = 0; i < config.numLayers; i++) {
     const p = `model.layers.${i}.`;
-    const linears = {} as Record<LinearName, Linear>;
+    const linears = {} as LayerWeights['linears'];
     for (const n of LINEAR_NAMES) {
+      if (sparse.has(i) && MLP_LINEAR_NAMES.includes(n as MlpLinearName)) continue;
       const [out, inF] = linearShape[n];
-      const base = p + LINEAR_TENSORS[n];
-      const packed = qc ? loadQuantizedLinear(ckpt, base, out, inF, qc) : undefined;
-      if (qc && !packed && !ckpt.has(`${base}.weight`)) {
-        throw new LowbitError('MISSING_TENSOR', `"${base}": neither ${base}.qweight (${qc.quantMethod} checkpoint) nor ${base}.weight in ${ckpt.files.join(', ')}`);
-      }
-      const lin: PackedLinear = {
-        weight: packed ? (packed.weight as Float32Array) : toWeight(get(`${base}.weight`, [out, inF])),
-        bias: hasBias[n] ? toFloat32(get(`${base}.bias`, [out])) : undefined,
-        outFeatures: out,
-        inFeatures: inF,
-      };
-      if (packed?.quantized) {
-        // The forward runs from the kernel layout. The integers stay reachable (re-export, inspection): kept
-        // as they are for the int8 and dense paths, unpacked on access from the packed weights otherwise.
-        const q = packed.quantized;
-        if (packed.weight || (actBits === 8 && isInt8Packable(q))) {
-          lin.quantized = q;
-          if (!packed.weight) lin.packed = packInt8(q, out, inF);
-        } else {
-          const p = packLinear(q, out, inF);
-          lin.packed = p;
-          unpackOnAccess(lin, p, q);
-        }
-      } else if (packed?.binary) {
-        // The stored tensors stay mapped (re-export); the kernels run their packed copy, so their pages can
-        // leave the RSS.
-        lin.binary = packed.binary;
-        lin.packed = binaryWeight(packed.binary, out, inF);
-        if (lin.packed.packed) for (const k of ['codes', 'scales']) ckpt.release(ckpt.get(`${base}.${k}`));
-      }
-      linears[n] = lin;
+      linears[n] = loadLinear(p + LINEAR_TENSORS[n], out, inF, hasBias[n]);
     }
     layers.push({
       inputNorm: toFloat32(get(`${p}input_layernorm.weight`, [h])),
@@ -126,6 +136,7 @@ function buildWeights(config: ModelConfig, ckpt: CheckpointReader, qc: QuantConf
       qNorm: config.qkNorm ? toFloat32(get(`${p}self_attn.q_norm.weight`, [headDim])) : undefined,
       kNorm: config.qkNorm ? toFloat32(get(`${p}self_attn.k_norm.weight`, [headDim])) : undefined,
       linears,
+      moe: sparse.has(i) ? loadMoe(config.moe!, p, h, ckpt, get, loadLinear, !!qc) : undefined,
     });
   }
 
@@ -133,6 +144,55 @@ function buildWeights(config: ModelConfig, ckpt: CheckpointReader, qc: QuantConf
   // Tied models share one matrix; transformers ties even when the file also stores lm_head, so do we.
   const lmHead = config.tieWordEmbeddings ? embed : toWeight(get('lm_head.weight', [vocabSize, h]));
   return { embed, layers, finalNorm: toFloat32(get('model.norm.weight', [h])), lmHead };
+}
+
+/**
+ * A sparse MLP's router and experts. Checkpoints on the Hub (and transformers' save_pretrained) hold one
+ * tensor per expert linear, mlp.experts.{e}.{gate,up,down}_proj.weight; transformers 5's in-memory layout
+ * (a state_dict saved as is) fuses them: mlp.experts.gate_up_proj [E, 2·I, H] (each expert's gate rows,
+ * then its up rows) and mlp.experts.down_proj [E, H, I]. Both are read as zero-copy views.
+ */
+function loadMoe(
+  moe: MoeConfig,
+  p: string,
+  h: number,
+  ckpt: CheckpointReader,
+  get: (name: string, shape: number[]) => Tensor,
+  loadLinear: (base: string, out: number, inF: number, bias: boolean) => PackedLinear,
+  quantized: boolean,
+): MoeWeights {
+  const { numExperts: E, expertIntermediateSize: I } = moe;
+  const router = toWeight(get(`${p}mlp.gate.weight`, [E, h]));
+  const fused = `${p}mlp.experts.gate_up_proj`;
+  if (!ckpt.has(`${p}${expertTensor(0, 'gate')}.weight`) && ckpt.has(fused)) {
+    if (quantized) throw new LowbitError('UNSUPPORTED', `${fused}: fused expert tensors in a quantized checkpoint are not supported`);
+    const gateUp = get(fused, [E, 2 * I, h]);
+    const down = get(`${p}mlp.experts.down_proj`, [E, h, I]);
+    const dense = (w: Weight, out: number, inF: number): Linear => ({ weight: w, outFeatures: out, inFeatures: inF });
+    return {
+      router,
+      experts: Array.from({ length: E }, (_, e) => ({
+        gate: dense(rowsOf(gateUp, 2 * e * I, I, h), I, h),
+        up: dense(rowsOf(gateUp, (2 * e + 1) * I, I, h), I, h),
+        down: dense(rowsOf(down, e * h, h, I), h, I),
+      })),
+    };
+  }
+  return {
+    router,
+    experts: Array.from({ length: E }, (_, e) => ({
+      gate: loadLinear(p + expertTensor(e, 'gate'), I, h, false),
+      up: loadLinear(p + expertTensor(e, 'up'), I, h, false),
+      down: loadLinear(p + expertTensor(e, 'down'), h, I, false),
+    })),
+  };
+}
+
+/** Rows [first, first+count) of a row-major tensor with `cols` columns, as a view. */
+function rowsOf(t: Tensor, first: number, count: number, cols: number): Weight {
+  const w = toWeight(t);
+  if (isF32Array(w)) return w.subarray(first * cols, (first + count) * cols);
+  return { data: w.data.subarray(first * cols, (first + count) * cols), dtype: w.dtype };
 }
 
 /** Zero-copy: the kernels take fp32 as is and bf16/f16 as their bits. */
@@ -193,12 +253,12 @@ export function namedTensors(model: LoadedModel): [string, Weight][] {
     out.push([`${p}input_layernorm.weight`, layer.inputNorm], [`${p}post_attention_layernorm.weight`, layer.postAttnNorm]);
     if (layer.qNorm) out.push([`${p}self_attn.q_norm.weight`, layer.qNorm]);
     if (layer.kNorm) out.push([`${p}self_attn.k_norm.weight`, layer.kNorm]);
-    for (const n of LINEAR_NAMES) {
-      const lin = layer.linears[n];
+    for (const { path: name, lin } of layerLinears(layer)) {
       // Packed linears hold integers and finite scales checked at load; only dense weights are scanned.
-      if (lin.weight) out.push([`${p}${LINEAR_TENSORS[n]}.weight`, lin.weight]);
-      if (lin.bias) out.push([`${p}${LINEAR_TENSORS[n]}.bias`, lin.bias]);
+      if (lin.weight) out.push([`${p}${name}.weight`, lin.weight]);
+      if (lin.bias) out.push([`${p}${name}.bias`, lin.bias]);
     }
+    if (layer.moe) out.push([`${p}mlp.gate.weight`, layer.moe.router]);
   });
   out.push(['model.norm.weight', w.finalNorm]);
   if (w.lmHead !== w.embed) out.push(['lm_head.weight', w.lmHead]);

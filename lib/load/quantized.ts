@@ -8,6 +8,7 @@ import { awqShapes, unpackAwq } from '../export/awq-format';
 import { GptqCheckpointFormat, gptqShapes, unpackGptq } from '../export/gptq-format';
 import { binaryShapes } from '../export/lowbit-format';
 import { dequantize, fromF16Bits, streamWords, unpackAlongInput } from '../export/pack';
+import { addon } from '../native/addon';
 import type { BinaryTensor, QuantizedTensor } from '../quant/weights';
 import { defaultSpec, Method, METHODS, QuantSpec } from '../quant/spec';
 import { LowbitError } from './errors';
@@ -213,7 +214,7 @@ export function loadQuantizedLinear(ckpt: CheckpointReader, base: string, out: n
       if (Math.abs(src[k]) >= mid) throw new LowbitError('BAD_CHECKPOINT', `${qw.file}: tensor "${qw.name}"[${k}] = ${src[k]} is outside ±${mid - 1} for ${qc.bits}-bit weights (${qc.file})`);
       qweight[k] = src[k] + mid;
     }
-    q = { bits: qc.bits, groupSize: -1, sym: true, qweight, scales: Float32Array.from(sc.data as Float32Array), zeros: new Float32Array(out).fill(mid), gIdx: new Int32Array(inF) };
+    q = { bits: qc.bits, groupSize: -1, sym: true, qweight, scales: Float32Array.from(sc.data as Float32Array), zeros: new Float32Array(out).fill(mid) };
   } else {
     // lowbit uint: GPTQ bit stream, plain U8 zeros, fp32 scales
     const ng = ngroupsOf(qc, inF, base, qw.file);
@@ -240,7 +241,7 @@ export function loadQuantizedLinear(ckpt: CheckpointReader, base: string, out: n
     q = { bits: qc.bits, groupSize: qc.groupSize, sym: qc.sym, qweight: unpackAlongInput(qw.data as Int32Array, out, inF, qc.bits), scales, zeros, gIdx: checkGIdx(gt, ng) };
   }
   // Everything was copied out of the file (unpacked integers, fp32 scales): its pages can leave the RSS.
-  for (const k of ['qweight', 'qzeros', 'scales', 'g_idx']) if (ckpt.has(`${base}.${k}`)) ckpt.release(ckpt.get(`${base}.${k}`));
+  for (const k of ['qweight', 'qzeros', 'scales', 'g_idx']) if (ckpt.has(`${base}.${k}`)) addon.adviseMapped(ckpt.get(`${base}.${k}`).data, 'dontneed');
   // Packable widths run from the packed kernels and are never expanded; other widths are dequantized.
   return PACKED_BITS.includes(q.bits) ? { quantized: q } : { weight: dequantize(q, inF), quantized: q };
 }

@@ -160,12 +160,6 @@ export class SafetensorsFile {
     }
     return { name, dtype: t.dtype, shape: t.shape.slice(), data, file: this.path };
   }
-
-  /** Drops the pages of a tensor read from this file out of the process's resident set (they stay in the
-   *  page cache; reading the view again faults them back in). For tensors copied out and no longer read. */
-  release(t: Tensor): void {
-    if (t.data.buffer === this.buffer) addon.releasePages(this.buffer, t.data.byteOffset, t.data.byteLength);
-  }
 }
 
 function parseMetadata(entry: unknown, bad: (msg: string) => LowbitError): Record<string, string> {
@@ -245,11 +239,6 @@ export class CheckpointReader {
         }
       }
     }
-  }
-
-  /** See SafetensorsFile.release. */
-  release(t: Tensor): void {
-    this.owner.get(t.name)?.release(t);
   }
 
   has(name: string): boolean {

@@ -5,7 +5,7 @@ import type { QuantizedTensor } from '../quant/weights';
 
 export type { QuantizedTensor };
 
-export type Architecture = 'Qwen3ForCausalLM' | 'Qwen2ForCausalLM' | 'LlamaForCausalLM';
+export type Architecture = 'Qwen3ForCausalLM' | 'Qwen2ForCausalLM' | 'LlamaForCausalLM' | 'Qwen3MoeForCausalLM';
 
 export interface ModelConfig {
   architecture: Architecture;
@@ -25,10 +25,24 @@ export interface ModelConfig {
   oBias: boolean; // o_proj has a bias: attention_bias for Llama/Qwen3, never for Qwen2
   mlpBias: boolean; // gate/up/down have biases: Llama mlp_bias
   maxPositionEmbeddings: number;
+  /** Qwen3-MoE: the sparse MLP of the layers listed in `sparseLayers` (the others keep a dense MLP). */
+  moe?: MoeConfig;
+}
+
+export interface MoeConfig {
+  numExperts: number; // num_experts (transformers 5 writes num_local_experts)
+  topK: number; // num_experts_per_tok
+  expertIntermediateSize: number; // moe_intermediate_size
+  /** Renormalize the top-k routing probabilities to sum to 1. */
+  normTopkProb: boolean;
+  /** Layer indices with a sparse MLP: (l+1) % decoder_sparse_step == 0 and l not in mlp_only_layers. */
+  sparseLayers: number[];
 }
 
 export type LinearName = 'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down';
 export const LINEAR_NAMES: readonly LinearName[] = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'];
+export type MlpLinearName = 'gate' | 'up' | 'down';
+export const MLP_LINEAR_NAMES: readonly MlpLinearName[] = ['gate', 'up', 'down'];
 /** HF tensor names of each linear inside a decoder layer. */
 export const LINEAR_TENSORS: Record<LinearName, string> = {
   q: 'self_attn.q_proj',
@@ -58,7 +72,15 @@ export interface LayerWeights {
   postAttnNorm: Float32Array; // [hidden]
   qNorm?: Float32Array; // [headDim], Qwen3
   kNorm?: Float32Array; // [headDim], Qwen3
-  linears: Record<LinearName, Linear>;
+  /** A sparse (MoE) layer has no dense gate/up/down: its MLP is `moe`. */
+  linears: Record<Exclude<LinearName, MlpLinearName>, Linear> & Partial<Record<MlpLinearName, Linear>>;
+  moe?: MoeWeights;
+}
+
+/** A sparse MLP: the router (kept in full precision, never quantized) and each expert's SwiGLU linears. */
+export interface MoeWeights {
+  router: Weight; // mlp.gate.weight [numExperts, hidden]
+  experts: Record<MlpLinearName, Linear>[];
 }
 
 export interface ModelWeights {

@@ -12,7 +12,6 @@ export type Weight = Float32Array | WeightView;
 
 export interface NativeAddon {
   mmapFile(path: string): ArrayBuffer;
-  releasePages(buffer: ArrayBuffer, offset: number, length: number): void;
   simdLevel(cap?: 'scalar' | 'avx2' | 'avx512'): string;
   setThreads(n: number): number;
   getThreads(): number;

@@ -53,7 +53,8 @@ export class GpuGptq {
   }
 
   private async solve(l: number, name: LinearName, spec: QuantSpec, cancel: Int32Array): Promise<LinearReport> {
-    const lin = this.model.weights.layers[l].linears[name];
+    // Dense layers only: pipeline.ts keeps Qwen3-MoE models on the CPU path.
+    const lin = this.model.weights.layers[l].linears[name]!;
     const r = await addon.gpuQuantGptq(this.handle, name, {
       bits: spec.wbits,
       groupSize: spec.groupSize,

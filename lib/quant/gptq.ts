@@ -1,9 +1,13 @@
 // GPTQ over one decoder layer: Hessians H = 2/n·Σ XᵀX of each linear's inputs, accumulated as calibration
 // batches stream through the layer, then the native column-by-column solver. With true-sequential, each
 // subset ([k,v,q] → [o] → [up,gate] → [down]) sees the inputs produced by the already-quantized ones.
+// In a sparse (MoE) layer every expert's up/gate and down take the place of the dense MLP's (experts.ts
+// says which tokens each expert's Hessians come from).
 import { checkFiniteStatistic, LayerInputs } from '../calibrate/activations';
+import { CoverageCounter, ExpertBatch, ExpertCoverage, expertHidden } from '../calibrate/experts';
 import type { LayerCaptures } from '../eval/forward';
-import type { LinearName, LoadedModel } from '../load/types';
+import { LinearRef, layerLinears } from '../load/linears';
+import type { LinearName, LoadedModel, MlpLinearName } from '../load/types';
 import { addon } from '../native/addon';
 import type { QuantSpec } from './spec';
 import { install } from './weights';
@@ -18,6 +22,7 @@ export const ALL_AT_ONCE: LinearName[][] = [['q', 'k', 'v', 'o', 'gate', 'up', '
 export interface LinearReport {
   layer: number;
   name: LinearName;
+  expert?: number;
   loss?: number;
   deadColumns?: number;
   avgBits?: number;
@@ -35,13 +40,22 @@ export async function collectHessians(
   const H = new Map<keyof LayerCaptures, Float32Array>();
   for (const n of names) {
     const k = INPUT_OF[n];
-    if (!H.has(k)) H.set(k, new Float32Array(lins[n].inFeatures * lins[n].inFeatures));
+    const cols = lins[n]!.inFeatures;
+    if (!H.has(k)) H.set(k, new Float32Array(cols * cols));
   }
   await inputs.capture(model, l, async (cap) => {
-    for (const [k, h] of H) await addon.hessianAccumulate(h, cap[k], 2 / inputs.nsamples);
+    for (const [k, h] of H) await addon.hessianAccumulate(h, cap[k]!, 2 / inputs.nsamples);
   }, signal);
   for (const [k, h] of H) checkFiniteStatistic(h, `model.layers.${l}.${names.filter((n) => INPUT_OF[n] === k).join('/')}`);
   return H;
+}
+
+export type HessianSolver = (ref: LinearRef, H: Float32Array) => Promise<LinearReport>;
+
+export interface HessianLayerResult {
+  linears: LinearReport[];
+  /** Sparse layers: the experts' calibration coverage. */
+  coverage?: ExpertCoverage;
 }
 
 /** Quantizes layer l's linears with a Hessian-based solver (GPTQ here; BiLLM reuses the same schedule). */
@@ -50,25 +64,119 @@ export async function hessianLayer(
   l: number,
   inputs: LayerInputs,
   spec: QuantSpec,
-  solve: (name: LinearName, H: Float32Array) => Promise<LinearReport>,
+  solve: HessianSolver,
   signal?: AbortSignal,
   onStage?: (stage: string) => void,
-): Promise<LinearReport[]> {
+): Promise<HessianLayerResult> {
+  const layer = model.weights.layers[l];
+  const refs = layerLinears(layer);
+  const ref = (name: LinearName, expert?: number) => refs.find((r) => r.kind === name && r.expert === expert)!;
   const reports: LinearReport[] = [];
-  for (const subset of spec.trueSequential ? SEQUENTIAL_SUBSETS : ALL_AT_ONCE) {
-    onStage?.(`hessian ${subset.join(',')}`);
-    const H = await collectHessians(model, l, inputs, subset, signal);
-    for (const name of subset) {
-      onStage?.(`solve ${name}`);
-      reports.push(await solve(name, H.get(INPUT_OF[name])!));
+  if (!layer.moe) {
+    for (const subset of spec.trueSequential ? SEQUENTIAL_SUBSETS : ALL_AT_ONCE) {
+      onStage?.(`hessian ${subset.join(',')}`);
+      const H = await collectHessians(model, l, inputs, subset, signal);
+      for (const name of subset) {
+        onStage?.(`solve ${name}`);
+        reports.push(await solve(ref(name), H.get(INPUT_OF[name])!));
+      }
     }
+    return { linears: reports };
   }
-  return reports;
+  // Sparse layer: attention as above, then the experts. Without true-sequential every Hessian is
+  // collected from the unquantized layer before anything is solved.
+  const E = layer.moe.experts.length;
+  const cov = new CoverageCounter(l, E, spec.moeCalib ?? 'all');
+  // Each step collects its Hessians and returns the solves that use them.
+  type Step = () => Promise<() => Promise<void>>;
+  const solveExperts = (names: MlpLinearName[], H: Float32Array[]) => async () => {
+    onStage?.(`solve experts ${names.join(',')}`);
+    for (let e = 0; e < E; e++) for (const name of names) reports.push(await solve(ref(name, e), H[e]));
+  };
+  const steps: Step[] = [
+    ...(spec.trueSequential ? ATTN_SUBSETS : [ATTN_SUBSETS.flat()]).map((subset): Step => async () => {
+      onStage?.(`hessian ${subset.join(',')}`);
+      const H = await collectHessians(model, l, inputs, subset, signal);
+      return async () => {
+        for (const name of subset) reports.push(await solve(ref(name), H.get(INPUT_OF[name])!));
+      };
+    }),
+    async () => {
+      onStage?.('hessian experts up,gate');
+      return solveExperts(['up', 'gate'], await collectExpertInputHessians(model, l, inputs, cov, signal));
+    },
+    async () => {
+      onStage?.('hessian experts down');
+      return solveExperts(['down'], await collectExpertDownHessians(model, l, inputs, cov, signal));
+    },
+  ];
+  if (spec.trueSequential) {
+    for (const step of steps) await (await step())();
+  } else {
+    const solves = [];
+    for (const step of steps) solves.push(await step());
+    for (const run of solves) await run();
+  }
+  return { linears: reports, coverage: cov.report() };
 }
 
-export function gptqSolver(model: LoadedModel, l: number, spec: QuantSpec, cancel: Int32Array) {
-  return async (name: LinearName, H: Float32Array): Promise<LinearReport> => {
-    const lin = model.weights.layers[l].linears[name];
+const ATTN_SUBSETS: LinearName[][] = [['k', 'v', 'q'], ['o']];
+
+/**
+ * Hessians of every expert's up/gate input. All experts read the layer's MLP input: in 'all' mode they
+ * share one Hessian over every token; in 'routed' mode each gets its own over its routed tokens (an
+ * expert no token reached falls back to the shared one). Counts the routing into `cov`.
+ */
+async function collectExpertInputHessians(
+  model: LoadedModel,
+  l: number,
+  inputs: LayerInputs,
+  cov: CoverageCounter,
+  signal?: AbortSignal,
+): Promise<Float32Array[]> {
+  const h = model.config.hiddenSize;
+  const E = model.config.moe!.numExperts;
+  const shared = new Float32Array(h * h);
+  const own: (Float32Array | undefined)[] = new Array(E);
+  const alpha = 2 / inputs.nsamples;
+  await inputs.capture(model, l, async (cap) => {
+    const b = await ExpertBatch.of(model, l, cap.mlpIn);
+    cov.add(b);
+    await addon.hessianAccumulate(shared, cap.mlpIn, alpha);
+    if (cov.mode === 'all') return;
+    for (let e = 0; e < E; e++) {
+      if (!b.routedRows[e].length) continue;
+      await addon.hessianAccumulate((own[e] ??= new Float32Array(h * h)), b.input(e, false), alpha);
+    }
+  }, signal);
+  checkFiniteStatistic(shared, `model.layers.${l}.experts.up/gate`);
+  own.forEach((h, e) => h && checkFiniteStatistic(h, `model.layers.${l}.experts.${e}.up/gate`));
+  return Array.from({ length: E }, (_, e) => (cov.usesAll(e) ? shared : own[e]!));
+}
+
+/** Hessians of each expert's down_proj input, from the tokens collectExpertInputHessians settled on. */
+async function collectExpertDownHessians(
+  model: LoadedModel,
+  l: number,
+  inputs: LayerInputs,
+  cov: CoverageCounter,
+  signal?: AbortSignal,
+): Promise<Float32Array[]> {
+  const { numExperts: E, expertIntermediateSize: I } = model.config.moe!;
+  const H = Array.from({ length: E }, () => new Float32Array(I * I));
+  await inputs.capture(model, l, async (cap) => {
+    const b = await ExpertBatch.of(model, l, cap.mlpIn);
+    for (let e = 0; e < E; e++) {
+      const x = b.input(e, cov.usesAll(e));
+      if (x.length) await addon.hessianAccumulate(H[e], await expertHidden(model, l, e, x), 2 / inputs.nsamples);
+    }
+  }, signal);
+  H.forEach((h, e) => checkFiniteStatistic(h, `model.layers.${l}.experts.${e}.down`));
+  return H;
+}
+
+export function gptqSolver(l: number, spec: QuantSpec, cancel: Int32Array): HessianSolver {
+  return async ({ lin, kind: name, expert }: LinearRef, H: Float32Array): Promise<LinearReport> => {
     const r = await addon.gptqQuantize(lin.weight, H, {
       rows: lin.outFeatures,
       cols: lin.inFeatures,
@@ -90,6 +198,6 @@ export function gptqSolver(model: LoadedModel, l: number, spec: QuantSpec, cance
       zeros: r.zeros,
       gIdx: r.gIdx,
     });
-    return { layer: l, name, loss: r.loss, deadColumns: r.deadColumns };
+    return { layer: l, name, expert, loss: r.loss, deadColumns: r.deadColumns };
   };
 }

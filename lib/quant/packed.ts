@@ -1,7 +1,8 @@
 // Packed low-bit weights for inference: a QuantizedTensor (integers + group scales/zeros) packed into the
-// CPU kernels' layout (native/cpu/packed.h), BiLLM binary weights as stored (native/cpu/binary.h), and a
-// model whose linears run from packed weights only.
-import { LINEAR_NAMES, LoadedModel } from '../load/types';
+// CPU kernels' layout (native/cpu/packed.h), BiLLM binary weights (native/cpu/binary.h), and a model whose
+// linears run from packed weights only.
+import { layerLinears } from '../load/linears';
+import type { LoadedModel } from '../load/types';
 import { addon } from '../native/addon';
 import type { BinaryTensor, QuantizedLinear, QuantizedTensor } from './weights';
 
@@ -110,8 +111,8 @@ export function attachPacked(model: LoadedModel, opts: AttachOptions = {}): numb
   const w8a8 = (opts.int8 ?? true) && model.quantization?.actBits === 8;
   let n = 0;
   for (const layer of model.weights.layers) {
-    for (const name of LINEAR_NAMES) {
-      const lin = layer.linears[name] as PackedLinear;
+    for (const ref of layerLinears(layer)) {
+      const lin = ref.lin as PackedLinear;
       const q = lin.quantized;
       if (lin.binary) lin.packed = binaryWeight(lin.binary, lin.outFeatures, lin.inFeatures);
       else if (!q) continue;

@@ -5,8 +5,10 @@ import type { CalibrationSet } from '../calibrate/calibration';
 import { DeviceSpec, deviceName, resolveDevice } from '../eval/cuda';
 import { throwIfAborted } from '../eval/forward';
 import { LowbitError } from '../load/errors';
+import type { ExpertCoverage, MoeCalib } from '../calibrate/experts';
+import { layerLinears } from '../load/linears';
 import { scanNonFinite } from '../load/model';
-import { LINEAR_NAMES, LoadedModel } from '../load/types';
+import type { LoadedModel } from '../load/types';
 import { awqLayer } from './awq';
 import { billmQuantize } from './billm';
 import { gptqSolver, hessianLayer, LinearReport } from './gptq';
@@ -43,6 +45,9 @@ export interface QuantizeReport {
   device: string;
   /** GPU runs: device memory in use at the fullest point, beyond what was in use before (bytes) */
   gpuPeakBytes?: number;
+  /** MoE models with a calibrated method: per sparse layer, the tokens routed to each expert and the
+   *  tokens its statistics came from. */
+  experts?: { mode: MoeCalib; layers: ExpertCoverage[] };
 }
 
 /**
@@ -75,16 +80,22 @@ export function checkSpecForModel(model: LoadedModel, spec: QuantSpec): void {
   }
   if (spec.groupSize <= 0) return;
   model.weights.layers.forEach((layer, l) => {
-    for (const n of LINEAR_NAMES) {
-      const lin = layer.linears[n];
+    for (const { lin, kind, expert } of layerLinears(layer)) {
       if (lin.inFeatures % spec.groupSize) {
+        const name = `model.layers.${l}.${expert === undefined ? '' : `experts.${expert}.`}${kind}`;
         throw new LowbitError(
           'BAD_ARGUMENT',
-          `--group-size ${spec.groupSize} does not divide in_features ${lin.inFeatures} of model.layers.${l}.${n} (use a divisor or perchannel)`,
+          `--group-size ${spec.groupSize} does not divide in_features ${lin.inFeatures} of ${name} (use a divisor or perchannel)`,
         );
       }
     }
   });
+}
+
+/** The GPU GPTQ session has no sparse (MoE) layers: those models quantize on the CPU (the report's device says so). */
+function gptqDevice(model: LoadedModel, requested: QuantizeOptions['device']): DeviceSpec {
+  if (model.config.moe) return { type: 'cpu' };
+  return typeof requested === 'object' ? requested : resolveDevice(requested);
 }
 
 /**
@@ -99,10 +110,12 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
   const cancel = new Int32Array(1);
   const onAbort = () => (cancel[0] = 1);
   signal?.addEventListener('abort', onAbort);
-  const device = spec.method === 'gptq' ? (typeof opts.device === 'object' ? opts.device : resolveDevice(opts.device)) : ({ type: 'cpu' } as const);
+  const device = spec.method === 'gptq' ? gptqDevice(model, opts.device) : ({ type: 'cpu' } as const);
   const linears: LinearReport[] = [];
   let gpu: GpuGptq | undefined;
   let gpuPeakBytes: number | undefined;
+  const coverage: ExpertCoverage[] = [];
+  const covered = (c: ExpertCoverage | undefined) => c && coverage.push(c);
   let bitsWeighted = 0;
   let weights = 0;
   try {
@@ -126,21 +139,22 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
       switch (spec.method) {
         case 'rtn':
           stage('rtn');
-          for (const n of LINEAR_NAMES) await rtnLinear(layer.linears[n], spec);
+          for (const { lin } of layerLinears(layer)) await rtnLinear(lin, spec);
           break;
-        case 'gptq':
+        case 'gptq': {
           if (gpu) {
             linears.push(...(await gpu.layer(l, spec, cancel, signal, stage)));
             break;
           }
-          linears.push(...(await hessianLayer(model, l, inputs!, spec, gptqSolver(model, l, spec, cancel), signal, stage)));
+          const r = await hessianLayer(model, l, inputs!, spec, gptqSolver(l, spec, cancel), signal, stage);
+          linears.push(...r.linears);
+          covered(r.coverage);
           stage('propagate');
           await inputs!.propagate(model, l, signal);
           break;
-        case 'billm':
-          linears.push(
-            ...(await hessianLayer(model, l, inputs!, spec, async (name, H) => {
-              const lin = layer.linears[name];
+        }
+        case 'billm': {
+          const res = await hessianLayer(model, l, inputs!, spec, async ({ lin, kind: name, expert }, H) => {
               const r = await billmQuantize(lin.weight, H, {
                 rows: lin.outFeatures,
                 cols: lin.inFeatures,
@@ -152,20 +166,22 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
               install(lin, r.weight, undefined, r.binary);
               bitsWeighted += r.avgBits * lin.outFeatures * lin.inFeatures;
               weights += lin.outFeatures * lin.inFeatures;
-              return { layer: l, name, avgBits: r.avgBits };
-            }, signal, stage)),
-          );
+              return { layer: l, name, expert, avgBits: r.avgBits };
+            }, signal, stage);
+          linears.push(...res.linears);
+          covered(res.coverage);
           stage('propagate');
           await inputs!.propagate(model, l, signal);
           break;
+        }
         case 'awq':
-          await awqLayer(model, l, inputs!, spec, cancel, signal, stage);
+          covered(await awqLayer(model, l, inputs!, spec, cancel, signal, stage));
           break;
         case 'smoothquant':
         case 'naive':
           if (inputs) {
             stage('smooth');
-            await smoothLayer(model, l, inputs, spec.alpha, signal);
+            covered(await smoothLayer(model, l, inputs, spec.alpha, signal));
           }
           stage('quantize');
           await quantizeLayerWeightsSym(layer, spec);
@@ -187,5 +203,6 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
     avgBits: weights ? bitsWeighted / weights : undefined,
     device: deviceName(device),
     gpuPeakBytes,
+    experts: coverage.length ? { mode: spec.moeCalib ?? 'all', layers: coverage } : undefined,
   };
 }

@@ -3,7 +3,9 @@
 // (→ gate,up); weights then per-output-channel symmetric, activations per-token dynamic symmetric at
 // every linear input (applied by the forward from model.quantization.actBits).
 import { checkFiniteStatistic, LayerInputs } from '../calibrate/activations';
-import type { LayerWeights, LinearName, LoadedModel } from '../load/types';
+import { CoverageCounter, ExpertBatch, ExpertCoverage } from '../calibrate/experts';
+import { denseMlp, layerLinears } from '../load/linears';
+import type { LayerWeights, Linear, LoadedModel } from '../load/types';
 import { rtnQuantize } from './rtn';
 import type { QuantSpec } from './spec';
 import { install, scaleColumns, toF32 } from './weights';
@@ -30,34 +32,45 @@ export function smoothingScales(actMax: Float32Array, weights: Float32Array[], c
   return s;
 }
 
-/** Calibrates and folds the smoothing scales of layer l (fp weights), moving the inputs on to the next layer. */
-export async function smoothLayer(model: LoadedModel, l: number, inputs: LayerInputs, alpha: number, signal?: AbortSignal): Promise<void> {
+/**
+ * Calibrates and folds the smoothing scales of layer l (fp weights), moving the inputs on to the next layer.
+ * In a sparse layer the post-attention norm feeds every expert's gate/up and the router: all take the
+ * scales (the router, as in SmoothQuant's Mixtral code, counts in max|W| and stays unquantized). The
+ * statistics are of that shared input, so every expert is calibrated on every token whatever the mode;
+ * the routed counts are still reported.
+ */
+export async function smoothLayer(model: LoadedModel, l: number, inputs: LayerInputs, alpha: number, signal?: AbortSignal): Promise<ExpertCoverage | undefined> {
   const layer: LayerWeights = model.weights.layers[l];
   const hidden = model.config.hiddenSize;
   const attnMax = new Float32Array(hidden);
   const mlpMax = new Float32Array(hidden);
+  const cov = layer.moe ? new CoverageCounter(l, layer.moe.experts.length, 'all') : undefined;
   await inputs.propagate(model, l, signal, async (c) => {
     absmaxInto(attnMax, c.attnIn);
     absmaxInto(mlpMax, c.mlpIn);
+    if (cov) cov.add(await ExpertBatch.of(model, l, c.mlpIn));
   });
   checkFiniteStatistic(attnMax, `model.layers.${l}.q/k/v`);
   checkFiniteStatistic(mlpMax, `model.layers.${l}.gate/up`);
-  const folds: ['inputNorm' | 'postAttnNorm', LinearName[], Float32Array][] = [
-    ['inputNorm', ['q', 'k', 'v'], attnMax],
-    ['postAttnNorm', ['gate', 'up'], mlpMax],
+  const mlpIn: Linear[] = layer.moe ? layer.moe.experts.flatMap((e) => [e.gate, e.up]) : [denseMlp(layer, 'gate', `model.layers.${l}`), denseMlp(layer, 'up', `model.layers.${l}`)];
+  const folds: ['inputNorm' | 'postAttnNorm', Linear[], Float32Array][] = [
+    ['inputNorm', [layer.linears.q, layer.linears.k, layer.linears.v], attnMax],
+    ['postAttnNorm', mlpIn, mlpMax],
   ];
-  for (const [norm, names, amax] of folds) {
-    const ws = names.map((n) => toF32(layer.linears[n].weight));
-    const s = smoothingScales(amax, ws, hidden, alpha);
+  for (const [norm, lins, amax] of folds) {
+    const ws = lins.map((lin) => toF32(lin.weight));
+    const router = norm === 'postAttnNorm' && layer.moe ? toF32(layer.moe.router) : undefined;
+    const s = smoothingScales(amax, router ? [...ws, router] : ws, hidden, alpha);
     for (let j = 0; j < hidden; j++) layer[norm][j] /= s[j];
-    names.forEach((n, i) => install(layer.linears[n], scaleColumns(ws[i], hidden, s)));
+    lins.forEach((lin, i) => install(lin, scaleColumns(ws[i], hidden, s)));
+    if (router) layer.moe!.router = scaleColumns(router, hidden, s);
   }
+  return cov?.report();
 }
 
-/** Per-output-channel symmetric absmax weights for every linear of layer l. */
+/** Per-output-channel symmetric absmax weights for every linear of layer l (a router stays as it is). */
 export async function quantizeLayerWeightsSym(layer: LayerWeights, spec: QuantSpec): Promise<void> {
-  for (const n of Object.keys(layer.linears) as LinearName[]) {
-    const lin = layer.linears[n];
+  for (const { lin } of layerLinears(layer)) {
     const { weight, q } = await rtnQuantize(lin.weight, lin.outFeatures, lin.inFeatures, spec.wbits, -1, { grid: 'absmax' });
     install(lin, weight, q);
   }

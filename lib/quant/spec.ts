@@ -1,5 +1,6 @@
 // Quantization settings: the typed options of the API and the compact SPEC strings of the CLI
 // (METHOD:w<bits>[a<abits>][g<size>|perchannel][,option…], e.g. gptq:w4g128, smoothquant:w4a8, billm:w1g128).
+import { MOE_CALIB_MODES, MoeCalib } from '../calibrate/experts';
 import { LowbitError } from '../load/errors';
 
 export type Method = 'rtn' | 'gptq' | 'awq' | 'smoothquant' | 'naive' | 'billm';
@@ -25,6 +26,8 @@ export interface QuantSpec {
   nsamples: number;
   calibSeqLen: number;
   seed: number;
+  /** MoE layers: which tokens each expert's statistics come from; absent means 'all' (experts.ts). */
+  moeCalib?: MoeCalib;
 }
 
 export function defaultSpec(method: Method): QuantSpec {
@@ -73,10 +76,13 @@ export function validateSpec(s: QuantSpec): QuantSpec {
   if (!(s.alpha >= 0 && s.alpha <= 1)) bad(`--alpha must be in [0, 1], got ${s.alpha}`);
   if (!Number.isInteger(s.nsamples) || s.nsamples < 1) bad(`--nsamples must be a positive integer, got ${s.nsamples}`);
   if (!Number.isInteger(s.calibSeqLen) || s.calibSeqLen < 2) bad(`--calib-seqlen must be ≥ 2, got ${s.calibSeqLen}`);
+  if (s.moeCalib !== undefined && !MOE_CALIB_MODES.includes(s.moeCalib)) bad(`--moe-calib must be one of ${MOE_CALIB_MODES.join(', ')}, got "${s.moeCalib}"`);
+  // 'all' is the default: stored only when asked otherwise, so specs (and their fingerprints) stay as they were.
+  if (s.moeCalib === 'all') delete s.moeCalib;
   return s;
 }
 
-/** Parses METHOD:w<bits>[a<abits>][g<size>|perchannel][,sym|asym|act-order|no-act-order|static-groups|no-true-sequential|alpha=…|damp=…|nsamples=…|seed=…] */
+/** Parses METHOD:w<bits>[a<abits>][g<size>|perchannel][,sym|asym|act-order|no-act-order|static-groups|no-true-sequential|alpha=…|damp=…|nsamples=…|seed=…|moe-calib=all|routed] */
 export function parseSpec(text: string): QuantSpec {
   const m = /^([a-z]+)(?::(.*))?$/.exec(text.trim());
   if (!m) bad(`cannot parse quantization spec "${text}"`);
@@ -113,6 +119,7 @@ export function parseSpec(text: string): QuantSpec {
       case 'nsamples': s.nsamples = num(); break;
       case 'seqlen': s.calibSeqLen = num(); break;
       case 'seed': s.seed = num(); break;
+      case 'moe-calib': s.moeCalib = v as MoeCalib; break;
       default: bad(`unknown option "${o}" in "${text}"`);
     }
   }
@@ -121,6 +128,7 @@ export function parseSpec(text: string): QuantSpec {
 
 export function specName(s: QuantSpec): string {
   const g = s.groupSize === -1 ? 'perchannel' : `g${s.groupSize}`;
-  if (s.method === 'smoothquant' || s.method === 'naive') return `${s.method}:w${s.wbits}a${s.abits}`;
-  return `${s.method}:w${s.wbits}${g}`;
+  const moe = s.moeCalib && s.moeCalib !== 'all' ? `,moe-calib=${s.moeCalib}` : '';
+  if (s.method === 'smoothquant' || s.method === 'naive') return `${s.method}:w${s.wbits}a${s.abits}${moe}`;
+  return `${s.method}:w${s.wbits}${g}${moe}`;
 }

@@ -1,5 +1,6 @@
-// The decoder-layer forward (Llama/Qwen2/Qwen3 family) as async bindings. TypeScript drives the model a
-// layer at a time, which is what layer-by-layer calibration needs; each call runs off the event loop.
+// The decoder-layer forward (Llama/Qwen2/Qwen3; a Qwen3-MoE sparse MLP runs in moe.cpp) as async bindings.
+// TypeScript drives the model a layer at a time, which is what layer-by-layer calibration needs; each call
+// runs off the event loop.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -12,8 +13,9 @@
 
 #include "async.h"
 #include "attention.h"
-#include "binary.h"
 #include "gemm.h"
+#include "layer.h"
+#include "moe.h"
 #include "nll.h"
 #include "ops.h"
 #include "packed.h"
@@ -23,27 +25,13 @@
 namespace lowbit {
 namespace {
 
-struct LinearW {
-  MatView w;
-  const float* bias = nullptr;
-  int64_t out = 0, in = 0;
-  // `packed` on the JS linear: low-bit packed weights (packLinear), W8A8 int8 weights (packInt8) or BiLLM
-  // binary weights (kind 'binary').
-  enum class Kind { Dense, Packed, Int8, Binary } kind = Kind::Dense;
-  PackedView packed;
-  Int8View int8;
-  BinaryView binary;
-};
-
-struct Cfg {
-  int64_t hidden, inter, nh, nkv, hd;
-  float eps, theta;
-};
-
 struct LayerW {
   const float *in_norm = nullptr, *post_norm = nullptr, *q_norm = nullptr, *k_norm = nullptr;
   LinearW q, k, v, o, gate, up, down;
+  std::shared_ptr<const MoeW> moe;  // a sparse layer: its MLP instead of gate/up/down
 };
+
+}  // namespace
 
 int64_t num(const Napi::Object& o, const char* key) {
   Napi::Value v = o.Get(key);
@@ -61,6 +49,15 @@ Cfg parse_cfg(const Napi::Object& c) {
   g.eps = c.Get("rmsNormEps").As<Napi::Number>().FloatValue();
   g.theta = c.Get("ropeTheta").As<Napi::Number>().FloatValue();
   if (g.nkv <= 0 || g.nh % g.nkv) throw std::invalid_argument("numHeads must be a multiple of numKvHeads");
+  Napi::Value moe = c.Get("moe");
+  if (moe.IsObject()) {
+    Napi::Object m = moe.As<Napi::Object>();
+    g.n_experts = num(m, "numExperts");
+    g.topk = num(m, "topK");
+    g.moe_inter = num(m, "expertIntermediateSize");
+    g.norm_topk = m.Get("normTopkProb").ToBoolean();
+    if (g.topk < 1 || g.topk > g.n_experts) throw std::invalid_argument("moe.topK must be in [1, numExperts]");
+  }
   return g;
 }
 
@@ -92,53 +89,7 @@ LinearW parse_linear(const Napi::Object& lin, const char* name, int64_t out, int
   return l;
 }
 
-LayerW parse_layer(const Napi::Object& L, const Cfg& c) {
-  LayerW w;
-  w.in_norm = cf32_from_js(L.Get("inputNorm"), c.hidden, "inputNorm");
-  w.post_norm = cf32_from_js(L.Get("postAttnNorm"), c.hidden, "postAttnNorm");
-  if (L.Has("qNorm") && L.Get("qNorm").IsTypedArray()) w.q_norm = cf32_from_js(L.Get("qNorm"), c.hd, "qNorm");
-  if (L.Has("kNorm") && L.Get("kNorm").IsTypedArray()) w.k_norm = cf32_from_js(L.Get("kNorm"), c.hd, "kNorm");
-  Napi::Object lins = L.Get("linears").As<Napi::Object>();
-  w.q = parse_linear(lins.Get("q").As<Napi::Object>(), "q_proj", c.nh * c.hd, c.hidden);
-  w.k = parse_linear(lins.Get("k").As<Napi::Object>(), "k_proj", c.nkv * c.hd, c.hidden);
-  w.v = parse_linear(lins.Get("v").As<Napi::Object>(), "v_proj", c.nkv * c.hd, c.hidden);
-  w.o = parse_linear(lins.Get("o").As<Napi::Object>(), "o_proj", c.hidden, c.nh * c.hd);
-  w.gate = parse_linear(lins.Get("gate").As<Napi::Object>(), "gate_proj", c.inter, c.hidden);
-  w.up = parse_linear(lins.Get("up").As<Napi::Object>(), "up_proj", c.inter, c.hidden);
-  w.down = parse_linear(lins.Get("down").As<Napi::Object>(), "down_proj", c.hidden, c.inter);
-  return w;
-}
-
-// Heap buffer handed to JS without a copy once the work is done.
-struct Buf {
-  float* p = nullptr;
-  int64_t n = 0;
-  explicit Buf(int64_t count = 0) : n(count) {
-    if (count) {
-      p = static_cast<float*>(std::malloc(sizeof(float) * count));
-      if (!p) throw std::bad_alloc();
-    }
-  }
-  Buf(Buf&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr; o.n = 0; }
-  Buf& operator=(Buf&& o) noexcept { std::swap(p, o.p); std::swap(n, o.n); return *this; }
-  ~Buf() { std::free(p); }
-  Napi::Value to_js(Napi::Env env) {
-    auto ab = Napi::ArrayBuffer::New(env, p, n * sizeof(float), [](Napi::Env, void* d) { std::free(d); });
-    int64_t count = n;
-    p = nullptr;
-    n = 0;
-    return Napi::Float32Array::New(env, count, ab, 0);
-  }
-};
-
-// Per-token int8 activations of one linear input, shared by the linears reading it (q/k/v, gate/up).
-struct QAct {
-  std::vector<uint8_t> u;  // [T, kpad] x/s + 128
-  std::vector<float> s;    // [T]
-  int64_t kpad = 0;
-};
-
-void apply_linear(const LinearW& l, const float* x, int64_t T, float* y, QAct* qa = nullptr) {
+void apply_linear(const LinearW& l, const float* x, int64_t T, float* y, QAct* qa) {
   if (l.kind == LinearW::Kind::Int8) {
     // W8A8: x quantized to int8 for real (same integers and scales as fake_quant_rows_sym with 8 bits),
     // exact int32 products, y = sx·sw·Σ.
@@ -170,6 +121,29 @@ bool native_int8(int abits, std::initializer_list<const LinearW*> ls) {
   for (const LinearW* l : ls)
     if (l->kind != LinearW::Kind::Int8) return false;
   return true;
+}
+
+namespace {
+
+LayerW parse_layer(const Napi::Object& L, const Cfg& c) {
+  LayerW w;
+  w.in_norm = cf32_from_js(L.Get("inputNorm"), c.hidden, "inputNorm");
+  w.post_norm = cf32_from_js(L.Get("postAttnNorm"), c.hidden, "postAttnNorm");
+  if (L.Has("qNorm") && L.Get("qNorm").IsTypedArray()) w.q_norm = cf32_from_js(L.Get("qNorm"), c.hd, "qNorm");
+  if (L.Has("kNorm") && L.Get("kNorm").IsTypedArray()) w.k_norm = cf32_from_js(L.Get("kNorm"), c.hd, "kNorm");
+  Napi::Object lins = L.Get("linears").As<Napi::Object>();
+  w.q = parse_linear(lins.Get("q").As<Napi::Object>(), "q_proj", c.nh * c.hd, c.hidden);
+  w.k = parse_linear(lins.Get("k").As<Napi::Object>(), "k_proj", c.nkv * c.hd, c.hidden);
+  w.v = parse_linear(lins.Get("v").As<Napi::Object>(), "v_proj", c.nkv * c.hd, c.hidden);
+  w.o = parse_linear(lins.Get("o").As<Napi::Object>(), "o_proj", c.hidden, c.nh * c.hd);
+  if (L.Get("moe").IsObject()) {
+    w.moe = std::make_shared<const MoeW>(parse_moe(L.Get("moe").As<Napi::Object>(), c));
+    return w;
+  }
+  w.gate = parse_linear(lins.Get("gate").As<Napi::Object>(), "gate_proj", c.inter, c.hidden);
+  w.up = parse_linear(lins.Get("up").As<Napi::Object>(), "up_proj", c.inter, c.hidden);
+  w.down = parse_linear(lins.Get("down").As<Napi::Object>(), "down_proj", c.hidden, c.inter);
+  return w;
 }
 
 struct Captures {
@@ -232,6 +206,13 @@ void mlp_block(const LayerW& w, const Cfg& c, const float* x_in, float* out, int
   if (cap && cap->on) cap->down_in = std::move(g);
 }
 
+// The layer's MLP: dense, or sparse (MoE), whose captures are the input only (each expert's down input
+// depends on its routing, so calibration asks for it per expert).
+void ffn_block(const LayerW& w, const Cfg& c, const float* x, float* out, int64_t T, int abits, Captures* cap) {
+  if (w.moe) moe_block(*w.moe, c, x, out, T, abits, cap && cap->on ? &cap->mlp_in : nullptr);
+  else mlp_block(w, c, x, out, T, abits, cap);
+}
+
 struct Common {
   Cfg cfg;
   LayerW layer;
@@ -273,7 +254,7 @@ Napi::Value LayerForward(const Napi::CallbackInfo& info) {
       attn_block(cm->layer, c, xn.p, y.p, T, cm->S, cm->abits, cap.get());
       for (int64_t i = 0; i < n; ++i) h[i] += y.p[i];
       rmsnorm(h, cm->layer.post_norm, xn.p, T, c.hidden, c.eps, c.hidden, c.hidden);
-      mlp_block(cm->layer, c, xn.p, y.p, T, cm->abits, cap.get());
+      ffn_block(cm->layer, c, xn.p, y.p, T, cm->abits, cap.get());
       for (int64_t i = 0; i < n; ++i) h[i] += y.p[i];
     }, [cap](Napi::Env env) -> Napi::Value {
       if (!cap->on) return env.Undefined();
@@ -281,7 +262,7 @@ Napi::Value LayerForward(const Napi::CallbackInfo& info) {
       r.Set("attnIn", cap->attn_in.to_js(env));
       r.Set("oIn", cap->o_in.to_js(env));
       r.Set("mlpIn", cap->mlp_in.to_js(env));
-      r.Set("downIn", cap->down_in.to_js(env));
+      if (cap->down_in.p) r.Set("downIn", cap->down_in.to_js(env));
       return r;
     }, cm->keep);
   });
@@ -296,7 +277,7 @@ Napi::Value Block(const Napi::CallbackInfo& info) {
     auto out = std::make_shared<Buf>(cm->T * cm->cfg.hidden);
     return run_async(info.Env(), [x, cm, out] {
       if (Attn) attn_block(cm->layer, cm->cfg, x, out->p, cm->T, cm->S, cm->abits, nullptr);
-      else mlp_block(cm->layer, cm->cfg, x, out->p, cm->T, cm->abits, nullptr);
+      else ffn_block(cm->layer, cm->cfg, x, out->p, cm->T, cm->abits, nullptr);
     }, [out](Napi::Env env) { return out->to_js(env); }, cm->keep);
   });
 }
@@ -471,7 +452,7 @@ Napi::Value LayerDecode(const Napi::CallbackInfo& info) {
     decode_attn(w, c, xn.p, y.p, pos, kc, vc, abits);
     for (int64_t i = 0; i < c.hidden; ++i) h[i] += y.p[i];
     rmsnorm(h, w.post_norm, xn.p, 1, c.hidden, c.eps, c.hidden, c.hidden);
-    mlp_block(w, c, xn.p, y.p, 1, abits, nullptr);
+    ffn_block(w, c, xn.p, y.p, 1, abits, nullptr);
     for (int64_t i = 0; i < c.hidden; ++i) h[i] += y.p[i];
     return info.Env().Undefined();
   });
