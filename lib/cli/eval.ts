@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { deviceName, GPU_DTYPES, GpuDType, resolveDevice, toDevice } from '../eval/cuda';
+import { deviceName, firstPackedLinear, GPU_DTYPES, GpuDType, resolveDevice, toDevice } from '../eval/cuda';
 import { evaluate, TaskResult } from '../eval/evaluate';
 import { TASKS, TASK_NAMES } from '../eval/tasks/registry';
 import { loadModel, scanNonFinite } from '../load/model';
@@ -64,7 +64,9 @@ export function evalCommand(): Command {
               ? 'Qwen3-MoE (sparse) layers run on the CPU path'
               : streaming
                 ? 'layer streaming runs on the CPU path'
-                : undefined;
+                : firstPackedLinear(model)
+                  ? 'packed low-bit weights run on the CPU path'
+                  : undefined;
           if (onCpu) {
             progress.log(`lowbit: note: ${onCpu}; evaluating on the CPU`);
             device = { type: 'cpu' };

@@ -111,6 +111,8 @@ export class GpuModel {
     if (!GPU_DTYPES.includes(dtype)) throw new LowbitError('BAD_ARGUMENT', `dtype must be one of ${GPU_DTYPES.join(', ')}, got "${dtype}"`);
     if (typeof addon.gpuModelCreate !== 'function') throw new LowbitError('UNSUPPORTED', 'lowbit was built without CUDA');
     if (model.config.moe) throw new LowbitError('UNSUPPORTED', `${model.dir}: the CUDA backend has no Qwen3-MoE (sparse) layers; evaluate it with --device cpu`);
+    const packed = firstPackedLinear(model);
+    if (packed) throw new LowbitError('UNSUPPORTED', `${model.dir}: ${packed} holds packed low-bit weights; the CUDA backend runs dense weights only, evaluate it with --device cpu`);
     const w = model.weights;
     const handle = await addon.gpuModelCreate(
       { cfg: model.config, layers: w.layers, embed: w.embed, lmHead: w.lmHead, finalNorm: w.finalNorm },
@@ -131,6 +133,14 @@ export class GpuModel {
   free(): void {
     addon.gpuModelFree(this.handle);
   }
+}
+
+/** The first linear without a dense weight (a loaded GPTQ/AWQ/lowbit checkpoint, or a compact quantized model). */
+export function firstPackedLinear(model: LoadedModel): string | undefined {
+  for (const [l, layer] of model.weights.layers.entries()) {
+    for (const [n, lin] of Object.entries(layer.linears)) if (lin && !lin.weight) return `model.layers.${l}.${n}`;
+  }
+  return undefined;
 }
 
 const attached = new WeakMap<LoadedModel, GpuModel>();
