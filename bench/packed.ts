@@ -1,11 +1,12 @@
 /**
- * Packed low-bit GEMV/GEMM benchmark: y = x·Wᵀ with W packed (int2/3/4/8, group 128), fp32 activations,
+ * Packed low-bit GEMV/GEMM benchmark: y = x·Wᵀ with W packed (int2/3/4/8, group 128; BiLLM 1-bit binary
+ * weights, block 128, "bin1" rows: a 2-bit code per weight + 8 fp16 scales per row and block), fp32 activations,
  * against (a) memory bandwidth measured in the same run (1 GiB memcpy, read+write GB/s; and a pure read
  * kernel, an AVX-512 sum of the 1 GiB buffer, on 1 and 2 threads: the GEMV only reads, so that is its ceiling),
  * (b) our fp32 GEMM (addon.gemm, same M) and (c) OpenBLAS cblas_sgemv (M = 1) / cblas_sgemm (M > 1).
  *
  *   apt-get install -y libopenblas-dev
- *   sh bench/packed/run.sh [--threads 1,2] [--quick]
+ *   sh bench/packed/run.sh [--threads 1,2] [--quick] [--bits 4,1]
  */
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
@@ -42,7 +43,26 @@ function time(fn: () => void, reps: number): number {
   return median(t);
 }
 
+/** BiLLM binary weights: random codes, ~10% salient columns, fp16 scales 2^-7. */
+function binary(c: Case, threads: number): { s: number; bytes: number } {
+  addon.setThreads(threads);
+  const wpr = Math.ceil(c.cols / 16);
+  const nb = Math.ceil(c.cols / 128);
+  const codes = new Int32Array(c.rows * wpr);
+  for (let i = 0; i < codes.length; i++) codes[i] = (i * 2654435761) ^ (i >>> 3) * 40503;
+  const salient = new Uint8Array(Math.ceil(c.cols / 8));
+  for (let i = 0; i < salient.length; i++) salient[i] = i % 10 === 0 ? 0xff : 0;
+  const scales = new Uint16Array(c.rows * nb * 8).fill(0x2000); // fp16 0.0078125
+  const raw = { kind: 'binary', rows: c.rows, cols: c.cols, block: 128, salient, codes, scales };
+  const p = { ...raw, packed: addon.packBinary(raw) as Uint8Array };
+  const x = Float32Array.from({ length: c.M * c.cols }, () => Math.random() - 0.5);
+  const y = new Float32Array(c.M * c.rows);
+  const s = time(() => addon.binaryMatmulSync(x, p, y), c.M === 1 ? 25 : 7);
+  return { s, bytes: p.packed.byteLength + salient.byteLength };
+}
+
 function packed(c: Case, threads: number): { s: number; bytes: number } {
+  if (c.bits === 1) return binary(c, threads);
   addon.setThreads(threads);
   const G = 128;
   const ng = c.cols / G;
@@ -92,17 +112,19 @@ function main(): void {
   if (!quick) {
     for (const bits of [2, 3, 8]) cases.push({ bits, M: 1, rows: 4096, cols: 14336 });
     for (const M of [16, 64]) cases.push({ bits: 4, M, rows: 4096, cols: 14336 });
+    cases.push({ bits: 1, M: 1, rows: 4096, cols: 14336 }, { bits: 1, M: 1, rows: 14336, cols: 4096 }, { bits: 1, M: 4, rows: 4096, cols: 14336 }, { bits: 1, M: 16, rows: 4096, cols: 14336 });
   }
+  const onlyBits = arg('bits', '').split(',').filter(Boolean).map(Number);
   const rows: string[] = [];
   for (const threads of threadCounts) {
-    for (const c of cases) {
+    for (const c of cases.filter((k) => !onlyBits.length || onlyBits.includes(k.bits))) {
       const pk = packed(c, threads);
       const f = fp32(c, threads);
       const ob = openblas(bin, c, threads);
       const gbs = pk.bytes / pk.s * 1e-9;
       const rd = threads >= 2 ? bw.sum2_gbps : bw.sum1_gbps;
       const row =
-        `| int${c.bits} g128 | ${c.M} | ${c.rows}×${c.cols} | ${threads} | ${(pk.s * 1e3).toFixed(2)} | ${gbs.toFixed(1)} | ` +
+        `| ${c.bits === 1 ? 'bin1 b128' : `int${c.bits} g128`} | ${c.M} | ${c.rows}×${c.cols} | ${threads} | ${(pk.s * 1e3).toFixed(2)} | ${gbs.toFixed(1)} | ` +
         `${(gbs / bw.copy_gbps).toFixed(2)} / ${(gbs / rd).toFixed(2)} | ${(f * 1e3).toFixed(2)} | ${(f / pk.s).toFixed(1)}× | ` +
         `${(ob * 1e3).toFixed(2)} | ${(ob / pk.s).toFixed(1)}× |`;
       rows.push(row);

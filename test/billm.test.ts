@@ -1,5 +1,6 @@
 import { billmQuantize, BillmOptions, BillmResult } from '../lib/quant/billm';
 
+import { decodeBinary } from './helpers/binary';
 import { gauss } from './helpers/random';
 
 const ROWS = 96;
@@ -157,6 +158,24 @@ describe('billmQuantize', () => {
     }
   });
 
+  test('the binary structure (2-bit codes, salient bitmap, fp16 scales) decodes to the returned weights bit for bit', async () => {
+    const sameBits = (a: Float32Array, b: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+    const tail = await billmQuantize(p.W, p.H, { ...base, blockSize: 100 });
+    const paper = await billmQuantize(p.W, p.H, { ...base, centered: false });
+    for (const [r, block] of [[res, 128], [tail, 100], [paper, 128]] as [BillmResult, number][]) {
+      const b = r.binary;
+      expect(b.block).toBe(block);
+      expect(b.codes.length).toBe(ROWS * Math.ceil(COLS / 16));
+      expect(b.scales.length).toBe(ROWS * Math.ceil(COLS / block) * 8);
+      for (let c = 0; c < COLS; c++) expect((b.salient[c >> 3] >> (c & 7)) & 1).toBe(r.salientMask[c]);
+      expect(sameBits(decodeBinary(b, ROWS, COLS), r.weight)).toBe(true);
+    }
+    // The paper form has μ = 0: every stored μ (scales 1, 3, 5, 7 of each row and block) is +0 or −0.
+    for (let k = 1; k < paper.binary.scales.length; k += 2) expect(paper.binary.scales[k] & 0x7fff).toBe(0);
+    // Salient and concentrated/sparse scales are all used: some non-zero α of each kind.
+    for (const k of [0, 2, 4, 6]) expect(res.binary.scales.some((h, i) => i % 8 === k && h !== 0)).toBe(true);
+  });
+
   test('layer output error: below naive sign binarization and below no error feedback', async () => {
     const eBillm = outputError(p, res.weight);
     const eNaive = outputError(p, naiveSign(p.W));
@@ -222,6 +241,7 @@ describe('billmQuantize', () => {
     const negH = new Float32Array(COLS * COLS);
     for (let i = 0; i < COLS; ++i) negH[i * COLS + i] = i === 3 ? -50 : 1;
     await expect(billmQuantize(p.W, negH, base)).rejects.toThrow(/not positive definite/);
+    await expect(billmQuantize(p.W.map((v) => v * 1e7), p.H, base)).rejects.toThrow(/exceeds the fp16 range/);
     await expect(billmQuantize(p.W, p.H, { ...base, cancel: new Int32Array([1]) })).rejects.toThrow(/cancelled/);
   });
 });

@@ -3,8 +3,9 @@
 // path, the tensor-core attention against the fp32 kernel, and WikiText-2 perplexity. Without a GPU the
 // GPU part is skipped.
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
-import { cudaDevices, cudaInfo, GpuModel, parseDevice, resolveDevice, toDevice } from '../lib/eval/cuda';
+import { cudaDevices, cudaInfo, firstPackedLinear, GpuModel, parseDevice, resolveDevice, toDevice } from '../lib/eval/cuda';
 import { pplText } from '../lib/eval/datasets';
 import { scoreSequences } from '../lib/eval/forward';
 import { perplexity } from '../lib/eval/perplexity';
@@ -12,6 +13,9 @@ import { loadModel } from '../lib/load/model';
 import { loadTokenizer } from '../lib/load/tokenizer';
 import type { LoadedModel } from '../lib/load/types';
 import { addon } from '../lib/native/addon';
+import { saveQuantized } from '../lib/export/checkpoint';
+import { quantize } from '../lib/quant/pipeline';
+import { parseSpec } from '../lib/quant/spec';
 
 /** The package root (the folder holding binding.gyp), also when this test runs compiled from dist-dev/test. */
 function packageRoot(): string {
@@ -44,6 +48,21 @@ describe('device selection', () => {
     if (!cudaInfo().built) expect(() => resolveDevice('cuda')).toThrow(/lowbit was built without CUDA/);
     else if (!devices.length) expect(() => resolveDevice('cuda')).toThrow(/no CUDA device found/);
     else expect(() => resolveDevice(`cuda:${devices.length}`)).toThrow(/no CUDA device/);
+  });
+
+  test('a packed checkpoint is named as such: CPU only (the CUDA backend runs dense weights)', async () => {
+    const model = loadModel(TINY);
+    expect(firstPackedLinear(model)).toBeUndefined();
+    const report = await quantize(model, parseSpec('rtn:w4g128'));
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lowbit-cuda-packed-'));
+    try {
+      saveQuantized(model, path.join(dir, 'q'), report, { format: 'gptq' });
+      const packed = loadModel(path.join(dir, 'q'));
+      expect(firstPackedLinear(packed)).toBe('model.layers.0.q');
+      if (cudaInfo().built) await expect(GpuModel.create(packed, { dtype: 'fp32' })).rejects.toThrow(/model\.layers\.0\.q holds packed low-bit weights; .*--device cpu/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -9,15 +9,19 @@ import { scoreSequences } from '../lib/eval/forward';
 import { awqUnfit, packAwq, unpackAwq } from '../lib/export/awq-format';
 import { defaultFormat, roundScalesForFormat, saveQuantized, smallTensor } from '../lib/export/checkpoint';
 import { packGptq, unpackGptq } from '../lib/export/gptq-format';
-import { buildCodebook, decodeCodebook, lowbitLinearTensors } from '../lib/export/lowbit-format';
+import { lowbitLinearTensors } from '../lib/export/lowbit-format';
 import { dequantize, f32ToF16Bits, fromF16Bits, roundF16 } from '../lib/export/pack';
 import { loadModel } from '../lib/load/model';
+import { loadQuantizedLinear, readQuantConfig } from '../lib/load/quantized';
 import { openCheckpoint, TensorToWrite, writeSafetensors } from '../lib/load/safetensors';
 import { Linear, LINEAR_NAMES, LINEAR_TENSORS, LoadedModel } from '../lib/load/types';
 import { addon } from '../lib/native/addon';
+import { billmQuantize } from '../lib/quant/billm';
+import type { PackedLinear } from '../lib/quant/packed';
 import { quantize, QuantizeReport } from '../lib/quant/pipeline';
 import { parseSpec } from '../lib/quant/spec';
 import type { QuantizedTensor } from '../lib/quant/weights';
+import { decodeBinary, randomBinary } from './helpers/binary';
 import { gauss, rng } from './helpers/random';
 
 const SHARED = path.resolve(__dirname, '..', '..', 'shared');
@@ -209,22 +213,42 @@ describe('round trips', () => {
     expect(refDecodeGptq(p.qweight, p.qzeros, p.scales, p.gIdx, out, inF, 4)).toEqual(expectedF16(q, inF));
   });
 
-  test('BiLLM codebook layout reconstructs a binarized weight exactly', () => {
-    const r = rng(3);
-    const out = 16;
-    const inF = 256;
-    const w = new Float32Array(out * inF);
-    for (let o = 0; o < out; o++) {
-      for (let b = 0; b < 2; b++) {
-        const vals = Array.from({ length: 8 }, () => Math.fround(r() - 0.5));
-        for (let i = b * 128; i < (b + 1) * 128; i++) w[o * inF + i] = vals[Math.floor(r() * 8)];
+  test('BiLLM binary layout: quantizer → tensors → file → loader keeps every bit; the decoder gives the quantizer\'s weights', async () => {
+    const out = 24;
+    const inF = 320; // two full blocks of 128 and a partial one; not a multiple of 256
+    const g = gauss(11);
+    const w = Float32Array.from({ length: out * inF }, () => 0.02 * g());
+    const X = Float64Array.from({ length: 512 * inF }, () => g());
+    const H = new Float32Array(inF * inF);
+    for (let i = 0; i < inF; i++) {
+      for (let j = 0; j < inF; j++) {
+        let v = 0;
+        for (let t = 0; t < 512; t++) v += X[t * inF + i] * X[t * inF + j];
+        H[i * inF + j] = (2 / 512) * v;
       }
     }
-    const c = buildCodebook(w, out, inF, 128)!;
-    expect(c.cbits).toBe(3);
-    expect(decodeCodebook(c, out, inF)).toEqual(w);
-    w[5] = 0.123456; // a ninth value in row 0, block 0
-    expect(buildCodebook(w, out, inF, 128)).toBeUndefined();
+    const r = await billmQuantize(w, H, { rows: out, cols: inF, blockSize: 128 });
+    const lin = { weight: r.weight, binary: r.binary, outFeatures: out, inFeatures: inF };
+    const { tensors, kind } = lowbitLinearTensors('m', lin, parseSpec('billm:w1g128'));
+    expect(kind).toBe('binary');
+    expect(Object.keys(tensors).sort()).toEqual(['m.codes', 'm.salient', 'm.scales']);
+    expect(tensors['m.scales']).toMatchObject({ dtype: 'F16', shape: [out, 3, 8] });
+    const fromTensors = decodeBinary(
+      { block: 128, salient: tensors['m.salient'].data as Uint8Array, codes: tensors['m.codes'].data as Int32Array, scales: tensors['m.scales'].data as Uint16Array },
+      out,
+      inF,
+    );
+    expect(Buffer.from(fromTensors.buffer).equals(Buffer.from(r.weight.buffer, r.weight.byteOffset, r.weight.byteLength))).toBe(true);
+    const dir = path.join(tmp, 'binary-unit');
+    fs.mkdirSync(dir, { recursive: true });
+    writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
+    const qc = readQuantConfig({ quantization_config: { quant_method: 'lowbit', version: 2, method: 'billm', bits: 1, group_size: 128 } }, dir)!;
+    const back = loadQuantizedLinear(openCheckpoint(dir), 'm', out, inF, qc)!.binary!;
+    const bytes = (a: ArrayBufferView) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+    expect(back.block).toBe(128);
+    expect(bytes(back.salient).equals(bytes(r.binary.salient))).toBe(true);
+    expect(bytes(back.codes).equals(bytes(r.binary.codes))).toBe(true);
+    expect(bytes(back.scales).equals(bytes(r.binary.scales))).toBe(true);
   });
 
   test('norms: model dtype only when exact', () => {
@@ -261,8 +285,9 @@ function header(file: string): Record<string, { dtype: string; shape: number[]; 
 }
 
 /** The weights each linear stands for: dense ones as they are, packed ones through their integers. */
-function weightsOf(lin: Linear): Float32Array {
-  return lin.weight ? (lin.weight as Float32Array) : dequantize(lin.quantized!, lin.inFeatures);
+function weightsOf(lin: Linear & { binary?: PackedLinear['binary'] }): Float32Array {
+  if (lin.weight) return lin.weight as Float32Array;
+  return lin.binary ? decodeBinary(lin.binary, lin.outFeatures, lin.inFeatures) : dequantize(lin.quantized!, lin.inFeatures);
 }
 
 function sameLinears(a: LoadedModel, b: LoadedModel): boolean {
@@ -322,6 +347,23 @@ describe('export → loadModel on qwen3-tiny', () => {
     });
   }
 
+  test('a loaded checkpoint holds its integers once: packed, unpacked on access; released file pages read back the same', () => {
+    const loaded = loadModel(path.join(tmp, 'rtn-gptq'));
+    const lin = loaded.weights.layers[0].linears.q as PackedLinear;
+    expect(lin.packed?.kind).toBe('packed');
+    expect(typeof Object.getOwnPropertyDescriptor(lin, 'quantized')?.get).toBe('function');
+    const inMemory = runs.rtn.model.weights.layers[0].linears.q.quantized!;
+    const q = lin.quantized!;
+    expect(q).toMatchObject({ bits: 4, groupSize: 128, sym: inMemory.sym });
+    expect(Buffer.from(q.qweight).equals(Buffer.from(inMemory.qweight))).toBe(true);
+    expect(q.zeros).toEqual(inMemory.zeros);
+    const ck = openCheckpoint(path.join(tmp, 'rtn-gptq'));
+    const t = ck.get('model.layers.0.self_attn.q_proj.qweight');
+    const before = Int32Array.from(t.data as Int32Array);
+    expect(addon.adviseMapped(t.data, 'dontneed')).toBeGreaterThan(0);
+    expect(Buffer.from((t.data as Int32Array).buffer, t.data.byteOffset, t.data.byteLength).equals(Buffer.from(before.buffer))).toBe(true);
+  });
+
   test('file sizes: quantized linears ≤ 0.35× their bf16 bytes (gptq w4g128)', () => {
     const qh = header(path.join(tmp, 'rtn-gptq', 'model.safetensors'));
     const fh = header(path.join(TINY, 'model.safetensors'));
@@ -370,6 +412,8 @@ describe('export → loadModel on qwen3-tiny', () => {
     const loaded = loadModel(out);
     expect(loaded.quantization?.actBits).toBe(8);
     expect(sameLinears(model, loaded)).toBe(true);
+    // Reloaded W8A8 weights run the int8×int8 kernel, as the freshly quantized model's would.
+    for (const n of LINEAR_NAMES) expect((loaded.weights.layers[0].linears[n] as { packed?: { kind: string } }).packed?.kind).toBe('int8');
     // int8×int8 kernels vs fp32 fake quantization: per-token 8-bit activation rounding amplifies last-ulp
     // differences (see test/packed.test.ts: one-ulp weight changes alone move positions by ~0.03), so
     // the bounds are on the mean NLL and on the mean per-position change.
@@ -381,19 +425,68 @@ describe('export → loadModel on qwen3-tiny', () => {
   });
 });
 
+/** qwen3-tiny with every linear replaced by random BiLLM binary tensors, as a lowbit (version 2) checkpoint. */
+function binaryCheckpoint(): string {
+  const dir = path.join(tmp, 'billm-synthetic');
+  if (fs.existsSync(dir)) return dir;
+  fs.mkdirSync(dir, { recursive: true });
+  const cfg = JSON.parse(fs.readFileSync(path.join(TINY, 'config.json'), 'utf8'));
+  cfg.quantization_config = { quant_method: 'lowbit', version: 2, method: 'billm', bits: 1, group_size: 128 };
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cfg));
+  fs.copyFileSync(path.join(TINY, 'tokenizer.json'), path.join(dir, 'tokenizer.json'));
+  const ck = openCheckpoint(TINY);
+  const t: Record<string, TensorToWrite> = {};
+  let seed = 1;
+  for (const n of ck.names()) {
+    const x = ck.get(n);
+    const lin = /^(.*)\.weight$/.exec(n);
+    if (lin && /(proj)$/.test(lin[1])) {
+      const [out, inF] = x.shape;
+      const b = randomBinary(out, inF, 128, seed++);
+      t[`${lin[1]}.salient`] = { dtype: 'U8', shape: [Math.ceil(inF / 8)], data: b.salient };
+      t[`${lin[1]}.codes`] = { dtype: 'I32', shape: [out, Math.ceil(inF / 16)], data: b.codes };
+      t[`${lin[1]}.scales`] = { dtype: 'F16', shape: [out, Math.ceil(inF / 128), 8], data: b.scales };
+    } else {
+      t[n] = { dtype: x.dtype, shape: [...x.shape], data: x.data.slice() as never };
+    }
+  }
+  writeSafetensors(path.join(dir, 'model.safetensors'), t);
+  return dir;
+}
+
+describe('BiLLM lowbit checkpoint (synthetic binary tensors on qwen3-tiny)', () => {
+  test('loads as 1-bit kernel weights: bits as written, no dense weight; the forward runs', async () => {
+    const dir = binaryCheckpoint();
+    const model = loadModel(dir);
+    expect(model.quantization?.spec.method).toBe('billm');
+    const ck = openCheckpoint(dir);
+    const bytes = (a: ArrayBufferView) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+    for (const [l, layer] of model.weights.layers.entries()) {
+      for (const n of LINEAR_NAMES) {
+        const lin = layer.linears[n] as PackedLinear;
+        const base = `model.layers.${l}.${LINEAR_TENSORS[n]}`;
+        expect(lin.packed?.kind).toBe('binary');
+        expect(lin.weight).toBeUndefined();
+        for (const k of ['salient', 'codes', 'scales'] as const) expect(bytes(lin.binary![k]).equals(bytes(ck.get(`${base}.${k}`).data))).toBe(true);
+      }
+    }
+    expect((await nlls(model)).every(Number.isFinite)).toBe(true);
+  });
+});
+
 // -------------------------------------------------------------------------------------- bad inputs
 
 describe('corrupt checkpoints give errors naming file and tensor', () => {
   const SRC = () => path.join(tmp, 'rtn-gptq');
   const Q = 'model.layers.0.self_attn.q_proj';
 
-  function variant(name: string, editConfig?: (c: any) => void, editTensors?: (t: Record<string, TensorToWrite>) => void): string {
+  function variant(name: string, editConfig?: (c: any) => void, editTensors?: (t: Record<string, TensorToWrite>) => void, src = SRC()): string {
     const dir = path.join(tmp, `bad-${name}`);
     fs.mkdirSync(dir, { recursive: true });
-    const cfg = JSON.parse(fs.readFileSync(path.join(SRC(), 'config.json'), 'utf8'));
+    const cfg = JSON.parse(fs.readFileSync(path.join(src, 'config.json'), 'utf8'));
     editConfig?.(cfg);
     fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cfg));
-    const ck = openCheckpoint(SRC());
+    const ck = openCheckpoint(src);
     const t: Record<string, TensorToWrite> = {};
     for (const n of ck.names()) {
       const x = ck.get(n);
@@ -433,6 +526,23 @@ describe('corrupt checkpoints give errors naming file and tensor', () => {
   test('group size not dividing in_features', () => {
     const dir = variant('group', (c) => (c.quantization_config.group_size = 100));
     expect(() => loadModel(dir)).toThrow(new RegExp(`"${Q}": group_size 100 \\(.*config\\.json\\) does not divide in_features 256`));
+  });
+  test('BiLLM binary: wrong codes shape, scales not F16, a non-finite scale, version 1 codebook, unknown version', () => {
+    const src = binaryCheckpoint();
+    const d1 = variant('bin-codes', undefined, (t) => (t[`${Q}.codes`] = { dtype: 'I32', shape: [256, 8], data: new Int32Array(256 * 8) }), src);
+    expect(() => loadModel(d1)).toThrow(new RegExp(`tensor "${Q}\\.codes" has shape \\[256, 8\\], expected \\[256, 16\\]`));
+    const d2 = variant('bin-f32', undefined, (t) => (t[`${Q}.scales`] = { dtype: 'F32', shape: [256, 2, 8], data: new Float32Array(256 * 16) }), src);
+    expect(() => loadModel(d2)).toThrow(new RegExp(`tensor "${Q}\\.scales" is F32, expected F16`));
+    const d3 = variant('bin-inf', undefined, (t) => ((t[`${Q}.scales`].data as Uint16Array)[37] = 0x7c00), src);
+    expect(() => loadModel(d3)).toThrow(new RegExp(`tensor "${Q}\\.scales"\\[37\\] is not finite`));
+    const d4 = variant('bin-v1', undefined, (t) => {
+      for (const k of ['salient', 'codes', 'scales']) delete t[`${Q}.${k}`];
+      t[`${Q}.codes`] = { dtype: 'I32', shape: [256, 24], data: new Int32Array(256 * 24) };
+      t[`${Q}.codebook`] = { dtype: 'F32', shape: [256, 2, 8], data: new Float32Array(256 * 16) };
+    }, src);
+    expect(() => loadModel(d4)).toThrow(new RegExp(`"${Q}" uses lowbit format version 1's BiLLM codebook layout, which is no longer read`));
+    const d5 = variant('bin-v3', (c) => (c.quantization_config.version = 3), undefined, src);
+    expect(() => loadModel(d5)).toThrow(/lowbit format version 3 is not supported \(1, 2\)/);
   });
   test('unknown quant_method, unsupported checkpoint_format', () => {
     const d1 = variant('method', (c) => (c.quantization_config.quant_method = 'bitsandbytes'));

@@ -7,12 +7,12 @@ import * as path from 'path';
 import { readCalibIds, sampleWindows, CalibrationSet } from '../lib/calibrate/calibration';
 import { scoreSequences } from '../lib/eval/forward';
 import { loadModel } from '../lib/load/model';
-import { dequantize } from '../lib/export/pack';
 import { Linear, LINEAR_NAMES, LoadedModel } from '../lib/load/types';
 import { checkSpecForModel, quantize, QuantizeReport } from '../lib/quant/pipeline';
 import { parseSpec } from '../lib/quant/spec';
 import { toF32 } from '../lib/quant/weights';
 import { SYNTH, syntheticModel, writeModelDir } from './helpers/fixtures';
+import { denseWeight } from './helpers/fake-quant';
 
 const SHARED = path.resolve(__dirname, '..', '..', 'shared');
 const MODEL_DIR = path.join(SHARED, 'models', 'qwen3-tiny');
@@ -35,7 +35,7 @@ async function meanNll(model: LoadedModel): Promise<number> {
  *  here; test the tag instead. */
 function f32(lin: Linear): Float32Array {
   const w = lin.weight;
-  if (!w) return dequantize(lin.quantized!, lin.inFeatures);
+  if (!w) return denseWeight(lin);
   return Object.prototype.toString.call(w) === '[object Float32Array]' ? (w as Float32Array) : toF32(w);
 }
 

@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { deviceName, GPU_DTYPES, GpuDType, resolveDevice, toDevice } from '../eval/cuda';
+import { densifyForGpu, deviceName, firstPackedLinear, GPU_DTYPES, GpuDType, resolveDevice, toDevice } from '../eval/cuda';
 import { evaluate, TaskResult } from '../eval/evaluate';
 import { TASKS, TASK_NAMES } from '../eval/tasks/registry';
 import { loadModel, scanNonFinite } from '../load/model';
@@ -57,6 +57,7 @@ export function evalCommand(): Command {
         const bad = streaming ? scanNonFiniteStreaming(model) : scanNonFinite(model);
         if (bad.length) progress.log(`lowbit: warning: non-finite values (NaN/Inf) in ${bad.map((b) => `${b.name} (${b.count})`).join(", ")}; results will be NaN`);
         const quant = spec ? quantSummary(await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal, device, { memory })) : undefined;
+        if (quant && device.type === 'cuda') densifyForGpu(model);
         if (device.type === 'cuda') {
           const onCpu = model.quantization?.actBits
             ? 'activation quantization runs on the CPU path'
@@ -64,7 +65,9 @@ export function evalCommand(): Command {
               ? 'Qwen3-MoE (sparse) layers run on the CPU path'
               : streaming
                 ? 'layer streaming runs on the CPU path'
-                : undefined;
+                : firstPackedLinear(model)
+                  ? 'packed low-bit weights run on the CPU path'
+                  : undefined;
           if (onCpu) {
             progress.log(`lowbit: note: ${onCpu}; evaluating on the CPU`);
             device = { type: 'cpu' };

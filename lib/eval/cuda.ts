@@ -1,9 +1,11 @@
 // The CUDA backend from TypeScript: which devices there are, --device parsing, and a GpuModel handle that
 // holds a model's weights resident on one GPU for evaluation. scoreSequences (forward.ts) uses the GPU for
 // a model attached with toDevice(); everything else keeps running on the CPU.
-import { LowbitError } from '../load/errors';
 import { dequantize } from '../export/pack';
-import type { LayerWeights, Linear, LoadedModel } from '../load/types';
+import { LowbitError } from '../load/errors';
+import { layerLinears } from '../load/linears';
+import type { PackedLinear } from '../quant/packed';
+import type { LoadedModel } from '../load/types';
 import { addon } from '../native/addon';
 
 export interface CudaDevice {
@@ -112,9 +114,11 @@ export class GpuModel {
     if (!GPU_DTYPES.includes(dtype)) throw new LowbitError('BAD_ARGUMENT', `dtype must be one of ${GPU_DTYPES.join(', ')}, got "${dtype}"`);
     if (typeof addon.gpuModelCreate !== 'function') throw new LowbitError('UNSUPPORTED', 'lowbit was built without CUDA');
     if (model.config.moe) throw new LowbitError('UNSUPPORTED', `${model.dir}: the CUDA backend has no Qwen3-MoE (sparse) layers; evaluate it with --device cpu`);
+    const packed = firstPackedLinear(model);
+    if (packed) throw new LowbitError('UNSUPPORTED', `${model.dir}: ${packed} holds packed low-bit weights; the CUDA backend runs dense weights only, evaluate it with --device cpu`);
     const w = model.weights;
     const handle = await addon.gpuModelCreate(
-      { cfg: model.config, layers: w.layers.map(denseLayer), embed: w.embed, lmHead: w.lmHead, finalNorm: w.finalNorm },
+      { cfg: model.config, layers: w.layers, embed: w.embed, lmHead: w.lmHead, finalNorm: w.finalNorm },
       { device: opts.device ?? 0, dtype, actFp32: opts.actFp32 ?? false },
     );
     return new GpuModel(handle);
@@ -134,11 +138,26 @@ export class GpuModel {
   }
 }
 
-/** The GPU backend takes dense weights: linears that run packed on the CPU are dequantized for the upload. */
-function denseLayer(layer: LayerWeights): LayerWeights {
-  const dense = (lin: Linear): Linear => (lin.weight || !lin.quantized ? lin : { ...lin, weight: dequantize(lin.quantized, lin.inFeatures) });
-  const linears = Object.fromEntries(Object.entries(layer.linears).map(([k, lin]) => [k, lin && dense(lin)]));
-  return { ...layer, linears: linears as LayerWeights['linears'] };
+/**
+ * The CUDA backend runs dense weights: a model quantized in memory (packed, its integers kept) gets back the
+ * fp32 weights the quantizer computed, for the upload. BiLLM's binary linears stay packed (CPU only).
+ */
+export function densifyForGpu(model: LoadedModel): void {
+  for (const layer of model.weights.layers) {
+    for (const { lin } of layerLinears(layer) as { lin: PackedLinear }[]) {
+      if (!lin.packed || !lin.quantized) continue;
+      lin.weight = dequantize(lin.quantized, lin.inFeatures);
+      lin.packed = undefined;
+    }
+  }
+}
+
+/** The first linear without a dense weight (a loaded GPTQ/AWQ/lowbit checkpoint, or a compact quantized model). */
+export function firstPackedLinear(model: LoadedModel): string | undefined {
+  for (const [l, layer] of model.weights.layers.entries()) {
+    for (const [n, lin] of Object.entries(layer.linears)) if (lin && !lin.weight) return `model.layers.${l}.${n}`;
+  }
+  return undefined;
 }
 
 const attached = new WeakMap<LoadedModel, GpuModel>();

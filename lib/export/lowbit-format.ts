@@ -3,21 +3,22 @@
 //   uint      {p}.qweight I32 [ceil(in·bits/32), out] (the GPTQ bit stream, any bits 1..8), {p}.qzeros U8 [ngroups, out]
 //             (zeros as they are), {p}.scales F32 [ngroups, out], {p}.g_idx I32 [in]: exact fp32 scales
 //   int8      {p}.qweight I8 [out, in] = q − 2^(bits−1) (symmetric absmax, SmoothQuant), {p}.scales F32 [out]
-//   codebook  {p}.codes I32 [out, ceil(in·cbits/32)] (a cbits-bit code per weight, stream along the input),
-//             {p}.codebook F32 [out, nblocks, 2^cbits]: w[o, i] = codebook[o, i / block, code[o, i]] (BiLLM)
+//   binary    {p}.salient U8 [ceil(in/8)], {p}.codes I32 [out, ceil(in/16)], {p}.scales F16 [out, nblocks, 8]
+//             (BiLLM: salient-column bitmap, a 2-bit code per weight (the two bit planes interleaved),
+//             α1 μ1 α2 μ2 αc μc αs μs per row and block)
 //   dense     {p}.weight F32 [out, in]
 import { LowbitError } from '../load/errors';
 import type { TensorToWrite } from '../load/safetensors';
 import type { Linear } from '../load/types';
 import { isF32Array } from '../native/addon';
 import type { QuantSpec } from '../quant/spec';
-import { toF32 } from '../quant/weights';
-import { groupIndex, numGroups, packAlongInput, packStream, streamValue, streamWords } from './pack';
+import { toF32, type QuantizedLinear } from '../quant/weights';
+import { groupIndex, numGroups, packAlongInput, streamWords } from './pack';
 
-export type LowbitKind = 'uint' | 'int8' | 'codebook' | 'dense';
-export const LOWBIT_FORMAT_VERSION = 1;
-/** BiLLM gives at most 4 values per row and block for salient columns and 4 for the rest. */
-export const MAX_CODEBOOK_BITS = 3;
+export type LowbitKind = 'uint' | 'int8' | 'binary' | 'dense';
+/** Version 2 replaced version 1's BiLLM "codebook" layout (a 3-bit code per weight) by "binary". */
+export const LOWBIT_FORMAT_VERSION = 2;
+export const BINARY_SCALES = 8;
 
 function isAbsmaxSym(lin: Linear): boolean {
   const q = lin.quantized;
@@ -26,59 +27,13 @@ function isAbsmaxSym(lin: Linear): boolean {
   return q.zeros.every((z) => z === mid);
 }
 
-export interface Codebook {
-  cbits: number;
-  block: number;
-  codes: Int32Array; // [out, streamWords(in, cbits)]
-  codebook: Float32Array; // [out, nblocks, 2^cbits]
-}
-
-/** Exact codebook form of w [out, in]: per row and block of columns, its distinct values; undefined if any has > 2^maxBits. */
-export function buildCodebook(w: Float32Array, out: number, inF: number, block: number, maxBits = MAX_CODEBOOK_BITS): Codebook | undefined {
-  const nb = Math.ceil(inF / block);
-  const bitsOf = new Uint32Array(w.buffer, w.byteOffset, w.length);
-  const maps: Map<number, number>[] = [];
-  let most = 1;
-  for (let r = 0; r < out; r++) {
-    for (let b = 0; b < nb; b++) {
-      const m = new Map<number, number>();
-      for (let i = b * block; i < Math.min(inF, (b + 1) * block); i++) {
-        const k = bitsOf[r * inF + i];
-        if (!m.has(k)) m.set(k, m.size);
-      }
-      if (m.size > 1 << maxBits) return undefined;
-      most = Math.max(most, m.size);
-      maps.push(m);
-    }
-  }
-  const cbits = Math.max(1, Math.ceil(Math.log2(most)));
-  const ncode = 1 << cbits;
-  const wpr = streamWords(inF, cbits);
-  const codes = new Int32Array(out * wpr);
-  const codebook = new Float32Array(out * nb * ncode);
-  const cbBits = new Uint32Array(codebook.buffer);
-  for (let r = 0; r < out; r++) {
-    for (let b = 0; b < nb; b++) for (const [k, idx] of maps[r * nb + b]) cbBits[(r * nb + b) * ncode + idx] = k;
-    packStream(codes, r * wpr, 1, inF, cbits, (i) => maps[r * nb + Math.floor(i / block)].get(bitsOf[r * inF + i])!);
-  }
-  return { cbits, block, codes, codebook };
-}
-
-export function decodeCodebook(c: Codebook, out: number, inF: number): Float32Array {
-  const nb = Math.ceil(inF / c.block);
-  const ncode = 1 << c.cbits;
-  const wpr = streamWords(inF, c.cbits);
-  const w = new Float32Array(out * inF);
-  for (let r = 0; r < out; r++) {
-    for (let i = 0; i < inF; i++) {
-      w[r * inF + i] = c.codebook[(r * nb + Math.floor(i / c.block)) * ncode + streamValue(c.codes, r * wpr, 1, i, c.cbits)];
-    }
-  }
-  return w;
+/** The binary layout's tensor shapes for a [out, inF] weight in blocks of `block` columns. */
+export function binaryShapes(out: number, inF: number, block: number): { salient: number[]; codes: number[]; scales: number[] } {
+  return { salient: [Math.ceil(inF / 8)], codes: [out, Math.ceil(inF / 16)], scales: [out, Math.ceil(inF / block), BINARY_SCALES] };
 }
 
 /** The tensors of one linear in lowbit's layout, and which kind it took. */
-export function lowbitLinearTensors(prefix: string, lin: Linear, spec: QuantSpec): { tensors: Record<string, TensorToWrite>; kind: LowbitKind } {
+export function lowbitLinearTensors(prefix: string, lin: QuantizedLinear, spec: QuantSpec): { tensors: Record<string, TensorToWrite>; kind: LowbitKind } {
   const out = lin.outFeatures;
   const inF = lin.inFeatures;
   const q = lin.quantized;
@@ -118,18 +73,18 @@ export function lowbitLinearTensors(prefix: string, lin: Linear, spec: QuantSpec
       },
     };
   }
-  const w = isF32Array(lin.weight) ? lin.weight : toF32(lin.weight);
-  if (spec.method === 'billm') {
-    const c = buildCodebook(w, out, inF, spec.groupSize > 0 ? spec.groupSize : inF);
-    if (c) {
-      return {
-        kind: 'codebook',
-        tensors: {
-          [`${prefix}.codes`]: { dtype: 'I32', shape: [out, streamWords(inF, c.cbits)], data: c.codes },
-          [`${prefix}.codebook`]: { dtype: 'F32', shape: [out, Math.ceil(inF / c.block), 1 << c.cbits], data: c.codebook },
-        },
-      };
-    }
+  if (lin.binary) {
+    const b = lin.binary;
+    const sh = binaryShapes(out, inF, b.block);
+    return {
+      kind: 'binary',
+      tensors: {
+        [`${prefix}.salient`]: { dtype: 'U8', shape: sh.salient, data: b.salient },
+        [`${prefix}.codes`]: { dtype: 'I32', shape: sh.codes, data: b.codes },
+        [`${prefix}.scales`]: { dtype: 'F16', shape: sh.scales, data: b.scales },
+      },
+    };
   }
+  const w = isF32Array(lin.weight) ? lin.weight : toF32(lin.weight);
   return { kind: 'dense', tensors: { [`${prefix}.weight`]: { dtype: 'F32', shape: [out, inF], data: w } } };
 }

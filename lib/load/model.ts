@@ -2,10 +2,10 @@
 // left as views over the mapped files, the small norm and bias vectors upcast to fp32 copies.
 import * as fs from 'fs';
 import * as path from 'path';
-import { isF32Array, Weight } from '../native/addon';
+import { addon, isF32Array, Weight } from '../native/addon';
 import { parseConfig } from './config';
 import { LowbitError } from './errors';
-import { isInt8Packable, packInt8, packLinear, PackedLinear } from '../quant/packed';
+import { binaryWeight, isInt8Packable, packInt8, packLinear, PackedLinear, unpackOnAccess } from '../quant/packed';
 import { loadQuantizedLinear, QuantConfig, quantizationStateOf, readQuantConfig } from './quantized';
 import { CheckpointReader, Tensor, openCheckpoint } from './safetensors';
 import { expertTensor, layerLinears } from './linears';
@@ -99,9 +99,23 @@ function buildWeights(config: ModelConfig, ckpt: CheckpointReader, qc: QuantConf
       inFeatures: inF,
     };
     if (packed?.quantized) {
-      // The integers stay (re-export, inspection); the forward runs from the kernel layout.
-      const q = (lin.quantized = packed.quantized);
-      if (!packed.weight) lin.packed = actBits === 8 && isInt8Packable(q) ? packInt8(q, out, inF) : packLinear(q, out, inF);
+      // The forward runs from the kernel layout. The integers stay reachable (re-export, inspection): kept
+      // as they are for the int8 and dense paths, unpacked on access from the packed weights otherwise.
+      const q = packed.quantized;
+      if (packed.weight || (actBits === 8 && isInt8Packable(q))) {
+        lin.quantized = q;
+        if (!packed.weight) lin.packed = packInt8(q, out, inF);
+      } else {
+        const pw = packLinear(q, out, inF);
+        lin.packed = pw;
+        unpackOnAccess(lin, pw, q);
+      }
+    } else if (packed?.binary) {
+      // The stored tensors stay mapped (re-export); the kernels run their packed copy, so the pages they were
+      // read from can leave the RSS.
+      lin.binary = packed.binary;
+      lin.packed = binaryWeight(packed.binary, out, inF);
+      if (lin.packed.packed) for (const a of [packed.binary.codes, packed.binary.scales]) addon.adviseMapped(a, 'dontneed');
     }
     return lin;
   };

@@ -1,13 +1,15 @@
 // Import of quantized checkpoints: config.json's quantization_config (quant_method gptq | awq | lowbit), as
 // lowbit writes it and as AutoGPTQ / GPTQModel (v1 "gptq" and "gptq_v2" checkpoint_format) and AutoAWQ (GEMM)
-// write it. Each packed linear becomes a QuantizedTensor (`lin.quantized`) plus its fp32 dequantization as
-// `lin.weight` for the dense forward. Every error names the file and tensor at fault.
+// write it. Each integer-packed linear becomes a QuantizedTensor (for the packed kernels; widths without a
+// kernel also get their fp32 dequantization), each BiLLM one its binary tensors. Every error names the file
+// and tensor at fault.
 import * as path from 'path';
 import { awqShapes, unpackAwq } from '../export/awq-format';
 import { GptqCheckpointFormat, gptqShapes, unpackGptq } from '../export/gptq-format';
-import { decodeCodebook } from '../export/lowbit-format';
+import { binaryShapes } from '../export/lowbit-format';
 import { dequantize, fromF16Bits, streamWords, unpackAlongInput } from '../export/pack';
-import type { QuantizedTensor } from '../quant/weights';
+import { addon } from '../native/addon';
+import type { BinaryTensor, QuantizedTensor } from '../quant/weights';
 import { defaultSpec, Method, METHODS, QuantSpec } from '../quant/spec';
 import { LowbitError } from './errors';
 import type { CheckpointReader, DType, Tensor } from './safetensors';
@@ -61,7 +63,7 @@ export function readQuantConfig(raw: Json, dir: string): QuantConfig | undefined
   if (qc.lm_head === true) throw new LowbitError('UNSUPPORTED', `${file}: quantized lm_head (quantization_config.lm_head: true) is not supported`);
   let method: Method | undefined;
   if (qm === 'lowbit') {
-    if (qc.version !== 1) throw new LowbitError('UNSUPPORTED', `${file}: lowbit format version ${JSON.stringify(qc.version)} is not supported (1)`);
+    if (qc.version !== 1 && qc.version !== 2) throw new LowbitError('UNSUPPORTED', `${file}: lowbit format version ${JSON.stringify(qc.version)} is not supported (1, 2)`);
     if (!METHODS.includes(qc.method as Method)) throw bad(`method must be one of ${METHODS.join(', ')}, got ${JSON.stringify(qc.method)}`);
     method = qc.method as Method;
   }
@@ -137,25 +139,37 @@ function ngroupsOf(qc: QuantConfig, inF: number, base: string, file: string): nu
 export const PACKED_BITS = [2, 3, 4, 8];
 
 export interface LoadedLinear {
-  /** Dense fp32 weights, only where no packed kernel runs this linear (BiLLM codebooks, 1/5/6/7 bits). */
+  /** Dense fp32 weights, only where no packed kernel runs this linear (1/5/6/7 bits). */
   weight?: Float32Array;
   quantized?: QuantizedTensor;
+  /** BiLLM: the stored tensors themselves (views of the mapped file), for the 1-bit kernels. */
+  binary?: BinaryTensor;
+}
+
+/** The lowbit "binary" layout of linear `base`: shapes, dtypes and finite scales checked. */
+function loadBinary(ckpt: CheckpointReader, base: string, out: number, inF: number, qc: QuantConfig): BinaryTensor {
+  const block = qc.groupSize > 0 ? qc.groupSize : inF;
+  const sh = binaryShapes(out, inF, block);
+  const sal = ckpt.get(`${base}.salient`);
+  expect(sal, ['U8'], sh.salient);
+  const codes = ckpt.get(`${base}.codes`);
+  expect(codes, ['I32'], sh.codes);
+  const sc = ckpt.get(`${base}.scales`);
+  expect(sc, ['F16'], sh.scales, ` (block ${block}: ${qc.file} quantization_config.group_size)`);
+  const scales = sc.data as Uint16Array;
+  for (let i = 0; i < scales.length; i++) {
+    if ((scales[i] & 0x7c00) === 0x7c00) throw new LowbitError('BAD_CHECKPOINT', `${sc.file}: tensor "${sc.name}"[${i}] is not finite (fp16 bits 0x${scales[i].toString(16)})`);
+  }
+  return { block, salient: sal.data as Uint8Array, codes: codes.data as Int32Array, scales };
 }
 
 /** The linear `base` of a quantized checkpoint, or undefined when it is stored as a plain `.weight`. */
 export function loadQuantizedLinear(ckpt: CheckpointReader, base: string, out: number, inF: number, qc: QuantConfig): LoadedLinear | undefined {
-  if (qc.quantMethod === 'lowbit' && ckpt.has(`${base}.codes`)) {
-    const codes = ckpt.get(`${base}.codes`);
-    const cb = ckpt.get(`${base}.codebook`);
-    if (cb.shape.length !== 3 || cb.shape[0] !== out) {
-      throw new LowbitError('SHAPE_MISMATCH', `${cb.file}: tensor "${cb.name}" has shape ${shapeStr(cb.shape)}, expected [${out}, nblocks, 2^cbits]`);
+  if (qc.quantMethod === 'lowbit') {
+    if (ckpt.has(`${base}.codebook`)) {
+      throw new LowbitError('UNSUPPORTED', `${ckpt.get(`${base}.codebook`).file}: "${base}" uses lowbit format version 1's BiLLM codebook layout, which is no longer read: quantize the model again`);
     }
-    const cbits = Math.log2(cb.shape[2]);
-    if (!Number.isInteger(cbits) || cbits < 1 || cbits > 8) throw new LowbitError('SHAPE_MISMATCH', `${cb.file}: tensor "${cb.name}": last dimension ${cb.shape[2]} is not 2^cbits`);
-    const block = qc.groupSize > 0 ? qc.groupSize : inF;
-    expect(cb, ['F32'], [out, Math.ceil(inF / block), cb.shape[2]]);
-    expect(codes, ['I32'], [out, streamWords(inF, cbits)]);
-    return { weight: decodeCodebook({ cbits, block, codes: codes.data as Int32Array, codebook: cb.data as Float32Array }, out, inF, ) };
+    if (ckpt.has(`${base}.codes`)) return { binary: loadBinary(ckpt, base, out, inF, qc) };
   }
   if (!ckpt.has(`${base}.qweight`)) return undefined;
   const qw = ckpt.get(`${base}.qweight`);
@@ -200,7 +214,7 @@ export function loadQuantizedLinear(ckpt: CheckpointReader, base: string, out: n
       if (Math.abs(src[k]) >= mid) throw new LowbitError('BAD_CHECKPOINT', `${qw.file}: tensor "${qw.name}"[${k}] = ${src[k]} is outside ±${mid - 1} for ${qc.bits}-bit weights (${qc.file})`);
       qweight[k] = src[k] + mid;
     }
-    q = { bits: qc.bits, groupSize: -1, sym: true, qweight, scales: Float32Array.from(sc.data as Float32Array), zeros: new Float32Array(out).fill(mid), gIdx: new Int32Array(inF) };
+    q = { bits: qc.bits, groupSize: -1, sym: true, qweight, scales: Float32Array.from(sc.data as Float32Array), zeros: new Float32Array(out).fill(mid) };
   } else {
     // lowbit uint: GPTQ bit stream, plain U8 zeros, fp32 scales
     const ng = ngroupsOf(qc, inF, base, qw.file);
@@ -226,6 +240,8 @@ export function loadQuantizedLinear(ckpt: CheckpointReader, base: string, out: n
     }
     q = { bits: qc.bits, groupSize: qc.groupSize, sym: qc.sym, qweight: unpackAlongInput(qw.data as Int32Array, out, inF, qc.bits), scales, zeros, gIdx: checkGIdx(gt, ng) };
   }
+  // Everything was copied out of the file (unpacked integers, fp32 scales): its pages can leave the RSS.
+  for (const k of ['qweight', 'qzeros', 'scales', 'g_idx']) if (ckpt.has(`${base}.${k}`)) addon.adviseMapped(ckpt.get(`${base}.${k}`).data, 'dontneed');
   // Packable widths run from the packed kernels and are never expanded; other widths are dequantized.
   return PACKED_BITS.includes(q.bits) ? { quantized: q } : { weight: dequantize(q, inF), quantized: q };
 }

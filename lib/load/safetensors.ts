@@ -330,7 +330,8 @@ export function writeSafetensors(
     const where = `${file}: tensor "${name}"`;
     if (name === '__metadata__') throw new LowbitError('BAD_ARGUMENT', `${file}: "__metadata__" is reserved, not a tensor name`);
     if (!isDType(dtype)) throw new LowbitError('BAD_ARGUMENT', `${where}: unknown dtype ${JSON.stringify(dtype)}`);
-    if (!(data instanceof ARRAY_OF[dtype])) {
+    // By tag, not instanceof: arrays the addon makes belong to Node's main realm, not a vm context's (jest).
+    if (Object.prototype.toString.call(data) !== `[object ${ARRAY_OF[dtype].name}]`) {
       throw new LowbitError('BAD_ARGUMENT', `${where}: ${dtype} data must be a ${ARRAY_OF[dtype].name}, got ${data?.constructor?.name}`);
     }
     if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0) || elementCount(shape) !== data.length) {

@@ -3,6 +3,7 @@
 // feedback. The native core is native/cpu/billm.cpp (its header comment lists where it departs from the
 // reference code and why).
 import { addon, Weight } from '../native/addon';
+import type { BinaryTensor } from './weights';
 
 export interface BillmOptions {
   rows: number;
@@ -32,8 +33,10 @@ export interface BillmOptions {
 }
 
 export interface BillmResult {
-  /** Dequantized binarized weights, [rows, cols] row-major. */
+  /** Dequantized binarized weights, [rows, cols] row-major: exactly what `binary` decodes to. */
   weight: Float32Array;
+  /** The binary structure (2-bit codes, salient bitmap, fp16 scales) the lowbit format stores and the 1-bit kernels run. */
+  binary: BinaryTensor;
   /** The paper's W-bits: 2·r_salient + 1·(1 − r_salient). */
   avgBits: number;
   /** The paper's extra storing bits per weight: 1 + 1/blockSize (group bitmap + salient-column bitmap). */

@@ -178,7 +178,7 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
                 maxSalient: billmMaxSalient(spec.groupSize),
                 cancel,
               });
-              install(lin, r.weight);
+              install(lin, r.weight, undefined, r.binary);
               bitsWeighted += r.avgBits * lin.outFeatures * lin.inFeatures;
               weights += lin.outFeatures * lin.inFeatures;
               return { layer: l, name, expert, avgBits: r.avgBits };

@@ -39,11 +39,25 @@ export interface QuantizedTensor {
   gIdx?: Int32Array; // [in] group of each input column (act-order)
 }
 
-export interface QuantizedLinear extends Linear {
-  quantized?: QuantizedTensor;
+/**
+ * BiLLM's binarized weight [rows, cols] as it is stored (lowbit format "binary", docs/formats.md) and run
+ * by the 1-bit kernels (native/cpu/binary.h): per column a salient bit, per weight a 2-bit code, per row
+ * and block 8 fp16 scales (α1 μ1 α2 μ2 αc μc αs μs).
+ */
+export interface BinaryTensor {
+  block: number;
+  salient: Uint8Array; // [ceil(cols/8)] bit c%8 of byte c/8
+  codes: Int32Array; // [rows, ceil(cols/16)] bits 2(c%16), 2(c%16)+1 of word c/16: first sign, second bit
+  scales: Uint16Array; // [rows, ceil(cols/block), 8] fp16 bits
 }
 
-export function install(lin: QuantizedLinear, weight: Float32Array, q?: QuantizedTensor): void {
+export interface QuantizedLinear extends Linear {
+  quantized?: QuantizedTensor;
+  binary?: BinaryTensor;
+}
+
+export function install(lin: QuantizedLinear, weight: Float32Array, q?: QuantizedTensor, binary?: BinaryTensor): void {
   lin.weight = weight;
   lin.quantized = q;
+  lin.binary = binary;
 }

@@ -17,6 +17,13 @@
 //   μ = mean(r), α = mean|r − μ|, r̂ = α·sign(r − μ) + μ, accumulate. With `centered` off, μ = 0, which is the
 //   paper's Eq. 1/4 form α·sign(r) (α = ‖r‖₁/m).
 //
+// The final binarization of each block stores its α and μ in fp16 and binarizes with those rounded values
+// (so the weights it returns, and the error fed back, are exactly what the lowbit "binary" layout holds:
+// docs/formats.md); the searches run in fp32. Alongside the weights it returns that structure: per row and
+// block the 8 fp16 scales (α1 μ1 α2 μ2 of the salient residual, αc μc, αs μs of the concentrated and sparse
+// groups), a 2-bit code per weight (bit 0 the first sign; bit 1 the second residual sign on salient
+// columns, the sparse flag elsewhere) and the salient-column bitmap.
+//
 // Differences from the reference, all deliberate:
 //  - sign(0) is +1 here (torch.sign gives 0, which would be a third code);
 //  - the searches minimise the error of the weights themselves (the paper's Eq. 5/9 objectives). With the
@@ -25,6 +32,7 @@
 //  - blocks narrower than 2 columns, or a max-salient bound ≥ the block width, are clamped instead of failing
 //    in torch.topk.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -36,6 +44,7 @@
 #include "gemm.h"
 #include "linalg.h"
 #include "registry.h"
+#include "tensor.h"
 #include "threads.h"
 
 namespace lowbit {
@@ -54,8 +63,14 @@ struct BillmOpts {
   bool centered = true;
 };
 
+// Scales per row and block, in this order (docs/formats.md, lowbit "binary" layout).
+enum : int { kA1 = 0, kM1, kA2, kM2, kAc, kMc, kAs, kMs, kNScales };
+
 struct BillmResult {
   std::vector<float> w;                // [rows, cols] dequantized
+  std::vector<uint8_t> salient_bits;   // [ceil(cols/8)] bit c%8 of byte c/8: column c is salient
+  std::vector<uint32_t> codes;         // [rows, ceil(cols/16)] bits 2(c%16), 2(c%16)+1 of word c/16: the code of column c
+  std::vector<uint16_t> scales;        // [rows, nblocks, kNScales] fp16
   std::vector<int32_t> block_salient;  // salient columns per block
   std::vector<uint8_t> salient_mask;   // [cols] 1 where the column is salient
   int64_t salient = 0, dead = 0;
@@ -66,9 +81,20 @@ enum : uint8_t { kConc = 0, kSparse = 1, kSal = 2 };
 
 inline float sgn(float v) { return v >= 0.f ? 1.f : -1.f; }
 
+inline float round_f16(float v) { return f16_to_f32(f32_to_f16(v)); }
+
+// What the final binarization keeps: ab[2o], ab[2o+1] = α, μ of order o (fp16-exact), and bit o of bits[k]
+// = the order-o sign of entry k (1: +).
+struct Stored {
+  float* ab;
+  uint8_t* bits;
+};
+
 // high_order_residual over the entries of one row with grp[k] == g: adds the order-`order` binarization of
-// x into out (out must be zero at those entries on entry). Returns nothing; rows with no entries stay zero.
-void residual_binarize(const float* x, const uint8_t* grp, uint8_t g, int64_t n, int order, bool centered, float* out) {
+// x into out (out must be zero at those entries on entry). Rows with no entries stay zero (and α = μ = 0).
+// With `st`, α and μ are rounded to fp16 before use and recorded with the signs.
+void residual_binarize(const float* x, const uint8_t* grp, uint8_t g, int64_t n, int order, bool centered, float* out,
+                       const Stored* st = nullptr) {
   int64_t m = 0;
   for (int64_t k = 0; k < n; ++k) m += grp[k] == g;
   if (m == 0) return;
@@ -83,9 +109,22 @@ void residual_binarize(const float* x, const uint8_t* grp, uint8_t g, int64_t n,
     for (int64_t k = 0; k < n; ++k)
       if (grp[k] == g) a += std::fabs(static_cast<double>(x[k]) - out[k] - mu);
     a /= m;
-    const float fa = static_cast<float>(a), fmu = static_cast<float>(mu);
+    float fa = static_cast<float>(a), fmu = static_cast<float>(mu);
+    if (!st) {
+      for (int64_t k = 0; k < n; ++k)
+        if (grp[k] == g) out[k] += fa * sgn(x[k] - out[k] - fmu) + fmu;
+      continue;
+    }
+    fa = round_f16(fa);
+    fmu = round_f16(fmu);
+    st->ab[2 * o] = fa;
+    st->ab[2 * o + 1] = fmu;
     for (int64_t k = 0; k < n; ++k)
-      if (grp[k] == g) out[k] += fa * sgn(x[k] - out[k] - fmu) + fmu;
+      if (grp[k] == g) {
+        const float s = sgn(x[k] - out[k] - fmu);
+        st->bits[k] |= static_cast<uint8_t>((s > 0) << o);
+        out[k] += fa * s + fmu;
+      }
   }
 }
 
@@ -230,6 +269,10 @@ void billm(const MatView& Win, int64_t rows, int64_t cols, const float* Hin, con
 
   res.w.assign(rows * cols, 0.f);
   res.salient_mask.assign(cols, 0);
+  const int64_t wpr = (cols + 15) / 16, nblocks = (cols + o.block - 1) / o.block;
+  res.codes.assign(rows * wpr, 0);
+  res.scales.assign(rows * nblocks * kNScales, 0);
+  std::atomic<bool> overflow{false};  // a scale beyond the fp16 range (reported after the parallel loop)
   std::vector<double> row_loss(rows, 0.0);
   const int64_t B = o.block;
   std::vector<float> Wb(rows * B), Mb(rows * B), Qb(rows * B), E(rows * B);
@@ -265,17 +308,35 @@ void billm(const MatView& Win, int64_t rows, int64_t cols, const float* Hin, con
     res.salient += k;
     for (int64_t c = 0; c < nb; ++c) res.salient_mask[i1 + c] = grp[c] == kSal;  // same in every row
 
-    // Binarize the block at once, then the error feedback.
+    // Binarize the block at once (recording its binary structure), then the error feedback.
+    const int64_t blk = i1 / B;
     parallel_for(rows, [&](std::size_t r0, std::size_t r1, int) {
+      std::vector<uint8_t> bits(nb);
+      float ab[kNScales];
       for (int64_t r = r0; r < static_cast<int64_t>(r1); ++r) {
         float* x = &Wb[r * nb];
         float* q = &Qb[r * nb];
         const uint8_t* g = &grp[r * nb];
         std::fill(q, q + nb, 0.f);
-        residual_binarize(x, g, kSal, nb, 2, o.centered, q);
-        residual_binarize(x, g, kConc, nb, 1, o.centered, q);
-        residual_binarize(x, g, kSparse, nb, 1, o.centered, q);
+        std::fill(bits.begin(), bits.end(), 0);
+        std::fill(ab, ab + kNScales, 0.f);
+        const Stored sal{ab + kA1, bits.data()}, conc{ab + kAc, bits.data()}, sparse{ab + kAs, bits.data()};
+        residual_binarize(x, g, kSal, nb, 2, o.centered, q, &sal);
+        residual_binarize(x, g, kConc, nb, 1, o.centered, q, &conc);
+        residual_binarize(x, g, kSparse, nb, 1, o.centered, q, &sparse);
         std::memcpy(&res.w[r * cols + i1], q, nb * sizeof(float));
+        uint16_t* sc = &res.scales[(r * nblocks + blk) * kNScales];
+        for (int k = 0; k < kNScales; ++k) {
+          if (!std::isfinite(ab[k])) overflow.store(true, std::memory_order_relaxed);
+          sc[k] = f32_to_f16(ab[k]);
+        }
+        // Bit 0: the first sign. Bit 1: the second residual sign (salient) or the sparse flag.
+        uint32_t* cw = &res.codes[r * wpr];
+        for (int64_t k = 0; k < nb; ++k) {
+          const int64_t c = i1 + k;
+          const uint32_t b0 = bits[k] & 1u, b1 = g[k] == kSal ? (bits[k] >> 1) & 1u : g[k] == kSparse;
+          cw[c / 16] |= (b0 | b1 << 1) << (2 * (c % 16));
+        }
         if (!o.feedback) continue;
         for (int64_t i = 0; i < nb; ++i) {
           const int64_t c = i1 + i;
@@ -298,6 +359,10 @@ void billm(const MatView& Win, int64_t rows, int64_t cols, const float* Hin, con
       gemm(g);
     }
   }
+  if (overflow.load())
+    throw std::invalid_argument("billmQuantize: a binarization scale exceeds the fp16 range (|w| > 65504) and cannot be stored");
+  res.salient_bits.assign((cols + 7) / 8, 0);
+  for (int64_t c = 0; c < cols; ++c) res.salient_bits[c / 8] |= static_cast<uint8_t>(res.salient_mask[c] << (c % 8));
   res.loss = std::accumulate(row_loss.begin(), row_loss.end(), 0.0);
   // Bits, as the paper counts them (Sec. 4.1 / "extra storing bits"): salient weights take 2 bits (two binary
   // residual planes), the rest 1 bit, so N_param = 2·r_salient + 1·(1 − r_salient) = 1 + r_salient, where
@@ -337,7 +402,8 @@ bool get_bool(const Napi::Object& o, const char* key, bool def) {
 
 // billmQuantize(W, H: Float32Array [cols, cols], {rows, cols, blockSize, damp, saliencySearch, fixedSalient,
 //   maxSalient, salientMetric: 'hessian'|'magnitude', searchOnSaliency, errorFeedback, exactFeedback, centered,
-//   cancel}) → Promise<{weight, avgBits, storingBits, salientColumns, blockSalient, salientMask, loss, deadColumns}>
+//   cancel}) → Promise<{weight, avgBits, storingBits, salientColumns, blockSalient, salientMask, loss, deadColumns,
+//   binary: {block, salient, codes, scales}}>
 Napi::Value BillmQuantize(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     if (info.Length() < 3 || !info[2].IsObject())
@@ -378,7 +444,7 @@ Napi::Value BillmQuantize(const Napi::CallbackInfo& info) {
     CancelFlag cancel(o.Get("cancel"));
     auto r = std::make_shared<BillmResult>();
     return run_async(info.Env(), [=] { billm(W, rows, cols, H, opt, *r, cancel); },
-      [r](Napi::Env env) -> Napi::Value {
+      [r, opt](Napi::Env env) -> Napi::Value {
         Napi::Object out = Napi::Object::New(env);
         out.Set("weight", copy_out<float, Napi::Float32Array>(env, r->w));
         out.Set("avgBits", Napi::Number::New(env, r->avg_bits));
@@ -388,6 +454,14 @@ Napi::Value BillmQuantize(const Napi::CallbackInfo& info) {
         out.Set("salientMask", copy_out<uint8_t, Napi::Uint8Array>(env, r->salient_mask));
         out.Set("loss", Napi::Number::New(env, r->loss));
         out.Set("deadColumns", Napi::Number::New(env, static_cast<double>(r->dead)));
+        Napi::Object b = Napi::Object::New(env);
+        b.Set("block", Napi::Number::New(env, static_cast<double>(opt.block)));
+        b.Set("salient", copy_out<uint8_t, Napi::Uint8Array>(env, r->salient_bits));
+        auto codes = Napi::Int32Array::New(env, r->codes.size());
+        std::memcpy(codes.Data(), r->codes.data(), r->codes.size() * 4);
+        b.Set("codes", codes);
+        b.Set("scales", copy_out<uint16_t, Napi::Uint16Array>(env, r->scales));
+        out.Set("binary", b);
         return out;
       }, {info[0], info[1], info[2]});
   });

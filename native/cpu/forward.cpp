@@ -72,6 +72,10 @@ LinearW parse_linear(const Napi::Object& lin, const char* name, int64_t out, int
       l.kind = LinearW::Kind::Int8;
       l.int8 = int8_from_js(pk);
       if (l.int8.rows != out || l.int8.cols != in) throw std::invalid_argument(std::string(name) + ": packed int8 weight shape mismatch");
+    } else if (kind == "binary") {
+      l.kind = LinearW::Kind::Binary;
+      l.binary = binary_from_js(pk);
+      if (l.binary.rows != out || l.binary.cols != in) throw std::invalid_argument(std::string(name) + ": binary weight shape mismatch");
     } else {
       l.kind = LinearW::Kind::Packed;
       l.packed = packed_from_js(pk);
@@ -100,6 +104,8 @@ void apply_linear(const LinearW& l, const float* x, int64_t T, float* y, QAct* q
     int8_matmul(l.int8, qa->u.data(), qa->s.data(), T, y);
   } else if (l.kind == LinearW::Kind::Packed) {
     packed_matmul(l.packed, x, T, y);
+  } else if (l.kind == LinearW::Kind::Binary) {
+    binary_matmul(l.binary, x, T, y);
   } else {
     linear(T, l.out, l.in, x, l.w, y);
   }

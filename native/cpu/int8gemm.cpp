@@ -212,6 +212,7 @@ Napi::Value PackInt8(const Napi::CallbackInfo& info) {
     const float* sc = typed<float>(info[1], napi_float32_array, rows, "scales (per channel)");
     const float* zr = typed<float>(info[2], napi_float32_array, rows, "zeros (per channel)");
     auto data = Napi::Int8Array::New(env, rows * kpad);
+    advise_huge_pages(data.Data(), rows * kpad);
     auto scales = Napi::Float32Array::New(env, rows);
     auto wsum = Napi::Int32Array::New(env, rows);
     std::memset(data.Data(), 0, rows * kpad);

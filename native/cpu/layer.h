@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "binary.h"
 #include "packed.h"
 #include "tensor.h"
 
@@ -19,10 +20,12 @@ struct LinearW {
   MatView w;
   const float* bias = nullptr;
   int64_t out = 0, in = 0;
-  // `packed` on the JS linear: low-bit packed weights (packLinear) or W8A8 int8 weights (packInt8).
-  enum class Kind { Dense, Packed, Int8 } kind = Kind::Dense;
+  // `packed` on the JS linear: low-bit packed weights (packLinear), W8A8 int8 weights (packInt8) or BiLLM
+  // binary weights (kind 'binary').
+  enum class Kind { Dense, Packed, Int8, Binary } kind = Kind::Dense;
   PackedView packed;
   Int8View int8;
+  BinaryView binary;
 };
 
 struct Cfg {

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/mman.h>
+
 #include "async.h"
 #include "gemm.h"
 #include "registry.h"
@@ -42,12 +44,25 @@ struct Aligned {
 
 thread_local Aligned t_panel;
 
+}  // namespace
+
+// Asks for transparent huge pages on [p, p+n) (whole 2 MiB pages inside it), before its pages are first
+// touched: the GEMV streams tens of MB, and with 4 KiB pages every 4 KiB of each stream costs a TLB miss
+// (a nested page walk in a VM). Advice only: without THP (or with THP "never") nothing changes.
+void advise_huge_pages(void* p, std::size_t n) {
+  const uintptr_t huge = uintptr_t{2} << 20, b = (reinterpret_cast<uintptr_t>(p) + huge - 1) & ~(huge - 1),
+                  e = (reinterpret_cast<uintptr_t>(p) + n) & ~(huge - 1);
+  if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
+}
+
+namespace {
+
 // ---- scalar reference kernels (SimdLevel::Scalar) ------------------------------------------------
 void dequant_scalar(const PackedView& p, int64_t r0, int64_t n, int64_t k0, int64_t kc, float* out) {
   for (int64_t r = r0; r < r0 + n; ++r)
     for (int64_t j = k0; j < k0 + kc; ++j) {
       const int64_t g = std::min(j / p.group, p.ngroups - 1);
-      const float s = p.scales[r * p.ngroups + g], z = p.zeros[r * p.ngroups + g];
+      const float s = p.scales[packed_sz(p, r, g)], z = p.zeros[packed_sz(p, r, g)];
       out[(r - r0) * kc + (j - k0)] = s * (static_cast<float>(packed_q(p, r, j)) - z);
     }
 }
@@ -60,16 +75,17 @@ void small_scalar(const PackedView& p, const float* xp, int64_t ldx, int64_t M, 
       float acc = 0;
       for (int64_t g = 0; g < p.ngroups; ++g) {
         const int64_t j0 = g * p.group, j1 = g == p.ngroups - 1 ? p.cols : j0 + p.group;
-        const float z = p.zeros[r * p.ngroups + g];
+        const float z = p.zeros[packed_sz(p, r, g)];
         float s = 0;
         for (int64_t j = j0; j < j1; ++j) s += (static_cast<float>(packed_q(p, r, j)) - z) * x[j];
-        acc += p.scales[r * p.ngroups + g] * s;
+        acc += p.scales[packed_sz(p, r, g)] * s;
       }
       y[m * p.rows + r] = acc;
     }
 }
 
-// xp[m, j] = x[m, perm[j]], zero past cols; xsum[m, g] = Σ over group g.
+// xp[m, j] = x[m, perm[j]], zero past cols; with xsum (the SIMD GEMV): xsum[m, g] = Σ x over group g and
+// xp scaled by 2^bits (exact; see the GEMV in packed.h).
 void prepare_x(const PackedView& p, const float* x, int64_t M, float* xp, int64_t ldx, float* xsum) {
   for (int64_t m = 0; m < M; ++m) {
     const float* xr = x + m * p.cols;
@@ -79,13 +95,15 @@ void prepare_x(const PackedView& p, const float* x, int64_t M, float* xp, int64_
     else
       std::memcpy(o, xr, sizeof(float) * p.cols);
     std::fill(o + p.cols, o + p.kpad, 0.f);
-    if (xsum)
-      for (int64_t g = 0; g < p.ngroups; ++g) {
-        const int64_t j0 = g * p.group, j1 = g == p.ngroups - 1 ? p.cols : j0 + p.group;
-        float s = 0;
-        for (int64_t j = j0; j < j1; ++j) s += o[j];
-        xsum[m * p.ngroups + g] = s;
-      }
+    if (!xsum) continue;
+    for (int64_t g = 0; g < p.ngroups; ++g) {
+      const int64_t j0 = g * p.group, j1 = g == p.ngroups - 1 ? p.cols : j0 + p.group;
+      float s = 0;
+      for (int64_t j = j0; j < j1; ++j) s += o[j];
+      xsum[m * p.ngroups + g] = s;
+    }
+    const float two_b = static_cast<float>(1 << p.bits);
+    for (int64_t j = 0; j < p.cols; ++j) o[j] *= two_b;
   }
 }
 
@@ -174,7 +192,7 @@ void packed_matmul_reference(const PackedView& p, const float* x, int64_t M, flo
       double s = 0;
       for (int64_t j = 0; j < p.cols; ++j) {
         const int64_t g = std::min(j / p.group, p.ngroups - 1);
-        const double w = static_cast<double>(p.scales[r * p.ngroups + g]) * (packed_q(p, r, j) - static_cast<double>(p.zeros[r * p.ngroups + g]));
+        const double w = static_cast<double>(p.scales[packed_sz(p, r, g)]) * (packed_q(p, r, j) - static_cast<double>(p.zeros[packed_sz(p, r, g)]));
         s += w * x[m * p.cols + col[j]];
       }
       y[m * p.rows + r] = static_cast<float>(s);
@@ -262,12 +280,16 @@ Napi::Value PackLinear(const Napi::CallbackInfo& info) {
     for (int64_t i = 0; i < rows * cols; ++i)
       if (q[i] > maxq) throw std::invalid_argument("packed: qweight[" + std::to_string(i) + "] = " + std::to_string(q[i]) + " does not fit in " + std::to_string(p.bits) + " bits");
     auto data = Napi::Uint8Array::New(env, data_bytes(p));
+    advise_huge_pages(data.Data(), data_bytes(p));
     auto scales = Napi::Float32Array::New(env, p.rows_pad * ng);
     auto zeros = Napi::Float32Array::New(env, p.rows_pad * ng);
     std::memset(scales.Data(), 0, p.rows_pad * ng * 4);
     std::memset(zeros.Data(), 0, p.rows_pad * ng * 4);
-    std::memcpy(scales.Data(), sc, rows * ng * 4);
-    std::memcpy(zeros.Data(), zr, rows * ng * 4);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t g = 0; g < ng; ++g) {
+        scales.Data()[packed_sz(p, r, g)] = sc[r * ng + g];
+        zeros.Data()[packed_sz(p, r, g)] = zr[r * ng + g];
+      }
     uint8_t* d = data.Data();
     std::memset(d, 0, data_bytes(p));
     const int bits = p.bits, UK = pack_unit_k(bits), UB = pack_unit_bytes(bits);
@@ -339,8 +361,11 @@ Napi::Value UnpackLinear(const Napi::CallbackInfo& info) {
       for (int64_t j = 0; j < p.cols; ++j) q.Data()[r * p.cols + (p.perm ? p.perm[j] : j)] = static_cast<uint8_t>(packed_q(p, r, j));
     auto s = Napi::Float32Array::New(env, p.rows * p.ngroups);
     auto z = Napi::Float32Array::New(env, p.rows * p.ngroups);
-    std::memcpy(s.Data(), p.scales, p.rows * p.ngroups * 4);
-    std::memcpy(z.Data(), p.zeros, p.rows * p.ngroups * 4);
+    for (int64_t r = 0; r < p.rows; ++r)
+      for (int64_t g = 0; g < p.ngroups; ++g) {
+        s.Data()[r * p.ngroups + g] = p.scales[packed_sz(p, r, g)];
+        z.Data()[r * p.ngroups + g] = p.zeros[packed_sz(p, r, g)];
+      }
     Napi::Object r = Napi::Object::New(env);
     r.Set("qweight", q);
     r.Set("scales", s);

@@ -22,17 +22,21 @@
 //   bits 3:       two 2-bit planes (steps 0..15, then 16..31: the low 2 bits of q, as above) followed
 //                 by a 1-bit plane (bit j of dword l = bit 2 of q at step j, lane l).
 //                 unit_k = 512, unit_bytes = 192
+// Scales and zeros are fp32 [rows_pad/RB, ngroups, RB]: those of row rb*RB+i, group g at (rb*ngroups + g)*RB + i,
+// so the GEMV reads each row block's scales and zeros as two sequential streams (per-row arrays made 16
+// interleaved streams for the 8 rows of a pass, which the hardware prefetchers did not follow on long rows).
 // So a vector of 16 consecutive columns is unpacked with one shift and one mask per plane: no
 // cross-lane shuffles. The shift places q at the top of a float mantissa: or-ing exponent bits of 1.0
 // gives f = 1 + q / 2^bits exactly, and w = A*f + B with A = scale*2^bits, B = -scale*(2^bits + zero),
 // i.e. one FMA per 16 weights replaces int→float conversion plus zero subtraction.
 //
 // ---- Kernels ----------------------------------------------------------------------------------------
-// GEMV (M = 1): two row blocks (8 rows) per pass, so every x vector is loaded once per 8 rows; per
-//   group, Σ f·x accumulates in two vectors per row (alternating steps: 16 independent FMA chains; one
-//   chain per row was FMA-latency bound); at the end of the group they are scaled by A (vector FMA) and
-//   B·Σx (Σx of the group, computed once per call) is added as a scalar; one horizontal sum per row at
-//   the end. 3 vector ops per 16 weights for 2/4/8-bit.
+// GEMV (M = 1): x is prepared as x·2^bits (exact), so with f = 1 + q/2^bits a group's Σ f·x' is
+//   2^bits·Σ f·x and w·x sums to s·Σ f·x' − s·(2^bits + z)·Σx. Two row blocks (8 rows) per pass, so every x
+//   vector is loaded once per 8 rows; per group Σ f·x' accumulates in vectors per row, scaled by s (one FMA,
+//   s broadcast from memory) at the end of the group; the zero-point terms (Σx of each group computed once
+//   per call) are summed per row after the pass, and one horizontal sum per row. 3 vector ops per 16
+//   weights for 2/4/8-bit.
 // Small GEMM (M = 2..4): a tile of up to 4 tokens × RB rows, weights dequantized in registers (A*f+B)
 //   once per step and used for every token of the tile.
 // GEMM (M >= 5, AVX-512): K in chunks of 1024 columns; per row block and chunk the RB×1024 weights are
@@ -70,8 +74,8 @@ struct PackedView {
   int64_t ngroups = 1;
   int64_t kpad = 0, rows_pad = 0, nunits = 0;
   const uint8_t* data = nullptr;
-  const float* scales = nullptr;  // [rows_pad, ngroups] (rows past `rows` are zero)
-  const float* zeros = nullptr;   // [rows_pad, ngroups]
+  const float* scales = nullptr;  // [rows_pad/RB, ngroups, RB] (rows past `rows` are zero)
+  const float* zeros = nullptr;   // [rows_pad/RB, ngroups, RB]
   const int32_t* perm = nullptr;  // [cols] packed column j = original column perm[j]; null: identity
 };
 
@@ -80,6 +84,9 @@ struct PackedView {
 void packed_matmul(const PackedView& p, const float* x, int64_t M, float* y, bool parallel = true);
 // The float64 reference, for tests of the kernels themselves.
 void packed_matmul_reference(const PackedView& p, const float* x, int64_t M, float* y);
+
+// Index of (row r, group g) in scales/zeros.
+inline int64_t packed_sz(const PackedView& p, int64_t r, int64_t g) { return ((r / kPackRB) * p.ngroups + g) * kPackRB + r % kPackRB; }
 
 // q of (row r, packed column j) — the layout's definition, used by unpack and the scalar kernels.
 inline int packed_q(const PackedView& p, int64_t r, int64_t j) {
@@ -108,6 +115,9 @@ void quantize_rows_u8(const float* x, int64_t M, int64_t cols, int64_t kpad, uin
 void int8_gemm_i32(const Int8View& w, const uint8_t* u, int64_t M, int32_t* acc, bool parallel = true);
 // y[M, rows] = sx[m]·sw[n]·acc (+ nothing else; callers add bias).
 void int8_matmul(const Int8View& w, const uint8_t* u, const float* sx, int64_t M, float* y, bool parallel = true);
+
+// madvise(MADV_HUGEPAGE) on the whole 2 MiB pages of a freshly allocated, not yet touched weight buffer.
+void advise_huge_pages(void* p, std::size_t n);
 
 // Views of the JS objects packLinear / packInt8 return (validated; the buffers stay owned by JS).
 PackedView packed_from_js(const Napi::Value& v);

@@ -23,7 +23,7 @@ struct V512 {
   using F = __m512;
   using I = __m512i;
   static constexpr int L = 16;
-  static constexpr int GEMV_NA = 2, GEMV_NB = 2;  // GEMV accumulator sets, row blocks per pass
+  static constexpr int GEMV_NA = 1, GEMV_NB = 2;  // GEMV accumulator sets, row blocks per pass
   static constexpr int64_t TILE_KCHUNK = 1024;  // columns per K chunk of the M > 4 tiles
   static constexpr int DOT_MR = 6;  // tokens per dot_tile
   static constexpr int MRMAX = 4;

@@ -42,8 +42,10 @@ constexpr int64_t kNoBoundary = INT64_MAX;
 constexpr int64_t kPrefetchBytes = 2048;
 
 // NB row blocks (NB·RB rows) at a time, so every x vector loaded is used NB·RB times; NA accumulator
-// sets alternate by step so that NA·NB·RB·NH independent FMA chains hide the FMA latency (one set of 4
-// chains alone is latency-bound at 1 FMA per cycle).
+// sets alternate by step so that NA·NB·RB·NH independent FMA chains hide the FMA latency (4 chains alone
+// are latency-bound; 8, with 3 ops per row and step, are not). xp is x·2^BITS (exact), so Σ f·xp = 2^BITS·Σ f·x and a group's sum is scaled by s
+// itself (one FMA with s broadcast from memory); the zero-point term −s·(2^BITS + z)·Σx is summed per row
+// after the loop, from the row block's sequential scale/zero streams.
 template <class V, int BITS, int NB, int NA>
 inline __attribute__((always_inline)) void gemv_blocks(const PackedView& p, const float* xp, const float* xsum, float* y, int64_t rb) {
   using F = typename V::F;
@@ -52,37 +54,35 @@ inline __attribute__((always_inline)) void gemv_blocks(const PackedView& p, cons
   constexpr float TWO_B = static_cast<float>(1 << BITS);
   const int64_t UB = pack_unit_bytes(BITS), ng = p.ngroups, gs = p.group / 16, bstride = p.nunits * RB * UB;
   F gacc[NA][R][NH], racc[R][NH];
-  float corr[R] = {};
   for (int r = 0; r < R; ++r)
     for (int h = 0; h < NH; ++h) {
       racc[r][h] = V::zero();
       for (int a = 0; a < NA; ++a) gacc[a][r][h] = V::zero();
     }
-  const float* sc = p.scales + rb * RB * ng;
-  const float* zr = p.zeros + rb * RB * ng;
+  const float* sc = p.scales + rb * ng * RB;  // row r of the pass, group g: sc[((r / RB) * ng + g) * RB + r % RB]
   int64_t g = 0, left = ng > 1 ? gs : kNoBoundary;
   auto flush = [&](int64_t gg) {
-    const float xs = xsum[gg];
-
     for (int r = 0; r < R; ++r) {
-      const float s = sc[r * ng + gg], z = zr[r * ng + gg];
-      const F a = V::set1(s * TWO_B);
+      const F s = V::set1(sc[((r / RB) * ng + gg) * RB + r % RB]);
       for (int h = 0; h < NH; ++h) {
         F t = gacc[0][r][h];
         for (int k = 1; k < NA; ++k) t = V::add(t, gacc[k][r][h]);
-        racc[r][h] = V::fma(t, a, racc[r][h]);
+        racc[r][h] = V::fma(t, s, racc[r][h]);
         for (int k = 0; k < NA; ++k) gacc[k][r][h] = V::zero();
       }
-      corr[r] += -s * (TWO_B + z) * xs;
     }
   };
   const uint8_t* base = p.data + rb * bstride;
   for (int64_t u = 0; u < p.nunits; ++u) {
     const uint8_t* ud = base + u * RB * UB;
     const float* xu = xp + u * S * 16;
-    // Hardware prefetchers lose these streams among the scale/zero/x streams: fetch ~2 KiB ahead.
-    for (int b = 0; b < NB; ++b)
-      for (int64_t o = 0; o < RB * UB; o += 64) V::prefetch(ud + b * bstride + kPrefetchBytes + o);
+    // With each row block's scales and zeros sequential, a pass is NB weight streams, 2·NB scale/zero streams
+    // and x, which the hardware prefetchers follow; prefetching 2 KiB ahead measured no faster for int4/int8.
+    // 2- and 3-bit keep it: their units span 256/512 columns of slower unpacking, and without it they fell
+    // to 2–5 GB/s in some runs on 4096×14336 (int2 also keeps two accumulator sets: with one, same).
+    if constexpr (BITS <= 3)
+      for (int b = 0; b < NB; ++b)
+        for (int64_t o = 0; o < RB * UB; o += 64) V::prefetch(ud + b * bstride + kPrefetchBytes + o);
     static_for<0, S>([&](auto jc) {
       constexpr int J = decltype(jc)::value;
       constexpr int A = J % NA;
@@ -99,19 +99,27 @@ inline __attribute__((always_inline)) void gemv_blocks(const PackedView& p, cons
     });
   }
   flush(g);
-  for (int r = 0; r < R; ++r) {
-    const int64_t row = rb * RB + r;
-    if (row >= p.rows) break;
-    F t = racc[r][0];
-    for (int h = 1; h < NH; ++h) t = V::add(t, racc[r][h]);
-    y[row] = V::hsum(t) + corr[r];
+  for (int b = 0; b < NB; ++b) {
+    const float* s = sc + b * ng * RB;
+    const float* z = p.zeros + (rb + b) * ng * RB;
+    float corr[RB] = {};
+    for (int64_t gg = 0; gg < ng; ++gg)
+      for (int i = 0; i < RB; ++i) corr[i] -= s[gg * RB + i] * (TWO_B + z[gg * RB + i]) * xsum[gg];
+    for (int i = 0; i < RB; ++i) {
+      const int r = b * RB + i;
+      const int64_t row = rb * RB + r;
+      if (row >= p.rows) break;
+      F t = racc[r][0];
+      for (int h = 1; h < NH; ++h) t = V::add(t, racc[r][h]);
+      y[row] = V::hsum(t) + corr[i];
+    }
   }
 }
 
 template <class V, int BITS>
 void gemv_t(const PackedView& p, const float* xp, const float* xsum, float* y, int64_t rb0, int64_t rb1) {
-  // 3-bit unpacking needs the registers (and more ALU work per step than FMA latency).
-  constexpr int NB = BITS == 3 ? 1 : V::GEMV_NB, NA = BITS == 3 ? 1 : V::GEMV_NA;
+  // 3-bit unpacking needs the registers (and more ALU work per step than FMA latency); 2-bit: see the prefetch.
+  constexpr int NB = BITS == 3 ? 1 : V::GEMV_NB, NA = BITS == 3 ? 1 : BITS == 2 ? 2 : V::GEMV_NA;
   int64_t rb = rb0;
   for (; rb + NB <= rb1; rb += NB) gemv_blocks<V, BITS, NB, NA>(p, xp, xsum, y, rb);
   for (; rb < rb1; ++rb) gemv_blocks<V, BITS, 1, NA>(p, xp, xsum, y, rb);
@@ -131,11 +139,11 @@ void tile_mr(const PackedView& p, const float* xp, int64_t ldx, float* y, int64_
   for (int m = 0; m < MR; ++m)
     for (int i = 0; i < RB; ++i)
       for (int h = 0; h < NH; ++h) acc[m][i][h] = V::zero();
-  const float* sc = p.scales + rb * RB * ng;
-  const float* zr = p.zeros + rb * RB * ng;
+  const float* sc = p.scales + rb * ng * RB;
+  const float* zr = p.zeros + rb * ng * RB;
   auto load_ab = [&](int64_t gg) {
     for (int i = 0; i < RB; ++i) {
-      const float s = sc[i * ng + gg], z = zr[i * ng + gg];
+      const float s = sc[gg * RB + i], z = zr[gg * RB + i];
       A[i] = s * TWO_B;
       B[i] = -s * (TWO_B + z);
     }
@@ -261,11 +269,11 @@ void dequant_t(const PackedView& p, int64_t r0, int64_t n, int64_t k0, int64_t k
   for (int64_t r = r0; r < r0 + n; ++r) {
     const int64_t rb = r / RB, i = r % RB;
     float* o = out + (r - r0) * kc;
-    const float* sc = p.scales + r * ng;
-    const float* zr = p.zeros + r * ng;
+    const float* sc = p.scales + rb * ng * RB + i;  // group g: sc[g * RB]
+    const float* zr = p.zeros + rb * ng * RB + i;
     int64_t g = ng > 1 ? (k0 / p.group < ng - 1 ? k0 / p.group : ng - 1) : 0;
     int64_t left = g == ng - 1 ? kNoBoundary : (g + 1) * gs - k0 / 16;
-    typename V::F A = V::set1(sc[g] * TWO_B), B = V::set1(-sc[g] * (TWO_B + zr[g]));
+    typename V::F A = V::set1(sc[g * RB] * TWO_B), B = V::set1(-sc[g * RB] * (TWO_B + zr[g * RB]));
     for (int64_t u = k0 / UK; u < (k0 + kc) / UK; ++u) {
       const uint8_t* ud = p.data + ((rb * p.nunits + u) * RB + i) * UB;
       float* ou = o + u * UK - k0;
@@ -276,8 +284,8 @@ void dequant_t(const PackedView& p, int64_t r0, int64_t n, int64_t k0, int64_t k
         if (--left == 0) {
           ++g;
           left = g == ng - 1 ? kNoBoundary : gs;
-          A = V::set1(sc[g] * TWO_B);
-          B = V::set1(-sc[g] * (TWO_B + zr[g]));
+          A = V::set1(sc[g * RB] * TWO_B);
+          B = V::set1(-sc[g * RB] * (TWO_B + zr[g * RB]));
         }
       });
     }
