@@ -58,7 +58,7 @@ function quantizeRun(root: string, model: string, out: string, extra: string[]):
   const doc = JSON.parse(q.stdout);
   const evalArgs = ['eval', out, '--tasks', 'wikitext2', '--max-windows', '1', '--seqlen', '512', '--threads', threads, '--device', 'cpu', '--json'];
   const e = timed(path.join(ROOT, 'dist', 'cli', 'main.js'), evalArgs);
-  const run: Run = { maxRssMiB: q.kb / 1024, seconds: q.seconds, ppl: JSON.parse(e.stdout).results.wikitext2.ppl, activations: doc.quant.activations ?? 'memory' };
+  const run: Run = { maxRssMiB: q.kb / 1024, seconds: q.seconds, ppl: JSON.parse(e.stdout).results.wikitext2.ppl, activations: doc.quant.activations ?? 'none' };
   const capAt = extra.indexOf('--max-memory');
   if (capAt >= 0) {
     const c = timed(path.join(ROOT, 'dist', 'cli', 'main.js'), [...evalArgs, '--max-memory', extra[capAt + 1]]);
