@@ -169,7 +169,8 @@ export function gpuOf(model: LoadedModel): GpuModel | undefined {
 
 /**
  * Puts the model on a device for evaluation: cuda uploads every weight once (call it again after changing
- * the weights, e.g. after quantizing); cpu drops any GPU copy. Returns the GPU model, if any.
+ * the weights, e.g. after quantizing; a model quantized in memory gets its dense weights back for the upload,
+ * see densifyForGpu); cpu drops any GPU copy. Returns the GPU model, if any.
  */
 export async function toDevice(
   model: LoadedModel,
@@ -180,6 +181,7 @@ export async function toDevice(
   attached.get(model)?.free();
   attached.delete(model);
   if (d.type === 'cpu') return undefined;
+  densifyForGpu(model);
   const gpu = await GpuModel.create(model, { ...opts, device: d.index });
   attached.set(model, gpu);
   return gpu;
