@@ -216,7 +216,7 @@ gpuDescribe('GPU GPTQ pipeline on qwen3-tiny', () => {
     // Whole-model agreement is looser than one solver's (≥ 99% above): each layer's inputs come from the other
     // path's slightly different quantized layers, and act-order near-ties fall either way. WikiText-2 on qwen3-tiny
     // is the sensitive metric: the reference's own GPTQ moves it by 13% (w2g128) when only TF32 is switched on,
-    // while C4 moves < 0.5% (bench/results/cudaq.md); so C4 is held to 1% and WikiText-2 to 3%. Measured
+    // while C4 moves < 0.5% (bench/RESULTS.md, "GPTQ on the GPU"); so C4 is held to 1% and WikiText-2 to 3%. Measured
     // (H100, 2026-11-27): 81.4% identical integers, WikiText-2 +2.0%, C4 −0.3%.
     expect(same / total).toBeGreaterThan(0.75);
     expect(Math.abs(gpuPpl.wikitext2 / cpuPpl.wikitext2 - 1)).toBeLessThan(0.03);
