@@ -5,9 +5,8 @@ import type { CalibrationSet } from '../calibrate/calibration';
 import { throwIfAborted } from '../eval/forward';
 import type { LinearName, LoadedModel } from '../load/types';
 import { addon } from '../native/addon';
-import { ALL_AT_ONCE, INPUT_OF, LinearReport, SEQUENTIAL_SUBSETS } from './gptq';
+import { ALL_AT_ONCE, GptqResult, gptqOptions, INPUT_OF, installGptq, LinearReport, SEQUENTIAL_SUBSETS } from './gptq';
 import type { QuantSpec } from './spec';
-import { install } from './weights';
 
 export interface GpuQuantInfo {
   device: number;
@@ -55,25 +54,8 @@ export class GpuGptq {
   private async solve(l: number, name: LinearName, spec: QuantSpec, cancel: Int32Array): Promise<LinearReport> {
     // Dense layers only: pipeline.ts keeps Qwen3-MoE models on the CPU path.
     const lin = this.model.weights.layers[l].linears[name]!;
-    const r = await addon.gpuQuantGptq(this.handle, name, {
-      bits: spec.wbits,
-      groupSize: spec.groupSize,
-      sym: spec.sym,
-      actOrder: spec.actOrder,
-      staticGroups: spec.staticGroups,
-      damp: spec.damp,
-      blockSize: spec.blockSize,
-      cancel,
-    });
-    install(lin, r.weight, {
-      bits: spec.wbits,
-      groupSize: spec.groupSize,
-      sym: spec.sym,
-      qweight: r.qweight,
-      scales: r.scales,
-      zeros: r.zeros,
-      gIdx: r.gIdx,
-    });
+    const r: GptqResult = await addon.gpuQuantGptq(this.handle, name, gptqOptions(spec, cancel));
+    installGptq(lin, spec, r);
     return { layer: l, name, loss: r.loss, deadColumns: r.deadColumns };
   }
 

@@ -7,7 +7,7 @@ import { checkFiniteStatistic, LayerInputs } from '../calibrate/activations';
 import { CoverageCounter, ExpertBatch, ExpertCoverage, expertHidden } from '../calibrate/experts';
 import type { LayerCaptures } from '../eval/forward';
 import { LinearRef, layerLinears } from '../load/linears';
-import type { LinearName, LoadedModel, MlpLinearName } from '../load/types';
+import type { Linear, LinearName, LoadedModel, MlpLinearName } from '../load/types';
 import { addon } from '../native/addon';
 import type { QuantSpec } from './spec';
 import { install } from './weights';
@@ -175,29 +175,31 @@ async function collectExpertDownHessians(
   return H;
 }
 
+/** The solver options of a spec, as both GPTQ solvers (native/cpu/gptq.cpp, native/cuda/gptq.cu) take them. */
+export function gptqOptions(spec: QuantSpec, cancel: Int32Array) {
+  const { wbits: bits, groupSize, sym, actOrder, staticGroups, damp, blockSize } = spec;
+  return { bits, groupSize, sym, actOrder, staticGroups, damp, blockSize, cancel };
+}
+
+/** What a GPTQ solver returns, installed as the linear's fake-quantized weight plus its integers. */
+export interface GptqResult {
+  weight: Float32Array;
+  qweight: Uint8Array;
+  scales: Float32Array;
+  zeros: Float32Array;
+  gIdx?: Int32Array;
+  loss: number;
+  deadColumns: number;
+}
+
+export function installGptq(lin: Linear, spec: QuantSpec, r: GptqResult): void {
+  install(lin, r.weight, { bits: spec.wbits, groupSize: spec.groupSize, sym: spec.sym, qweight: r.qweight, scales: r.scales, zeros: r.zeros, gIdx: r.gIdx });
+}
+
 export function gptqSolver(l: number, spec: QuantSpec, cancel: Int32Array): HessianSolver {
   return async ({ lin, kind: name, expert }: LinearRef, H: Float32Array): Promise<LinearReport> => {
-    const r = await addon.gptqQuantize(lin.weight, H, {
-      rows: lin.outFeatures,
-      cols: lin.inFeatures,
-      bits: spec.wbits,
-      groupSize: spec.groupSize,
-      sym: spec.sym,
-      actOrder: spec.actOrder,
-      staticGroups: spec.staticGroups,
-      damp: spec.damp,
-      blockSize: spec.blockSize,
-      cancel,
-    });
-    install(lin, r.weight, {
-      bits: spec.wbits,
-      groupSize: spec.groupSize,
-      sym: spec.sym,
-      qweight: r.qweight,
-      scales: r.scales,
-      zeros: r.zeros,
-      gIdx: r.gIdx,
-    });
+    const r: GptqResult = await addon.gptqQuantize(lin.weight, H, { rows: lin.outFeatures, cols: lin.inFeatures, ...gptqOptions(spec, cancel) });
+    installGptq(lin, spec, r);
     return { layer: l, name, expert, loss: r.loss, deadColumns: r.deadColumns };
   };
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "async.h"
+#include "matmul_binding.h"
 #include "gemm.h"
 #include "packed.h"
 #include "registry.h"
@@ -259,35 +260,13 @@ namespace {
 
 // binaryMatmul(x: Float32Array [M, cols], weight, {reference?}) → Promise<Float32Array [M, rows]>
 Napi::Value BinaryMatmul(const Napi::CallbackInfo& info) {
-  return guarded(info, [&]() -> Napi::Value {
-    BinaryView p = binary_from_js(info[1]);
-    const float* x = cf32_from_js(info[0], -1, "x");
-    const int64_t n = info[0].As<Napi::Float32Array>().ElementLength();
-    if (n % p.cols) throw std::invalid_argument("binaryMatmul: x length " + std::to_string(n) + " is not a multiple of cols " + std::to_string(p.cols));
-    const int64_t M = n / p.cols;
-    const bool ref = info.Length() > 2 && info[2].IsObject() && info[2].As<Napi::Object>().Get("reference").ToBoolean();
-    auto out = std::make_shared<std::vector<float>>(static_cast<std::size_t>(M * p.rows));
-    return run_async(info.Env(), [=] {
-      if (ref) binary_matmul_reference(p, x, M, out->data());
-      else binary_matmul(p, x, M, out->data());
-    }, [out](Napi::Env env) -> Napi::Value {
-      auto a = Napi::Float32Array::New(env, out->size());
-      std::memcpy(a.Data(), out->data(), out->size() * 4);
-      return a;
-    }, {info[0], info[1]});
-  });
+  return matmul_async<BinaryView>(info, "binaryMatmul", binary_from_js,
+      [](const BinaryView& p, const float* x, int64_t M, float* y) { binary_matmul(p, x, M, y); }, binary_matmul_reference);
 }
 
 // binaryMatmulSync(x, weight, y) — y written in place; for benchmarks (no promise/worker overhead).
 Napi::Value BinaryMatmulSync(const Napi::CallbackInfo& info) {
-  return guarded(info, [&]() -> Napi::Value {
-    BinaryView p = binary_from_js(info[1]);
-    const float* x = cf32_from_js(info[0], -1, "x");
-    const int64_t M = info[0].As<Napi::Float32Array>().ElementLength() / p.cols;
-    float* y = f32_from_js(info[2], M * p.rows, "y");
-    binary_matmul(p, x, M, y);
-    return info.Env().Undefined();
-  });
+  return matmul_sync<BinaryView>(info, binary_from_js, [](const BinaryView& p, const float* x, int64_t M, float* y) { binary_matmul(p, x, M, y); });
 }
 
 }  // namespace

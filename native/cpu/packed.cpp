@@ -14,6 +14,7 @@
 #include <sys/mman.h>
 
 #include "async.h"
+#include "matmul_binding.h"
 #include "gemm.h"
 #include "registry.h"
 #include "simd.h"
@@ -379,37 +380,15 @@ Napi::Value UnpackLinear(const Napi::CallbackInfo& info) {
   });
 }
 
-// packedMatmul(x: Float32Array [M, cols], packed, {reference?}) → Promise<Float32Array [M, rows]>
+// packedMatmul(x: Float32Array [M, cols], weight, {reference?}) → Promise<Float32Array [M, rows]>
 Napi::Value PackedMatmul(const Napi::CallbackInfo& info) {
-  return guarded(info, [&]() -> Napi::Value {
-    PackedView p = packed_from_js(info[1]);
-    const float* x = cf32_from_js(info[0], -1, "x");
-    const int64_t n = info[0].As<Napi::Float32Array>().ElementLength();
-    if (n % p.cols) throw std::invalid_argument("packedMatmul: x length " + std::to_string(n) + " is not a multiple of cols " + std::to_string(p.cols));
-    const int64_t M = n / p.cols;
-    const bool ref = info.Length() > 2 && info[2].IsObject() && info[2].As<Napi::Object>().Get("reference").ToBoolean();
-    auto out = std::make_shared<std::vector<float>>(static_cast<std::size_t>(M * p.rows));
-    return run_async(info.Env(), [=] {
-      if (ref) packed_matmul_reference(p, x, M, out->data());
-      else packed_matmul(p, x, M, out->data());
-    }, [out](Napi::Env env) -> Napi::Value {
-      auto a = Napi::Float32Array::New(env, out->size());
-      std::memcpy(a.Data(), out->data(), out->size() * 4);
-      return a;
-    }, {info[0], info[1]});
-  });
+  return matmul_async<PackedView>(info, "packedMatmul", packed_from_js,
+      [](const PackedView& p, const float* x, int64_t M, float* y) { packed_matmul(p, x, M, y); }, packed_matmul_reference);
 }
 
-// packedMatmulSync(x, packed, y) — y written in place; for benchmarks (no promise/worker overhead).
+// packedMatmulSync(x, weight, y) — y written in place; for benchmarks (no promise/worker overhead).
 Napi::Value PackedMatmulSync(const Napi::CallbackInfo& info) {
-  return guarded(info, [&]() -> Napi::Value {
-    PackedView p = packed_from_js(info[1]);
-    const float* x = cf32_from_js(info[0], -1, "x");
-    const int64_t M = info[0].As<Napi::Float32Array>().ElementLength() / p.cols;
-    float* y = f32_from_js(info[2], M * p.rows, "y");
-    packed_matmul(p, x, M, y);
-    return info.Env().Undefined();
-  });
+  return matmul_sync<PackedView>(info, packed_from_js, [](const PackedView& p, const float* x, int64_t M, float* y) { packed_matmul(p, x, M, y); });
 }
 
 }  // namespace
