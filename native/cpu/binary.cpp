@@ -15,6 +15,7 @@
 #include "gemm.h"
 #include "packed.h"
 #include "registry.h"
+#include "scratch.h"
 #include "simd.h"
 #include "tensor.h"
 #include "threads.h"
@@ -38,27 +39,7 @@ void binary_lut(const BinaryView& p, int64_t r, int64_t b, float lut[8]) {
 
 namespace {
 
-inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-struct Aligned {
-  float* p = nullptr;
-  std::size_t n = 0;
-  ~Aligned() { std::free(p); }
-  float* get(std::size_t count) {
-    if (count > n) {
-      std::free(p);
-      p = static_cast<float*>(std::aligned_alloc(64, (count * sizeof(float) + 63) / 64 * 64));
-      if (!p) {
-        n = 0;
-        throw std::bad_alloc();
-      }
-      n = count;
-    }
-    return p;
-  }
-};
-
-thread_local Aligned t_panel;
+thread_local AlignedScratch t_panel;
 
 // ---- scalar kernels (SimdLevel::Scalar, and blocks that are not a multiple of 16 columns) -------------
 void rows_scalar(const BinaryView& p, const float* xp, int64_t ldx, int64_t M, const int32_t*, float* y, int64_t r0, int64_t r1) {

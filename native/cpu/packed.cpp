@@ -17,33 +17,14 @@
 #include "matmul_binding.h"
 #include "gemm.h"
 #include "registry.h"
+#include "scratch.h"
 #include "simd.h"
 #include "threads.h"
 
 namespace lowbit {
 namespace {
 
-inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-struct Aligned {
-  float* p = nullptr;
-  std::size_t n = 0;
-  ~Aligned() { std::free(p); }
-  float* get(std::size_t count) {
-    if (count > n) {
-      std::free(p);
-      p = static_cast<float*>(std::aligned_alloc(64, (count * sizeof(float) + 63) / 64 * 64));
-      if (!p) {
-        n = 0;
-        throw std::bad_alloc();
-      }
-      n = count;
-    }
-    return p;
-  }
-};
-
-thread_local Aligned t_panel;
+thread_local AlignedScratch t_panel;
 
 }  // namespace
 
