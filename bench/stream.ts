@@ -12,7 +12,7 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { TensorToWrite, writeSafetensors } from '../lib/load/safetensors';
+import { writeRandomQwen3 } from '../test/helpers/random-model';
 
 function arg(name: string, dflt: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -28,50 +28,8 @@ const cap = arg('cap', '256M');
 const threads = arg('threads', '2');
 const inter = 4 * hidden, heads = hidden / 128, kv = Math.max(1, heads / 2), hd = 128, vocab = 8192;
 
-/** A bf16 tensor of small pseudo-random values (xorshift), so the forward stays finite. */
-let state = 0x9e3779b9;
-function tensor(shape: number[], scale: number, fill?: number): TensorToWrite {
-  const n = shape.reduce((a, b) => a * b, 1);
-  const data = new Uint16Array(n);
-  const f = new Float32Array(1);
-  const u = new Uint32Array(f.buffer);
-  for (let i = 0; i < n; i++) {
-    state ^= state << 13; state ^= state >>> 17; state ^= state << 5;
-    f[0] = fill ?? ((state >>> 0) / 2 ** 32 - 0.5) * scale;
-    data[i] = u[0] >>> 16;
-  }
-  return { dtype: 'BF16', shape, data };
-}
-
 function makeModel(dir: string): number {
-  fs.mkdirSync(dir, { recursive: true });
-  const t: Record<string, TensorToWrite> = { 'model.embed_tokens.weight': tensor([vocab, hidden], 0.1), 'model.norm.weight': tensor([hidden], 0, 1) };
-  const s = 1 / Math.sqrt(hidden);
-  for (let l = 0; l < layers; l++) {
-    const p = `model.layers.${l}.`;
-    Object.assign(t, {
-      [p + 'input_layernorm.weight']: tensor([hidden], 0, 1),
-      [p + 'post_attention_layernorm.weight']: tensor([hidden], 0, 1),
-      [p + 'self_attn.q_norm.weight']: tensor([hd], 0, 1),
-      [p + 'self_attn.k_norm.weight']: tensor([hd], 0, 1),
-      [p + 'self_attn.q_proj.weight']: tensor([heads * hd, hidden], s),
-      [p + 'self_attn.k_proj.weight']: tensor([kv * hd, hidden], s),
-      [p + 'self_attn.v_proj.weight']: tensor([kv * hd, hidden], s),
-      [p + 'self_attn.o_proj.weight']: tensor([hidden, heads * hd], s),
-      [p + 'mlp.gate_proj.weight']: tensor([inter, hidden], s),
-      [p + 'mlp.up_proj.weight']: tensor([inter, hidden], s),
-      [p + 'mlp.down_proj.weight']: tensor([hidden, inter], 1 / Math.sqrt(inter)),
-    });
-  }
-  writeSafetensors(path.join(dir, 'model.safetensors'), t);
-  const config = {
-    architectures: ['Qwen3ForCausalLM'], model_type: 'qwen3', hidden_size: hidden, intermediate_size: inter, num_hidden_layers: layers,
-    num_attention_heads: heads, num_key_value_heads: kv, head_dim: hd, vocab_size: vocab, rms_norm_eps: 1e-6, rope_theta: 1e6,
-    tie_word_embeddings: true, max_position_embeddings: 4096,
-  };
-  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
-  for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(ROOT, 'models', 'qwen3-tiny', f), path.join(dir, f));
-  return fs.statSync(path.join(dir, 'model.safetensors')).size;
+  return writeRandomQwen3(dir, { layers, hidden, inter, heads, kvHeads: kv, headDim: hd, vocab }, path.join(ROOT, 'models', 'qwen3-tiny'));
 }
 
 function evalRun(dir: string, extra: string[]): { maxRssMiB: number; ppl: number; mode: string; seconds: number } {
