@@ -99,7 +99,7 @@ describe('pack → unpack round trip is bit-exact', () => {
   for (const bits of [2, 3, 4, 8]) for (const gs of [-1, 32, 128]) for (const act of [false, true]) cases.push([bits, gs, act]);
   test.each(cases)('bits %i, group %i, act-order %s', (bits, gs, act) => {
     const rows = 13;
-    const cols = 256;
+    const cols = 4096 + 512; // two K chunks of the layout, the second partial
     const q = randomQuantized(bits, rows, cols, gs, act, bits * 100 + gs + (act ? 7 : 0));
     const p = packLinear(q, rows, cols);
     expect(p.data.length).toBeLessThanOrEqual(Math.ceil(rows / 4) * 4 * Math.ceil(cols / 512) * 512 * bits / 8);
@@ -132,6 +132,11 @@ describe('packedMatmul vs float64 reference', () => {
     [3, 8, 96, -1, false],
     [8, 33, 192, 32, false],
     [8, 12, 77, -1, false],
+    // More than one 4096-column chunk of the layout, the last one partial; a per-row group spanning chunks.
+    [4, 13, 4480, 128, true],
+    [3, 9, 9216, 128, false],
+    [2, 7, 8448, 64, false],
+    [8, 6, 4160, -1, false],
   ];
   test.each(shapes)('bits %i, %i×%i, group %i, act-order %s: M 1/3/16/64, every SIMD level, 1 and 2 threads', async (bits, rows, cols, gs, act) => {
     const q = randomQuantized(bits, rows, cols, gs, act, rows * cols + bits);

@@ -217,6 +217,7 @@ PackedView geometry(int bits, int64_t rows, int64_t cols, int64_t group_size) {
   p.ngroups = cols / p.group;
   p.kpad = cdiv(cols, pack_unit_k(bits)) * pack_unit_k(bits);
   p.nunits = p.kpad / pack_unit_k(bits);
+  p.cunits = kPackChunkCols / pack_unit_k(bits);
   p.rows_pad = cdiv(rows, kPackRB) * kPackRB;
   return p;
 }
@@ -284,7 +285,7 @@ Napi::Value PackLinear(const Napi::CallbackInfo& info) {
           const uint32_t v = qr[pm ? pm[j] : j];
           const int64_t u = j / UK, c = j % UK;
           const int step = static_cast<int>(c / 16), lane = static_cast<int>(c % 16);
-          uint32_t* dw = reinterpret_cast<uint32_t*>(d + ((rb * p.nunits + u) * kPackRB + i) * UB);
+          uint32_t* dw = reinterpret_cast<uint32_t*>(d + packed_unit_offset(p, rb, u) + i * UB);
           if (bits == 3) {
             dw[(step / 16) * 16 + lane] |= (v & 3u) << (2 * (step % 16));
             dw[32 + lane] |= ((v >> 2) & 1u) << step;

@@ -12,9 +12,15 @@
 // then hold exactly groupSize columns (what GPTQ's act-order produces); packLinear checks it.
 //
 // Packed columns are padded with q = 0 to kpad, a multiple of the unit width unit_k(bits), and rows to
-// a multiple of RB = 4 (zero data, zero scales). The matrix is a sequence of row blocks of RB rows; a
-// row block is a sequence of units along K; a unit stores RB rows one after the other, unit_bytes each:
-//   data[((rb * nunits + u) * RB + i) * unit_bytes ...]  = row rb*RB+i, columns [u*unit_k, (u+1)*unit_k)
+// a multiple of RB = 4 (zero data, zero scales). A unit holds RB rows × unit_k columns, the RB rows one
+// after the other, unit_bytes each. Units are stored K chunk by K chunk (kPackChunkCols = 4096 columns,
+// cunits = 4096 / unit_k units): chunk c holds, for every row block in order, its cunits units (fewer in the
+// last chunk: uc = min(cunits, nunits − c·cunits)):
+//   data[packed_unit_offset(rb, u) + i * unit_bytes ...]  = row rb*RB+i, columns [u*unit_k, (u+1)*unit_k)
+//   packed_unit_offset(rb, u) = (c·cunits·nrb + rb·uc + u − c·cunits) · RB · unit_bytes,  c = u / cunits
+// The GEMV walks one chunk at a time over all its row blocks, so the 16 KiB of fp32 activations of a chunk
+// stay in L1 while the weights stream past as one sequential run (with whole rows of 14336 columns x was
+// 56 KiB, re-read from L2 for every 8 rows: as many bytes as the weights).
 // Inside a unit, columns go in steps of 16 (one AVX-512 vector of fp32): step j, lane l <-> column
 // u*unit_k + 16*j + l. A unit is 16 little-endian uint32 "lanes" (per bit plane):
 //   bits 2, 4, 8: one plane, 16 dwords; dword l holds F = 32/bits fields, field j (bits [j*b, j*b+b))
@@ -36,7 +42,8 @@
 //   vector is loaded once per 8 rows; per group Σ f·x' accumulates in vectors per row, scaled by s (one FMA,
 //   s broadcast from memory) at the end of the group; the zero-point terms (Σx of each group computed once
 //   per call) are summed per row after the pass, and one horizontal sum per row. 3 vector ops per 16
-//   weights for 2/4/8-bit.
+//   weights for 2/4/8-bit. The passes go one K chunk at a time (all row blocks of the thread's range for
+//   chunk 0, then chunk 1, …; later chunks add to y), so x is read from L1 and the weights in one run.
 // Small GEMM (M = 2..4): a tile of up to 4 tokens × RB rows, weights dequantized in registers (A*f+B)
 //   once per step and used for every token of the tile.
 // GEMM (M >= 5, AVX-512): K in chunks of 1024 columns; per row block and chunk the RB×1024 weights are
@@ -57,12 +64,14 @@
 #pragma once
 #include <napi.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
 namespace lowbit {
 
 constexpr int kPackRB = 4;  // rows per row block
+constexpr int64_t kPackChunkCols = 4096;  // columns per K chunk of the data layout
 
 inline int pack_unit_k(int bits) { return bits == 3 ? 512 : 16 * (32 / bits); }
 inline int pack_unit_bytes(int bits) { return bits == 3 ? 192 : 64; }
@@ -73,6 +82,7 @@ struct PackedView {
   int64_t group = 0;    // actual group size in columns (cols for one group per row)
   int64_t ngroups = 1;
   int64_t kpad = 0, rows_pad = 0, nunits = 0;
+  int64_t cunits = 0;   // units per K chunk
   const uint8_t* data = nullptr;
   const float* scales = nullptr;  // [rows_pad/RB, ngroups, RB] (rows past `rows` are zero)
   const float* zeros = nullptr;   // [rows_pad/RB, ngroups, RB]
@@ -88,11 +98,17 @@ void packed_matmul_reference(const PackedView& p, const float* x, int64_t M, flo
 // Index of (row r, group g) in scales/zeros.
 inline int64_t packed_sz(const PackedView& p, int64_t r, int64_t g) { return ((r / kPackRB) * p.ngroups + g) * kPackRB + r % kPackRB; }
 
+// Byte offset of unit u of row block rb (its row 0; row i follows at i·unit_bytes).
+inline int64_t packed_unit_offset(const PackedView& p, int64_t rb, int64_t u) {
+  const int64_t c = u / p.cunits, u0 = c * p.cunits, uc = std::min(p.cunits, p.nunits - u0);
+  return (u0 * (p.rows_pad / kPackRB) + rb * uc + (u - u0)) * kPackRB * pack_unit_bytes(p.bits);
+}
+
 // q of (row r, packed column j) — the layout's definition, used by unpack and the scalar kernels.
 inline int packed_q(const PackedView& p, int64_t r, int64_t j) {
   const int64_t rb = r / kPackRB, i = r % kPackRB, u = j / pack_unit_k(p.bits), c = j % pack_unit_k(p.bits);
   const int step = static_cast<int>(c / 16), lane = static_cast<int>(c % 16);
-  const uint32_t* d = reinterpret_cast<const uint32_t*>(p.data + ((rb * p.nunits + u) * kPackRB + i) * pack_unit_bytes(p.bits));
+  const uint32_t* d = reinterpret_cast<const uint32_t*>(p.data + packed_unit_offset(p, rb, u) + i * pack_unit_bytes(p.bits));
   if (p.bits == 3) {
     uint32_t lo = (d[(step / 16) * 16 + lane] >> (2 * (step % 16))) & 3u;
     uint32_t hi = (d[32 + lane] >> step) & 1u;

@@ -39,20 +39,40 @@ struct Unpack<V, 3> {
 };
 
 constexpr int64_t kNoBoundary = INT64_MAX;
+
+// Walks the units u0, u0+1, … of one row block through the K-chunked layout: row 0 of the current unit
+// at ptr; next() steps on, jumping to the next chunk's run of this row block when one ends.
+struct UnitCursor {
+  const PackedView& p;
+  int64_t rb, u, left = 0;
+  const uint8_t* ptr = nullptr;
+  UnitCursor(const PackedView& pv, int64_t rb_, int64_t u0) : p(pv), rb(rb_), u(u0) { seek(); }
+  void seek() {
+    ptr = p.data + packed_unit_offset(p, rb, u);
+    left = (u / p.cunits + 1) * p.cunits - u;
+  }
+  void next() {
+    ++u;
+    if (--left == 0) seek();
+    else ptr += kPackRB * pack_unit_bytes(p.bits);
+  }
+};
 constexpr int64_t kPrefetchBytes = 2048;
 
 // NB row blocks (NB·RB rows) at a time, so every x vector loaded is used NB·RB times; NA accumulator
 // sets alternate by step so that NA·NB·RB·NH independent FMA chains hide the FMA latency (4 chains alone
 // are latency-bound; 8, with 3 ops per row and step, are not). xp is x·2^BITS (exact), so Σ f·xp = 2^BITS·Σ f·x and a group's sum is scaled by s
 // itself (one FMA with s broadcast from memory); the zero-point term −s·(2^BITS + z)·Σx is summed per row
-// after the loop, from the row block's sequential scale/zero streams.
+// after the loop, from the row block's sequential scale/zero streams. One call covers one K chunk of the
+// layout (units [chunk·cunits, …)); chunk 0 writes y with the zero-point terms, later chunks add to it.
 template <class V, int BITS, int NB, int NA>
-inline __attribute__((always_inline)) void gemv_blocks(const PackedView& p, const float* xp, const float* xsum, float* y, int64_t rb) {
+inline __attribute__((always_inline)) void gemv_blocks(const PackedView& p, const float* xp, const float* xsum, float* y, int64_t rb, int64_t chunk) {
   using F = typename V::F;
   using U = Unpack<V, BITS>;
   constexpr int S = U::S, NH = 16 / V::L, RB = kPackRB, R = NB * RB;
   constexpr float TWO_B = static_cast<float>(1 << BITS);
-  const int64_t UB = pack_unit_bytes(BITS), ng = p.ngroups, gs = p.group / 16, bstride = p.nunits * RB * UB;
+  const int64_t u0 = chunk * p.cunits, u1 = std::min(p.nunits, u0 + p.cunits);
+  const int64_t UB = pack_unit_bytes(BITS), ng = p.ngroups, gs = p.group / 16, bstride = (u1 - u0) * RB * UB;
   F gacc[NA][R][NH], racc[R][NH];
   for (int r = 0; r < R; ++r)
     for (int h = 0; h < NH; ++h) {
@@ -60,7 +80,9 @@ inline __attribute__((always_inline)) void gemv_blocks(const PackedView& p, cons
       for (int a = 0; a < NA; ++a) gacc[a][r][h] = V::zero();
     }
   const float* sc = p.scales + rb * ng * RB;  // row r of the pass, group g: sc[((r / RB) * ng + g) * RB + r % RB]
-  int64_t g = 0, left = ng > 1 ? gs : kNoBoundary;
+  const int64_t k0 = u0 * S * 16;
+  int64_t g = ng > 1 ? std::min(k0 / p.group, ng - 1) : 0;
+  int64_t left = g == ng - 1 ? kNoBoundary : (g + 1) * gs - k0 / 16;
   auto flush = [&](int64_t gg) {
     for (int r = 0; r < R; ++r) {
       const F s = V::set1(sc[((r / RB) * ng + gg) * RB + r % RB]);
@@ -72,9 +94,9 @@ inline __attribute__((always_inline)) void gemv_blocks(const PackedView& p, cons
       }
     }
   };
-  const uint8_t* base = p.data + rb * bstride;
-  for (int64_t u = 0; u < p.nunits; ++u) {
-    const uint8_t* ud = base + u * RB * UB;
+  const uint8_t* base = p.data + packed_unit_offset(p, rb, u0);  // the pass's row blocks follow at bstride
+  for (int64_t u = u0; u < u1; ++u) {
+    const uint8_t* ud = base + (u - u0) * RB * UB;
     const float* xu = xp + u * S * 16;
     // With each row block's scales and zeros sequential, a pass is NB weight streams, 2·NB scale/zero streams
     // and x, which the hardware prefetchers follow; prefetching 2 KiB ahead measured no faster for int4/int8.
@@ -99,19 +121,22 @@ inline __attribute__((always_inline)) void gemv_blocks(const PackedView& p, cons
     });
   }
   flush(g);
+  // The first chunk sets y (with the zero-point terms of the whole row); later chunks add to it.
+  const bool first = chunk == 0;
   for (int b = 0; b < NB; ++b) {
     const float* s = sc + b * ng * RB;
     const float* z = p.zeros + (rb + b) * ng * RB;
     float corr[RB] = {};
-    for (int64_t gg = 0; gg < ng; ++gg)
-      for (int i = 0; i < RB; ++i) corr[i] -= s[gg * RB + i] * (TWO_B + z[gg * RB + i]) * xsum[gg];
+    if (first)
+      for (int64_t gg = 0; gg < ng; ++gg)
+        for (int i = 0; i < RB; ++i) corr[i] -= s[gg * RB + i] * (TWO_B + z[gg * RB + i]) * xsum[gg];
     for (int i = 0; i < RB; ++i) {
       const int r = b * RB + i;
       const int64_t row = rb * RB + r;
       if (row >= p.rows) break;
       F t = racc[r][0];
       for (int h = 1; h < NH; ++h) t = V::add(t, racc[r][h]);
-      y[row] = V::hsum(t) + corr[i];
+      y[row] = (first ? corr[i] : y[row]) + V::hsum(t);
     }
   }
 }
@@ -120,9 +145,11 @@ template <class V, int BITS>
 void gemv_t(const PackedView& p, const float* xp, const float* xsum, float* y, int64_t rb0, int64_t rb1) {
   // 3-bit unpacking needs the registers (and more ALU work per step than FMA latency); 2-bit: see the prefetch.
   constexpr int NB = BITS == 3 ? 1 : V::GEMV_NB, NA = BITS == 3 ? 1 : BITS == 2 ? 2 : V::GEMV_NA;
-  int64_t rb = rb0;
-  for (; rb + NB <= rb1; rb += NB) gemv_blocks<V, BITS, NB, NA>(p, xp, xsum, y, rb);
-  for (; rb < rb1; ++rb) gemv_blocks<V, BITS, 1, NA>(p, xp, xsum, y, rb);
+  for (int64_t c = 0; c * p.cunits < p.nunits; ++c) {
+    int64_t rb = rb0;
+    for (; rb + NB <= rb1; rb += NB) gemv_blocks<V, BITS, NB, NA>(p, xp, xsum, y, rb, c);
+    for (; rb < rb1; ++rb) gemv_blocks<V, BITS, 1, NA>(p, xp, xsum, y, rb, c);
+  }
 }
 
 // MR tokens × RB rows over packed columns [u0, u1) units, weights dequantized in registers (A*f+B) once
@@ -152,9 +179,9 @@ void tile_mr(const PackedView& p, const float* xp, int64_t ldx, float* y, int64_
   int64_t g = ng > 1 ? std::min(k0 / p.group, ng - 1) : 0;
   int64_t left = g == ng - 1 ? kNoBoundary : (g + 1) * gs - k0 / 16;
   load_ab(g);
-  const uint8_t* base = p.data + rb * p.nunits * RB * UB;
-  for (int64_t u = u0; u < u1; ++u) {
-    const uint8_t* ud = base + u * RB * UB;
+  UnitCursor cur(p, rb, u0);
+  for (int64_t u = u0; u < u1; ++u, cur.next()) {
+    const uint8_t* ud = cur.ptr;
     const float* xu = xp + u * S * 16;
     for (int64_t o = 0; o < RB * UB; o += 64) V::prefetch(ud + kPrefetchBytes + o);
     static_for<0, S>([&](auto jc) {
@@ -274,8 +301,9 @@ void dequant_t(const PackedView& p, int64_t r0, int64_t n, int64_t k0, int64_t k
     int64_t g = ng > 1 ? (k0 / p.group < ng - 1 ? k0 / p.group : ng - 1) : 0;
     int64_t left = g == ng - 1 ? kNoBoundary : (g + 1) * gs - k0 / 16;
     typename V::F A = V::set1(sc[g * RB] * TWO_B), B = V::set1(-sc[g * RB] * (TWO_B + zr[g * RB]));
-    for (int64_t u = k0 / UK; u < (k0 + kc) / UK; ++u) {
-      const uint8_t* ud = p.data + ((rb * p.nunits + u) * RB + i) * UB;
+    UnitCursor cur(p, rb, k0 / UK);
+    for (int64_t u = k0 / UK; u < (k0 + kc) / UK; ++u, cur.next()) {
+      const uint8_t* ud = cur.ptr + i * UB;
       float* ou = o + u * UK - k0;
       for (int64_t b = 0; b < UB; b += 64) V::prefetch(ud + RB * UB * 4 + b);
       static_for<0, S>([&](auto jc) {
