@@ -1,7 +1,9 @@
 // Causal grouped-query attention, flash style: scores live in registers a tile of keys at a time with an
-// online softmax; no [L, L] matrix is ever written. Two kernels:
-//  - attn_ref_kernel: one warp per query row, fp32 math on any element type (the fp32 mode, and the
-//    reference the fast kernel is checked against);
+// online softmax; no [L, L] matrix is ever written. Three kernels:
+//  - attn_ref_kernel: one warp per query row, fp32 math on any element type (the reference the fast
+//    kernels are checked against; any head size that is a multiple of 32);
+//  - attn_f32_kernel: fp32 on the CUDA cores (no TF32: the fp32 mode and GPTQ's calibration forward must
+//    match fp32 PyTorch), 64 queries × 64 keys per step, Q/K/V tiles in shared memory, 4×4 register tiles;
 //  - attn_mma_kernel: bf16/fp16 tensor cores (mma.sync m16n8k16, fp32 accumulation), 64 queries × 64 keys
 //    per step, K/V tiles double-buffered in shared memory with cp.async (FlashAttention-2 layout).
 #include "common.cuh"
@@ -262,6 +264,191 @@ __global__ void __launch_bounds__(MMA_THREADS) attn_mma_kernel(const T* __restri
   }
 }
 
+// ---------------- fp32 tiled kernel ----------------
+// 256 threads as 16 × 16 (tx, ty). Thread (tx, ty) owns query rows ty + 16·i and, for the scores, keys
+// tx + 16·j (i, j < 4): strided so that a warp's float4 reads of K rows hit distinct banks (row pitch HD + 4
+// floats) and its Q reads are broadcasts. A row's 64 scores live in the 16 threads of one half-warp, so
+// the row max and sum are 4 shuffles. P goes through shared memory (over the K tile, which is done with by
+// then) to the P·V product, where the thread owns columns [4·tx, 4·tx + 4) (+ 64 for HD 128) of its rows.
+constexpr int F32_BQ = 64, F32_BK = 64, F32_THREADS = 256, F32_PP = F32_BK + 16;  // P pitch: rows 16 banks apart
+
+template <int HD>
+__host__ __device__ constexpr bool f32_p_over_k() {
+  return F32_BQ * F32_PP <= F32_BK * (HD + 4);
+}
+template <int HD>
+constexpr int f32_smem_bytes() {
+  return (3 * F32_BQ * (HD + 4) + (f32_p_over_k<HD>() ? 0 : F32_BQ * F32_PP)) * 4;  // Q, K (P over it when it fits), V
+}
+
+template <int HD>
+__global__ void __launch_bounds__(F32_THREADS, 2) attn_f32_kernel(const float* __restrict__ Q, const float* __restrict__ K,
+                                                                   const float* __restrict__ V, float* __restrict__ O,
+                                                                   int L, int nh, int nkv, float scale) {
+  constexpr int LD = HD + 4, ND = HD / 64;  // float4 column chunks per thread in P·V
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* sQ = reinterpret_cast<float*>(smem_raw);  // [BQ][LD]
+  float* sK = sQ + F32_BQ * LD;                    // [BK][LD], then P [BQ][PP]
+  float* sV = sK + F32_BK * LD;                    // [BK][LD]
+  float* sP = f32_p_over_k<HD>() ? sK : sV + F32_BK * LD;  // [BQ][PP]
+  const int qb = gridDim.x - 1 - blockIdx.x;  // the longest query blocks first
+  const int h = blockIdx.y, s = blockIdx.z, kh = h / (nh / nkv);
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  const float* Qh = Q + (static_cast<int64_t>(s) * nh + h) * L * HD;
+  const float* Kh = K + (static_cast<int64_t>(s) * nkv + kh) * L * HD;
+  const float* Vh = V + (static_cast<int64_t>(s) * nkv + kh) * L * HD;
+  const int q0 = qb * F32_BQ;
+
+  auto load = [&](float* dst, const float* src, int row0) {
+    constexpr int CH = HD / 4;  // 16-byte chunks per row
+    for (int c = threadIdx.x; c < F32_BQ * CH; c += F32_THREADS) {
+      const int r = c / CH, col = (c % CH) * 4, row = row0 + r;
+      const bool ok = row < L;
+      cp_async16(dst + r * LD + col, src + (ok ? static_cast<int64_t>(row) * HD + col : 0), ok ? 16 : 0);
+    }
+  };
+  load(sQ, Qh, q0);
+  cp_async_commit();
+
+  float o[4][ND][4], m[4], l[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    m[i] = -INFINITY;
+    l[i] = 0.f;
+#pragma unroll
+    for (int d = 0; d < ND; ++d) o[i][d][0] = o[i][d][1] = o[i][d][2] = o[i][d][3] = 0.f;
+  }
+  const int ntiles = qb + 1;  // causal: key tiles up to the diagonal
+  for (int t = 0; t < ntiles; ++t) {
+    const int k0 = t * F32_BK;
+    load(sK, Kh, k0);
+    load(sV, Vh, k0);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    float sc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) sc[i][0] = sc[i][1] = sc[i][2] = sc[i][3] = 0.f;
+#pragma unroll 4
+    for (int d = 0; d < HD; d += 4) {
+      float4 qv[4], kv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) qv[i] = *reinterpret_cast<const float4*>(sQ + (ty + 16 * i) * LD + d);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) kv[j] = *reinterpret_cast<const float4*>(sK + (tx + 16 * j) * LD + d);
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          sc[i][j] = fmaf(qv[i].x, kv[j].x, sc[i][j]);
+          sc[i][j] = fmaf(qv[i].y, kv[j].y, sc[i][j]);
+          sc[i][j] = fmaf(qv[i].z, kv[j].z, sc[i][j]);
+          sc[i][j] = fmaf(qv[i].w, kv[j].w, sc[i][j]);
+        }
+    }
+    const bool diag = t == qb;
+    float c[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = q0 + ty + 16 * i;
+      float mx = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        float v = sc[i][j] * scale;
+        if (diag && k0 + tx + 16 * j > row) v = -INFINITY;
+        sc[i][j] = v;
+        mx = fmaxf(mx, v);
+      }
+#pragma unroll
+      for (int off = 1; off < 16; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      const float mn = fmaxf(m[i], mx);
+      c[i] = expf(m[i] - mn);
+      float ps = 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        sc[i][j] = expf(sc[i][j] - mn);
+        ps += sc[i][j];
+      }
+#pragma unroll
+      for (int off = 1; off < 16; off <<= 1) ps += __shfl_xor_sync(0xffffffffu, ps, off);
+      l[i] = l[i] * c[i] + ps;
+      m[i] = mn;
+    }
+    __syncthreads();  // every thread is done reading K (P may go over it)
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) sP[(ty + 16 * i) * F32_PP + tx + 16 * j] = sc[i][j];
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int d = 0; d < ND; ++d) {
+        o[i][d][0] *= c[i];
+        o[i][d][1] *= c[i];
+        o[i][d][2] *= c[i];
+        o[i][d][3] *= c[i];
+      }
+#pragma unroll 2
+    for (int kk = 0; kk < F32_BK; kk += 4) {
+      float4 pv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) pv[i] = *reinterpret_cast<const float4*>(sP + (ty + 16 * i) * F32_PP + kk);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float4 vv[ND];
+#pragma unroll
+        for (int d = 0; d < ND; ++d) vv[d] = *reinterpret_cast<const float4*>(sV + (kk + e) * LD + d * 64 + tx * 4);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float p = e == 0 ? pv[i].x : e == 1 ? pv[i].y : e == 2 ? pv[i].z : pv[i].w;
+#pragma unroll
+          for (int d = 0; d < ND; ++d) {
+            o[i][d][0] = fmaf(p, vv[d].x, o[i][d][0]);
+            o[i][d][1] = fmaf(p, vv[d].y, o[i][d][1]);
+            o[i][d][2] = fmaf(p, vv[d].z, o[i][d][2]);
+            o[i][d][3] = fmaf(p, vv[d].w, o[i][d][3]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // P and V are read before the next tile's loads overwrite them
+  }
+  const int64_t ldo = static_cast<int64_t>(nh) * HD;
+  float* ob = O + static_cast<int64_t>(s) * L * ldo + static_cast<int64_t>(h) * HD;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int row = q0 + ty + 16 * i;
+    if (row >= L) continue;
+    const float inv = 1.0f / l[i];
+#pragma unroll
+    for (int d = 0; d < ND; ++d)
+      *reinterpret_cast<float4*>(ob + row * ldo + d * 64 + tx * 4) =
+          make_float4(o[i][d][0] * inv, o[i][d][1] * inv, o[i][d][2] * inv, o[i][d][3] * inv);
+  }
+}
+
+// The HD 128 tiles take 99 KiB of shared memory: more than sm_86/sm_89 give one block (those run the
+// reference kernel instead).
+template <int HD>
+bool f32_fits() {
+  int dev = 0, optin = 0;
+  LB_CK(cudaGetDevice(&dev));
+  LB_CK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return f32_smem_bytes<HD>() <= optin;
+}
+
+template <int HD>
+void launch_f32(const float* q, const float* k, const float* v, float* out, int64_t nseq, int64_t L, int nh, int nkv,
+                cudaStream_t st) {
+  constexpr int smem = f32_smem_bytes<HD>();
+  LB_CK(cudaFuncSetAttribute(attn_f32_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  dim3 grid(static_cast<unsigned>((L + F32_BQ - 1) / F32_BQ), static_cast<unsigned>(nh), static_cast<unsigned>(nseq));
+  attn_f32_kernel<HD><<<grid, F32_THREADS, smem, st>>>(q, k, v, out, static_cast<int>(L), nh, nkv,
+                                                       1.0f / sqrtf(static_cast<float>(HD)));
+  LB_LAUNCHED();
+}
+
 template <int HD, class T>
 void launch_mma(const T* q, const T* k, const T* v, T* out, int64_t nseq, int64_t L, int nh, int nkv,
                 cudaStream_t st) {
@@ -279,7 +466,7 @@ void launch_mma(const T* q, const T* k, const T* v, T* out, int64_t nseq, int64_
 
 template <class T>
 bool attention_fast_ok(int hd) {
-  if (std::is_same<T, float>::value) return false;
+  if constexpr (std::is_same<T, float>::value) return hd == 64 ? f32_fits<64>() : hd == 128 && f32_fits<128>();
   return hd == 64 || hd == 128;
 }
 
@@ -288,12 +475,15 @@ void attention(const T* q, const T* k, const T* v, T* out, int64_t nseq, int64_t
                cudaStream_t st) {
   if (nkv <= 0 || nh % nkv) throw std::invalid_argument("numHeads must be a multiple of numKvHeads");
   if (L > (1LL << 30)) throw std::invalid_argument("sequence too long");
-  if constexpr (!std::is_same<T, float>::value) {
-    if (fast && attention_fast_ok<T>(hd)) {
+  if (fast && attention_fast_ok<T>(hd)) {
+    if constexpr (std::is_same<T, float>::value) {
+      if (hd == 64) launch_f32<64>(q, k, v, out, nseq, L, nh, nkv, st);
+      else launch_f32<128>(q, k, v, out, nseq, L, nh, nkv, st);
+    } else {
       if (hd == 64) launch_mma<64, T>(q, k, v, out, nseq, L, nh, nkv, st);
       else launch_mma<128, T>(q, k, v, out, nseq, L, nh, nkv, st);
-      return;
     }
+    return;
   }
   if (hd % 32 || hd > 256) throw std::invalid_argument("CUDA attention needs headDim a multiple of 32, at most 256");
   dim3 grid(static_cast<unsigned>((L + 3) / 4), static_cast<unsigned>(nh), static_cast<unsigned>(nseq));

@@ -144,7 +144,7 @@ Napi::Value CudaSelfTest(const Napi::CallbackInfo& info) {
     int device = get("device", 0), nseq = get("nseq", 2), L = get("seqLen", 1000), nh = get("heads", 8),
         nkv = get("kvHeads", 2), hd = get("headDim", 128);
     std::string dt = o.Has("dtype") ? o.Get("dtype").As<Napi::String>().Utf8Value() : "bf16";
-    int dtype = dt == "fp16" ? 2 : 1;
+    int dtype = dt == "fp32" ? 0 : dt == "fp16" ? 2 : 1;
     auto rep = std::make_shared<std::string>();
     auto rel = std::make_shared<double>(0);
     return run_async(info.Env(), [=] { *rel = cuda::selftest_attention(device, dtype, nseq, L, nh, nkv, hd, rep.get()); },

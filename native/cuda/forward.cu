@@ -460,6 +460,7 @@ double selftest_t(int nseq, int L, int nh, int nkv, int hd, std::string* report)
 
 double selftest_attention(int device, int dtype, int nseq, int L, int nh, int nkv, int hd, std::string* report) {
   LB_CK(cudaSetDevice(device));
+  if (dtype == 0) return attention_fast_ok<float>(hd) ? selftest_t<float>(nseq, L, nh, nkv, hd, report) : -1;
   if (dtype == 1) return attention_fast_ok<bf16>(hd) ? selftest_t<bf16>(nseq, L, nh, nkv, hd, report) : -1;
   if (dtype == 2) return attention_fast_ok<f16>(hd) ? selftest_t<f16>(nseq, L, nh, nkv, hd, report) : -1;
   return -1;

@@ -68,8 +68,8 @@ bool model_act32(const GpuModel& m);
 // of every sequence gets 0. gpu_ms (optional) receives the device time of the whole forward (events).
 void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll, float* gpu_ms);
 
-// Kernel self-test on random data: the tensor-core attention vs the fp32 reference kernel (max |diff| /
-// max |ref|), written into *report. Returns that relative error (or -1 when the fast path does not apply).
+// Kernel self-test on random data: the fast attention of dtype (the tiled fp32 kernel, or tensor cores for
+// bf16/fp16) vs the one-warp-per-row reference kernel (max |diff| / max |ref|), written into *report. Returns that relative error (or -1 when the fast path does not apply).
 double selftest_attention(int device, int dtype, int nseq, int L, int nh, int nkv, int hd, std::string* report);
 
 

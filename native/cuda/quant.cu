@@ -83,7 +83,7 @@ class QuantSession {
                       sinv.as<float>(), q.as<float>(), k.as<float>(), v.as<float>(), T, L, static_cast<int>(c.nh),
                       static_cast<int>(c.nkv), static_cast<int>(c.hd), c.eps, st);
       attention<float>(q.as<float>(), k.as<float>(), v.as<float>(), a, ns, L, static_cast<int>(c.nh),
-                       static_cast<int>(c.nkv), static_cast<int>(c.hd), false, st);
+                       static_cast<int>(c.nkv), static_cast<int>(c.hd), true, st);
     }
     if (caps & 2) syrk_acc(cx, H[1].as<float>(), a, T, c.nh * c.hd, alpha);
     if (upto == 1) return;
