@@ -142,6 +142,11 @@ gpuDescribe('GPU GPTQ vs the CPU solver (fresh random correlated problems)', () 
         expect(dev.weight[i]).toBe(Math.fround(dev.scales[gi] * Math.fround(dev.qweight[i] - dev.zeros[gi])));
       }
     }
+    // weight: false leaves the fp32 weight on the device; everything else is the same run's
+    const lean = await addon.gpuGptqQuantize(W, H, { ...opts, weight: false });
+    expect(lean.weight).toBeUndefined();
+    expect(Buffer.from(lean.qweight).equals(Buffer.from(dev.qweight))).toBe(true);
+    expect(Buffer.from(lean.scales.buffer).equals(Buffer.from(dev.scales.buffer))).toBe(true);
     const eCpu = outputError(X, n, W, cpu.weight, rows, cols);
     const eDev = outputError(X, n, W, dev.weight, rows, cols);
     expect(Math.abs(eDev / eCpu - 1)).toBeLessThan(0.02);

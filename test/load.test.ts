@@ -3,6 +3,7 @@ import * as path from 'path';
 import { parseConfig } from '../lib/load/config';
 import { LowbitError } from '../lib/load/errors';
 import { f16ToF32, loadModel, namedTensors, scanNonFinite } from '../lib/load/model';
+import { addon } from '../lib/native/addon';
 import { TensorToWrite, openCheckpoint, openSafetensors, writeSafetensors } from '../lib/load/safetensors';
 import { loadTokenizer } from '../lib/load/tokenizer';
 import { LINEAR_NAMES, LINEAR_TENSORS } from '../lib/load/types';
@@ -149,6 +150,22 @@ describe('synthetic models', () => {
       { name: 'model.layers.1.mlp.down_proj.weight', count: 2 },
       { name: 'model.norm.weight', count: 1 },
     ]);
+  });
+
+  test('countNonFinite (native, threaded) over every bf16/fp16 bit pattern and fp32 specials, against the decoded values', () => {
+    const all = Uint16Array.from({ length: 65536 }, (_, i) => i);
+    const bf16Bad = Array.from(all).filter((h) => !Number.isFinite(new Float32Array(new Uint32Array([h << 16]).buffer)[0])).length;
+    const f16Bad = Array.from(all).filter((h) => !Number.isFinite(f16ToF32(h))).length;
+    expect(addon.countNonFinite(all, 'BF16')).toBe(bf16Bad);
+    expect(addon.countNonFinite(all, 'F16')).toBe(f16Bad);
+    expect(bf16Bad).toBe(2 * 128); // sign × (Inf + 127 NaN payloads)
+    const f = new Float32Array(300001).map((_, i) => (i % 7) - 3.5);
+    f[0] = NaN;
+    f[150000] = Infinity;
+    f[300000] = -Infinity;
+    f[12] = 3.4e38;
+    expect(addon.countNonFinite(f, 'F32')).toBe(3);
+    expect(() => addon.countNonFinite(f, 'BF16')).toThrow(/countNonFinite/);
   });
 });
 

@@ -2,6 +2,9 @@
 // group's grid, deterministic, dead columns handled; the Hessian accumulation and the solver itself checked
 // against float64 implementations written here (the latter following Frantar et al. 2022, Algorithm 1).
 import { addon } from '../lib/native/addon';
+import { installGptq } from '../lib/quant/gptq';
+import type { QuantSpec } from '../lib/quant/spec';
+import type { QuantizedLinear } from '../lib/quant/weights';
 import { gauss, rhe } from './helpers/random';
 
 const f = Math.fround;
@@ -219,6 +222,19 @@ describe.each(CONFIGS)('gptqQuantize groupSize %i actOrder %s', (groupSize, actO
     expect(Buffer.from(again.qweight.buffer).equals(Buffer.from(r.qweight.buffer))).toBe(true);
     expect(again.loss).toBe(r.loss);
   });
+});
+
+test('installGptq without a weight (the GPU path) gives the same weight, recomputed on access; assigning replaces it', async () => {
+  for (const [groupSize, actOrder] of CONFIGS) {
+    const r = await gptq(W, H, groupSize, actOrder);
+    const spec = { wbits: BITS, groupSize, sym: false } as QuantSpec;
+    const lin = { weight: W, outFeatures: ROWS, inFeatures: COLS } as QuantizedLinear;
+    installGptq(lin, spec, { ...r, weight: undefined });
+    expect(Buffer.from((lin.weight as Float32Array).buffer).equals(Buffer.from(r.weight!.buffer))).toBe(true);
+    expect(lin.quantized!.qweight).toBe(r.qweight);
+    (lin as { weight?: unknown }).weight = undefined;
+    expect(lin.weight).toBeUndefined();
+  }
 });
 
 test('a column with zero Hessian diagonal becomes a dead column of zeros', async () => {

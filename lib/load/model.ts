@@ -287,19 +287,6 @@ export function scanNonFinite(model: LoadedModel, namePrefix = ''): NonFiniteTen
 }
 
 function countNonFinite(w: Weight): number {
-  let bits: Uint16Array | Uint32Array;
-  let mask: number;
-  if (isF32Array(w)) {
-    bits = new Uint32Array(w.buffer, w.byteOffset, w.length);
-    mask = 0x7f800000;
-  } else if (isF32Array(w.data)) {
-    bits = new Uint32Array(w.data.buffer, w.data.byteOffset, w.data.length);
-    mask = 0x7f800000;
-  } else {
-    bits = w.data;
-    mask = w.dtype === 'F16' ? 0x7c00 : 0x7f80;
-  }
-  let count = 0;
-  for (let i = 0; i < bits.length; i++) if ((bits[i] & mask) === mask) count++;
-  return count;
+  if (isF32Array(w)) return addon.countNonFinite(w, 'F32');
+  return addon.countNonFinite(w.data, isF32Array(w.data) ? 'F32' : w.dtype);
 }

@@ -6,6 +6,7 @@ import { throwIfAborted } from '../eval/forward';
 import type { LinearName, LoadedModel } from '../load/types';
 import { addon } from '../native/addon';
 import { ALL_AT_ONCE, GptqResult, gptqOptions, INPUT_OF, installGptq, LinearReport, SEQUENTIAL_SUBSETS } from './gptq';
+import { isPackableGrid } from './packed';
 import type { QuantSpec } from './spec';
 
 export interface GpuQuantInfo {
@@ -28,8 +29,8 @@ export class GpuGptq {
     return new GpuGptq(handle, model);
   }
 
-  /** Quantizes layer l in place (its linears get the dequantized weights and the integers), then moves the
-   *  calibration states through the quantized layer. */
+  /** Quantizes layer l in place (its linears get the integers and the dequantized weights); propagate() then
+   *  moves the calibration states through the quantized layer. */
   async layer(l: number, spec: QuantSpec, cancel: Int32Array, signal?: AbortSignal, onStage?: (s: string) => void): Promise<LinearReport[]> {
     const layer = this.model.weights.layers[l];
     onStage?.('upload');
@@ -45,16 +46,21 @@ export class GpuGptq {
         reports.push(await this.solve(l, name, spec, cancel));
       }
     }
-    throwIfAborted(signal);
-    onStage?.('propagate');
-    await addon.gpuQuantPropagate(this.handle, cancel);
     return reports;
+  }
+
+  /** Moves the calibration states through the quantized layer (on the GPU; the host is free meanwhile). */
+  propagate(cancel: Int32Array): Promise<void> {
+    return addon.gpuQuantPropagate(this.handle, cancel);
   }
 
   private async solve(l: number, name: LinearName, spec: QuantSpec, cancel: Int32Array): Promise<LinearReport> {
     // Dense layers only: pipeline.ts keeps Qwen3-MoE models on the CPU path.
     const lin = this.model.weights.layers[l].linears[name]!;
-    const r: GptqResult = await addon.gpuQuantGptq(this.handle, name, gptqOptions(spec, cancel));
+    // A packable result is packed with the layer and its fp32 weight dropped: leave it on the device (its
+    // values are scale·(q − zero), recomputed on access) instead of copying rows×cols floats back.
+    const weight = !isPackableGrid(spec.wbits, spec.groupSize, lin.inFeatures);
+    const r: GptqResult = await addon.gpuQuantGptq(this.handle, name, { ...gptqOptions(spec, cancel), weight });
     installGptq(lin, spec, r);
     return { layer: l, name, loss: r.loss, deadColumns: r.deadColumns };
   }

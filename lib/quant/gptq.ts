@@ -10,7 +10,7 @@ import { LinearRef, layerLinears } from '../load/linears';
 import type { Linear, LinearName, LoadedModel, MlpLinearName } from '../load/types';
 import { addon } from '../native/addon';
 import type { QuantSpec } from './spec';
-import { install } from './weights';
+import { install, installDequantizedOnAccess } from './weights';
 
 export const INPUT_OF: Record<LinearName, keyof LayerCaptures> = {
   q: 'attnIn', k: 'attnIn', v: 'attnIn', o: 'oIn', gate: 'mlpIn', up: 'mlpIn', down: 'downIn',
@@ -181,9 +181,10 @@ export function gptqOptions(spec: QuantSpec, cancel: Int32Array) {
   return { bits, groupSize, sym, actOrder, staticGroups, damp, blockSize, cancel };
 }
 
-/** What a GPTQ solver returns, installed as the linear's fake-quantized weight plus its integers. */
+/** What a GPTQ solver returns, installed as the linear's fake-quantized weight plus its integers (the GPU
+ *  solver leaves the weight out when asked: it is scale·(q − zero), see installDequantizedOnAccess). */
 export interface GptqResult {
-  weight: Float32Array;
+  weight?: Float32Array;
   qweight: Uint8Array;
   scales: Float32Array;
   zeros: Float32Array;
@@ -193,7 +194,9 @@ export interface GptqResult {
 }
 
 export function installGptq(lin: Linear, spec: QuantSpec, r: GptqResult): void {
-  install(lin, r.weight, { bits: spec.wbits, groupSize: spec.groupSize, sym: spec.sym, qweight: r.qweight, scales: r.scales, zeros: r.zeros, gIdx: r.gIdx });
+  const q = { bits: spec.wbits, groupSize: spec.groupSize, sym: spec.sym, qweight: r.qweight, scales: r.scales, zeros: r.zeros, gIdx: r.gIdx };
+  if (r.weight) install(lin, r.weight, q);
+  else installDequantizedOnAccess(lin, q);
 }
 
 export function gptqSolver(l: number, spec: QuantSpec, cancel: Int32Array): HessianSolver {

@@ -106,7 +106,12 @@ export interface AttachOptions {
 /** Whether the packed kernels take q for a [rows, cols] linear (2/3/4/8 bits, whole groups; or W8A8 int8). */
 export function isPackable(q: QuantizedTensor, cols: number, w8a8: boolean): boolean {
   if (w8a8 && isInt8Packable(q)) return true;
-  return PACKED_BITS.includes(q.bits) && (q.groupSize <= 0 || cols % q.groupSize === 0);
+  return isPackableGrid(q.bits, q.groupSize, cols);
+}
+
+/** Whether the packed kernels hold weights of this bit width and group size (cols input features). */
+export function isPackableGrid(bits: number, groupSize: number, cols: number): boolean {
+  return PACKED_BITS.includes(bits) && (groupSize <= 0 || cols % groupSize === 0);
 }
 
 /**

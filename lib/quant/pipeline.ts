@@ -128,6 +128,12 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
   const linears: LinearReport[] = [];
   let gpu: GpuGptq | undefined;
   let gpuPeakBytes: number | undefined;
+  let moving: Promise<void> | undefined; // the GPU's propagation of the last layer, still running
+  const settle = async (): Promise<void> => {
+    const m = moving;
+    moving = undefined;
+    await m;
+  };
   const coverage: ExpertCoverage[] = [];
   const covered = (c: ExpertCoverage | undefined) => c && coverage.push(c);
   let bitsWeighted = 0;
@@ -148,6 +154,7 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
     for (let l = 0; l < layers; l++) {
       throwIfAborted(signal);
       refuseNonFinite(model, `model.layers.${l}.`);
+      await settle();
       const stage = (s: string) => opts.onProgress?.({ layer: l, layers, stage: s });
       const layer = model.weights.layers[l];
       const mapped = layerLinears(layer).map((r) => r.lin.weight);
@@ -159,6 +166,11 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
         case 'gptq': {
           if (gpu) {
             linears.push(...(await gpu.layer(l, spec, cancel, signal, stage)));
+            stage('propagate');
+            // The GPU moves the calibration states on while the host packs (and writes) this layer and checks
+            // the next one; settle() waits for it before the GPU is used again.
+            moving = gpu.propagate(cancel);
+            moving.catch(() => undefined); // a failure surfaces at settle(), not as an unhandled rejection
             break;
           }
           const r = await hessianLayer(model, l, inputs!, spec, gptqSolver(l, spec, cancel), signal, stage);
@@ -208,9 +220,11 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
       for (const w of mapped) adviseWeight(w, 'dontneed');
       await opts.onLayer?.(l);
     }
+    await settle();
     gpuPeakBytes = gpu?.info().peakBytes;
   } finally {
     signal?.removeEventListener('abort', onAbort);
+    await moving?.catch(() => undefined); // never free the session under a running propagation
     gpu?.free();
     inputs?.close();
   }

@@ -1,5 +1,6 @@
 // Weight plumbing shared by the quantizers: fp32 copies of (read-only, memory-mapped) checkpoint weights,
 // column scaling, and installing a quantized result on a linear.
+import { dequantize } from '../export/pack';
 import { f16ToF32 } from '../load/model';
 import type { Linear } from '../load/types';
 import { isF32Array, Weight } from '../native/addon';
@@ -54,6 +55,22 @@ export interface BinaryTensor {
 export interface QuantizedLinear extends Linear {
   quantized?: QuantizedTensor;
   binary?: BinaryTensor;
+}
+
+/**
+ * Installs q with `lin.weight` as a getter that dequantizes it on each access (scale·(q − zero) rounded to fp32:
+ * bit for bit what the GPU solver computed), for results whose fp32 weight is not worth carrying: the layer is
+ * packed right after and the weight dropped. Assigning `lin.weight` replaces the getter with the value.
+ */
+export function installDequantizedOnAccess(lin: QuantizedLinear, q: QuantizedTensor): void {
+  lin.quantized = q;
+  lin.binary = undefined;
+  Object.defineProperty(lin, 'weight', {
+    configurable: true,
+    enumerable: true,
+    get: (): Float32Array => dequantize(q, lin.inFeatures),
+    set: (v: Float32Array | undefined) => Object.defineProperty(lin, 'weight', { value: v, writable: true, enumerable: true, configurable: true }),
+  });
 }
 
 export function install(lin: QuantizedLinear, weight: Float32Array, q?: QuantizedTensor, binary?: BinaryTensor): void {

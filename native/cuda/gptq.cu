@@ -393,12 +393,12 @@ void gptq_device(QuantCtx& cx, float* W, int64_t rows, int64_t cols, const float
   unpermute_kernel<<<blocks_for(rows * cols, 256), 256, 0, st>>>(Q.as<float>(), Qi.as<uint8_t>(), d_perm.as<int32_t>(), W,
                                                                  q8.as<uint8_t>(), rows, cols);
   launch_check();
-  r.w.resize(rows * cols);
+  r.w.resize(o.weight ? rows * cols : 0);
   r.q.resize(rows * cols);
   r.scales.resize(rows * ngroups);
   r.zeros.resize(rows * ngroups);
   std::vector<double> row_loss(rows);
-  LB_CK(cudaMemcpyAsync(r.w.data(), W, rows * cols * 4, cudaMemcpyDeviceToHost, st));
+  if (o.weight) LB_CK(cudaMemcpyAsync(r.w.data(), W, rows * cols * 4, cudaMemcpyDeviceToHost, st));
   LB_CK(cudaMemcpyAsync(r.q.data(), q8.p, rows * cols, cudaMemcpyDeviceToHost, st));
   LB_CK(cudaMemcpyAsync(r.scales.data(), sc.p, rows * ngroups * 4, cudaMemcpyDeviceToHost, st));
   LB_CK(cudaMemcpyAsync(r.zeros.data(), ze.p, rows * ngroups * 4, cudaMemcpyDeviceToHost, st));

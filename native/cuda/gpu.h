@@ -85,10 +85,11 @@ struct GptqOpts {
   bool sym = false, act_order = true, static_groups = false;
   double damp = 0.01;
   int64_t block = 128;
+  bool weight = true;  // copy the dequantized weight back (GptqOut::w); the integers, scales and zeros always come
 };
 
 struct GptqOut {
-  std::vector<float> w, scales, zeros;  // w [rows, cols] dequantized; scales/zeros [rows, ngroups]
+  std::vector<float> w, scales, zeros;  // w [rows, cols] dequantized (empty unless opts.weight); scales/zeros [rows, ngroups]
   std::vector<uint8_t> q;               // [rows, cols], original column order
   std::vector<int32_t> g_idx, perm;     // perm empty without act-order
   double loss = 0;

@@ -53,6 +53,10 @@ class QuantSession {
   // once [k, v, q] are quantized, so the later passes (o, gate/up, down inputs, propagation) reuse it.
   DevBuf att_all;
   bool att_cached = false, att_valid = false;
+  // The residual stream after attention (h + o(att)) of every window: fixed once o is quantized too, so the
+  // gate/up → down Hessian pass and the propagation skip the o GEMM.
+  DevBuf res_all;
+  bool res_cached = false, res_valid = false;
 
   QuantSession(int device) : cx(device) {}
 
@@ -63,6 +67,32 @@ class QuantSession {
     const float alpha = 1.f;
     LB_CKB(cublasSgemm(cx.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(T), static_cast<int>(in),
                        &alpha, W, static_cast<int>(in), X, static_cast<int>(in), &beta, Y, static_cast<int>(out)));
+  }
+
+  // Attention and the o projection for one batch (xn holds the normed layer input): folds the attention
+  // output into H[1] when asked; for upto >= 2 leaves the residual h + o(att) in *r: h itself when propagating
+  // (upto 4), else the residual cache (rc, when there is one) or the batch buffer.
+  void attention_residual(float* h, float* rc, int64_t T, int64_t s0, int64_t ns, int upto, unsigned caps, float alpha, float*& r) {
+    const ModelCfg& c = cfg;
+    cudaStream_t st = cx.st;
+    float* a = att_cached ? att_all.as<float>() + s0 * L * c.nh * c.hd : att.as<float>();
+    if (!(att_cached && att_valid)) {
+      gemm(xn.as<float>(), w_qkv.as<float>(), qkv.as<float>(), T, dqkv(), c.hidden, 0.f);
+      qkv_post<float>(qkv.as<float>(), b_qkv.as<float>(), q_norm.as<float>(), k_norm.as<float>(), cosv.as<float>(),
+                      sinv.as<float>(), q.as<float>(), k.as<float>(), v.as<float>(), T, L, static_cast<int>(c.nh),
+                      static_cast<int>(c.nkv), static_cast<int>(c.hd), c.eps, st);
+      attention<float>(q.as<float>(), k.as<float>(), v.as<float>(), a, ns, L, static_cast<int>(c.nh),
+                       static_cast<int>(c.nkv), static_cast<int>(c.hd), true, st);
+    }
+    if (caps & 2) syrk_acc(cx, H[1].as<float>(), a, T, c.nh * c.hd, alpha);
+    if (upto == 1) return;
+    r = h;
+    if (upto < 4) {
+      r = rc ? rc : res.as<float>();
+      LB_CK(cudaMemcpyAsync(r, h, T * c.hidden * 4, cudaMemcpyDeviceToDevice, st));
+    }
+    gemm(a, w_o.as<float>(), r, T, c.hidden, c.nh * c.hd, 1.f);
+    if (b_o.p) add_bias(r, b_o.as<float>(), T, c.hidden, st);
   }
 
   // Sequences [s0, s0 + ns) through the layer up to the input of capture `upto` (4: the whole layer, in
@@ -76,24 +106,15 @@ class QuantSession {
     rmsnorm<float>(h, in_norm.as<float>(), xn.as<float>(), T, c.hidden, c.eps, st);
     if (caps & 1) syrk_acc(cx, H[0].as<float>(), xn.as<float>(), T, c.hidden, alpha);
     if (upto == 0) return;
-    float* a = att_cached ? att_all.as<float>() + s0 * L * c.nh * c.hd : att.as<float>();
-    if (!(att_cached && att_valid)) {
-      gemm(xn.as<float>(), w_qkv.as<float>(), qkv.as<float>(), T, dqkv(), c.hidden, 0.f);
-      qkv_post<float>(qkv.as<float>(), b_qkv.as<float>(), q_norm.as<float>(), k_norm.as<float>(), cosv.as<float>(),
-                      sinv.as<float>(), q.as<float>(), k.as<float>(), v.as<float>(), T, L, static_cast<int>(c.nh),
-                      static_cast<int>(c.nkv), static_cast<int>(c.hd), c.eps, st);
-      attention<float>(q.as<float>(), k.as<float>(), v.as<float>(), a, ns, L, static_cast<int>(c.nh),
-                       static_cast<int>(c.nkv), static_cast<int>(c.hd), true, st);
-    }
-    if (caps & 2) syrk_acc(cx, H[1].as<float>(), a, T, c.nh * c.hd, alpha);
-    if (upto == 1) return;
+    float* rc = res_cached ? res_all.as<float>() + s0 * L * c.hidden : nullptr;
     float* r = h;  // the residual: in place only when propagating
-    if (upto < 4) {
-      r = res.as<float>();
-      LB_CK(cudaMemcpyAsync(r, h, T * c.hidden * 4, cudaMemcpyDeviceToDevice, st));
+    if (res_valid && upto >= 2 && !(caps & 2)) {
+      if (upto < 4) r = rc;
+      else LB_CK(cudaMemcpyAsync(h, rc, T * c.hidden * 4, cudaMemcpyDeviceToDevice, st));
+    } else {
+      attention_residual(h, rc, T, s0, ns, upto, caps, alpha, r);
+      if (upto == 1) return;
     }
-    gemm(a, w_o.as<float>(), r, T, c.hidden, c.nh * c.hd, 1.f);
-    if (b_o.p) add_bias(r, b_o.as<float>(), T, c.hidden, st);
     rmsnorm<float>(r, post_norm.as<float>(), xn.as<float>(), T, c.hidden, c.eps, st);
     if (caps & 4) syrk_acc(cx, H[2].as<float>(), xn.as<float>(), T, c.hidden, alpha);
     if (upto == 2) return;
@@ -114,6 +135,7 @@ class QuantSession {
       LB_CK(cudaStreamSynchronize(cx.st));
     }
     if (att_cached && upto >= 1) att_valid = true;
+    if (res_cached && upto >= 2 && upto < 4) res_valid = true;  // written (or reused) in this pass
     cx.sample_memory();
   }
 
@@ -181,6 +203,12 @@ std::shared_ptr<QuantSession> quant_session_create(const ModelCfg& cfg, const Ho
     if (att_bytes + static_cast<uint64_t>(per_tok) * T + (uint64_t(4) << 30) < fr) {
       s->att_all.alloc(att_bytes);
       s->att_cached = true;
+      const uint64_t res_bytes = static_cast<uint64_t>(Tn) * c.hidden * 4;  // and the residual after attention
+      LB_CK(cudaMemGetInfo(&fr, &tot));
+      if (res_bytes + static_cast<uint64_t>(per_tok) * T + (uint64_t(4) << 30) < fr) {
+        s->res_all.alloc(res_bytes);
+        s->res_cached = true;
+      }
     }
   }
   s->xn.alloc(T * c.hidden * 4);
@@ -265,6 +293,7 @@ void quant_session_load_layer(QuantSession& s, const HostLayer& L) {
   LB_CK(cudaStreamSynchronize(s.cx.st));
   s.loaded = true;
   s.att_valid = false;
+  s.res_valid = false;
 }
 
 void quant_session_hessians(QuantSession& s, unsigned caps, const CancelCheck& cancel) {
@@ -296,6 +325,7 @@ void quant_session_gptq(QuantSession& s, int lin, const GptqOpts& o, GptqOut& r,
   int64_t rows = 0, cols = 0;
   s.shape(lin, rows, cols);
   if (lin <= 2) s.att_valid = false;  // q, k or v changes: the cached attention output is stale
+  if (lin <= 3) s.res_valid = false;  // … and with o, the residual after attention
   gptq_device(s.cx, s.weight(lin), rows, cols, H.as<float>(), o, r, cancel);
 }
 

@@ -42,6 +42,7 @@ cuda::GptqOpts gptq_opts(const Napi::Object& o, int64_t cols) {
   opt.static_groups = o.Get("staticGroups").ToBoolean();
   if (o.Get("damp").IsNumber()) opt.damp = o.Get("damp").As<Napi::Number>().DoubleValue();
   if (o.Get("blockSize").IsNumber()) opt.block = o.Get("blockSize").As<Napi::Number>().Int64Value();
+  if (o.Get("weight").IsBoolean()) opt.weight = o.Get("weight").As<Napi::Boolean>().Value();
   if (opt.bits < 1 || opt.bits > 8) throw std::invalid_argument("bits must be 1..8");
   if (opt.block < 1) throw std::invalid_argument("blockSize must be positive");
   if (opt.group > 0 && cols % opt.group)
@@ -58,7 +59,7 @@ A copy_out(Napi::Env env, const std::vector<T>& v) {
 
 Napi::Value gptq_result(Napi::Env env, const cuda::GptqOut& r) {
   Napi::Object out = Napi::Object::New(env);
-  out.Set("weight", copy_out<float, Napi::Float32Array>(env, r.w));
+  if (!r.w.empty()) out.Set("weight", copy_out<float, Napi::Float32Array>(env, r.w));
   out.Set("qweight", copy_out<uint8_t, Napi::Uint8Array>(env, r.q));
   out.Set("scales", copy_out<float, Napi::Float32Array>(env, r.scales));
   out.Set("zeros", copy_out<float, Napi::Float32Array>(env, r.zeros));
