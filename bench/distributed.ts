@@ -3,6 +3,7 @@
  * the same grid run by one `lowbit study` process, same machine, same run.
  *
  *   sh bench/distributed/run.sh [--workers 1,2] [--device cpu|cuda] [--model DIR] [--redis URL] [--tasks wikitext2,c4] [--reps 2]
+ *     [--methods rtn,gptq,awq] [--wbits 4,3] [--groups 128] [--max-windows 2] [--seqlen 512]
  *
  * Uses the built CLI (dist/cli/main.js) as users do. Starts a redis-server on a free port unless --redis is
  * given. Each worker count gets its own queue and study folder, so nothing is reused between rows; the
@@ -31,8 +32,11 @@ const device = arg('device', 'cpu');
 const model = path.resolve(arg('model', path.join(ROOT, 'models', 'qwen3-tiny')));
 const tasks = arg('tasks', 'wikitext2,c4');
 const reps = Number(arg('reps', '2'));
-const GRID = ['--models', model, '--methods', 'rtn,gptq,awq', '--wbits', '4,3', '--groups', '128', '--nsamples', '8', '--calib-seqlen', '512',
-  '--calib-ids', path.join(ROOT, 'data', 'calib_c4_128x2048.i16'), '--tasks', tasks, '--max-windows', '2', '--seqlen', '512', '--no-png',
+// The grid: by default small and CPU-bound (AWQ/RTN quantize on the CPU); --methods gptq --wbits 8,4,3,2 on a larger
+// model makes the cells GPU-bound with --device cuda.
+const GRID = ['--models', model, '--methods', arg('methods', 'rtn,gptq,awq'), '--wbits', arg('wbits', '4,3'), '--groups', arg('groups', '128'),
+  '--nsamples', '8', '--calib-seqlen', '512', '--calib-ids', path.join(ROOT, 'data', 'calib_c4_128x2048.i16'), '--tasks', tasks,
+  '--max-windows', arg('max-windows', '2'), '--seqlen', arg('seqlen', '512'), '--no-png',
   ...(device === 'cpu' ? [] : ['--device', 'cuda'])];
 
 function freePort(): Promise<number> {
@@ -108,7 +112,7 @@ async function main(): Promise<void> {
       rows.push([`${n} worker process${n > 1 ? 'es' : ''} (${device})`, String(cells), secs.toFixed(1), perMin(secs).toFixed(2), (one / secs).toFixed(2), (base / secs).toFixed(2), same.get(n) ? 'yes' : 'NO']);
     }
     const head = ['setup', 'cells', 'wall s', 'cells/min', `vs ${workerCounts[0]} worker(s)`, 'vs one process', 'report = one process'];
-    console.log(`model ${path.basename(model)}, ${cores} cores, device ${device}, tasks ${tasks}, best of ${reps}, node ${process.version}, ${new Date().toISOString()}`);
+    console.log(`model ${path.basename(model)}, ${cores} cores, device ${device}, grid ${GRID.slice(2).join(' ')}, best of ${reps}, node ${process.version}, ${new Date().toISOString()}`);
     console.log(`| ${head.join(' | ')} |\n|${head.map(() => '---').join('|')}|`);
     for (const r of rows) console.log(`| ${r.join(' | ')} |`);
   } finally {
