@@ -5,7 +5,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { cudaDevices, cudaInfo, firstPackedLinear, GpuModel, parseDevice, resolveDevice, toDevice } from '../lib/eval/cuda';
+import { cudaDevices, cudaInfo, firstPackedLinear, GpuModel, parseDevice, resolveDevice, splitLayers, toDevice } from '../lib/eval/cuda';
 import { pplText } from '../lib/eval/datasets';
 import { scoreSequences } from '../lib/eval/forward';
 import { perplexity } from '../lib/eval/perplexity';
@@ -48,6 +48,13 @@ describe('device selection', () => {
     if (!cudaInfo().built) expect(() => resolveDevice('cuda')).toThrow(/lowbit was built without CUDA/);
     else if (!devices.length) expect(() => resolveDevice('cuda')).toThrow(/no CUDA device found/);
     else expect(() => resolveDevice(`cuda:${devices.length}`)).toThrow(/no CUDA device/);
+  });
+
+  test('splitLayers: runs as even as the count allows, in order; more GPUs than layers is an error', () => {
+    expect(splitLayers(28, 1)).toEqual([28]);
+    expect(splitLayers(28, 3)).toEqual([10, 9, 9]);
+    expect(splitLayers(4, 4)).toEqual([1, 1, 1, 1]);
+    expect(() => splitLayers(2, 3)).toThrow(/cannot split 2 layers across 3 GPUs/);
   });
 
   test('a packed checkpoint is named as such: CPU only (the CUDA backend runs dense weights)', async () => {
@@ -129,6 +136,30 @@ gpuDescribe('CUDA forward of qwen3-tiny', () => {
     await toDevice(model, 'cpu');
     const c = await scoreSequences(model, ids, SEQ);
     expect(Array.from(c.nll)).toEqual(Array.from(cpu));
+  });
+
+  test('layers split across GPUs (a pipeline of stages) give the single-GPU NLL bit for bit', async () => {
+    // Two stages on GPU 0 always; on a multi-GPU host also one stage per GPU. The hidden states cross between
+    // stages as fp32 through host memory, and every stage runs the same kernels: nothing may change.
+    const splits: number[][] = [[0, 0], [0, 0, 0]];
+    if (devices.length > 1) splits.push(devices.map((d) => d.index));
+    for (const dtype of ['fp32', 'bf16'] as const) {
+      const one = await GpuModel.create(model, { dtype });
+      const ref = await one.score(ids, SEQ);
+      expect(one.info().mode).toBe('single');
+      one.free();
+      for (const devs of splits) {
+        const gpu = await GpuModel.create(model, { dtype, devices: devs });
+        const nll = await gpu.score(ids, SEQ);
+        const info = gpu.info();
+        gpu.free();
+        expect(info.mode).toBe('layer-split');
+        expect(info.devices).toEqual(devs);
+        expect(info.layersPerDevice.reduce((a, b) => a + b, 0)).toBe(model.config.numLayers);
+        expect(Buffer.from(nll.buffer).equals(Buffer.from(ref.buffer))).toBe(true);
+        process.stdout.write(`[cuda] ${dtype} layer split ${devs.map((d) => `cuda:${d}`).join('+')}: NLL identical to one GPU\n`);
+      }
+    }
   });
 
   test('bad input: ids outside the vocabulary, a freed handle', async () => {

@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { densifyForGpu, deviceName, firstPackedLinear, GPU_DTYPES, GpuDType, resolveDevice, toDevice } from '../eval/cuda';
+import { densifyForGpu, deviceName, firstPackedLinear, GPU_DTYPES, GpuDType, GpuModelInfo, resolveDevice, toDevice } from '../eval/cuda';
 import { evaluate, TaskResult } from '../eval/evaluate';
 import { TASKS, TASK_NAMES } from '../eval/tasks/registry';
 import { loadModel, scanNonFinite } from '../load/model';
@@ -48,6 +48,7 @@ export function evalCommand(): Command {
         const t0 = performance.now();
         const threads = applyThreads(o.threads);
         let device = resolveDevice(o.device);
+        let gpu: GpuModelInfo | undefined;
         const model = await loadModel(modelDir);
         const tok = await loadTokenizer(modelDir);
         const progress = createProgress(process.stderr, false);
@@ -71,7 +72,12 @@ export function evalCommand(): Command {
           if (onCpu) {
             progress.log(`lowbit: note: ${onCpu}; evaluating on the CPU`);
             device = { type: 'cpu' };
-          } else await toDevice(model, device, { dtype: o.dtype, actFp32: o.fp32Activations });
+          } else {
+            gpu = (await toDevice(model, device, { dtype: o.dtype, actFp32: o.fp32Activations }))?.info();
+            if (gpu?.mode === 'layer-split') {
+              progress.log(`lowbit: note: the model does not fit on ${deviceName(device)}; its layers are split across ${gpu.devices.map((d, i) => `cuda:${d} (${gpu!.layersPerDevice[i]})`).join(', ')}`);
+            }
+          }
         }
         const results = await evaluate(model, (t) => tok.encode(t), {
           tasks: o.tasks,
@@ -87,7 +93,7 @@ export function evalCommand(): Command {
         progress.stop();
         const seconds = (performance.now() - t0) / 1000;
         if (o.json) {
-          process.stdout.write(JSON.stringify({ model: model.dir, ...(quant ? { quant } : {}), device: deviceName(device), ...(device.type === 'cuda' ? { dtype: o.dtype, fp32Activations: !!o.fp32Activations || o.dtype === 'fp32' } : {}), threads, results, seconds }) + '\n');
+          process.stdout.write(JSON.stringify({ model: model.dir, ...(quant ? { quant } : {}), device: deviceName(device), ...(device.type === 'cuda' ? { dtype: o.dtype, fp32Activations: !!o.fp32Activations || o.dtype === 'fp32' } : {}), ...(gpu ? { gpu: { mode: gpu.mode, devices: gpu.devices, layersPerDevice: gpu.layersPerDevice } } : {}), threads, results, seconds }) + '\n');
         } else {
           printTable(model.dir + (quant ? ` (${quant.spec})` : '') + ` on ${deviceName(device)}${device.type === 'cuda' ? ` (${o.dtype})` : ''}`, results, seconds);
         }

@@ -89,20 +89,58 @@ export function resolveDevice(requested?: string): DeviceSpec {
 export interface GpuOptions {
   dtype?: GpuDType;
   actFp32?: boolean;
+  /**
+   * Split the layers across these GPUs (a pipeline: the first embeds, the last applies the head; hidden
+   * states pass between them through host memory). By default one GPU, or every GPU when the model does
+   * not fit on the requested one (toDevice).
+   */
+  devices?: number[];
 }
 
 export interface GpuModelInfo {
+  /** the first stage's GPU */
   device: number;
+  /** 'single': the whole model on one GPU; 'layer-split': runs of layers on several */
+  mode: 'single' | 'layer-split';
+  devices: number[];
+  /** layers held by each of `devices` */
+  layersPerDevice: number[];
   dtype: GpuDType;
   actFp32: boolean;
   weightBytes: number;
-  /** device time of the last score() call (CUDA events), ms */
+  /** device time of the last score() call (CUDA events, summed over the stages), ms */
   lastGpuMs: number;
 }
 
-/** A model's weights resident on one GPU. Upload once, score many batches; free() (or GC) releases it. */
+interface Stage {
+  handle: unknown;
+  device: number;
+  layers: number;
+}
+
+/** Runs of layers for n devices, as even as the layer count allows (earlier devices take the remainder). */
+export function splitLayers(numLayers: number, n: number): number[] {
+  if (n < 1 || n > numLayers) throw new LowbitError('BAD_ARGUMENT', `cannot split ${numLayers} layers across ${n} GPUs`);
+  return Array.from({ length: n }, (_, i) => Math.floor(numLayers / n) + (i < numLayers % n ? 1 : 0));
+}
+
+/** Bytes the weights take on a GPU as `dtype` (linears, embedding, untied head). */
+export function gpuWeightBytes(model: LoadedModel, dtype: GpuDType): number {
+  const c = model.config;
+  const perLayer = c.hiddenSize * (c.numHeads + 2 * c.numKvHeads) * c.headDim + c.numHeads * c.headDim * c.hiddenSize + 3 * c.hiddenSize * c.intermediateSize;
+  const vocab = c.vocabSize * c.hiddenSize * (model.weights.lmHead === model.weights.embed ? 1 : 2);
+  return (c.numLayers * perLayer + vocab) * (dtype === 'fp32' ? 4 : 2);
+}
+
+/**
+ * A model's weights resident on one GPU, or split by layers across several. Upload once, score many
+ * batches; free() (or GC) releases it.
+ */
 export class GpuModel {
-  private constructor(private handle: unknown) {}
+  private constructor(
+    private stages: Stage[],
+    private hiddenSize: number,
+  ) {}
 
   /**
    * dtype: the weights' type on the GPU. By default activations use it too (bf16/fp16 tensor cores all the
@@ -117,24 +155,50 @@ export class GpuModel {
     const packed = firstPackedLinear(model);
     if (packed) throw new LowbitError('UNSUPPORTED', `${model.dir}: ${packed} holds packed low-bit weights; the CUDA backend runs dense weights only, evaluate it with --device cpu`);
     const w = model.weights;
-    const handle = await addon.gpuModelCreate(
-      { cfg: model.config, layers: w.layers, embed: w.embed, lmHead: w.lmHead, finalNorm: w.finalNorm },
-      { device: opts.device ?? 0, dtype, actFp32: opts.actFp32 ?? false },
-    );
-    return new GpuModel(handle);
+    const devices = opts.devices ?? [opts.device ?? 0];
+    const counts = splitLayers(w.layers.length, devices.length);
+    const stages: Stage[] = [];
+    try {
+      let l0 = 0;
+      for (const [i, device] of devices.entries()) {
+        const layers = w.layers.slice(l0, l0 + counts[i]);
+        l0 += counts[i];
+        const handle = await addon.gpuModelCreate(
+          { cfg: model.config, layers, embed: w.embed, lmHead: w.lmHead, finalNorm: w.finalNorm },
+          { device, dtype, actFp32: opts.actFp32 ?? false, first: i === 0, last: i === devices.length - 1 },
+        );
+        stages.push({ handle, device, layers: counts[i] });
+      }
+    } catch (e) {
+      for (const s of stages) addon.gpuModelFree(s.handle);
+      throw e;
+    }
+    return new GpuModel(stages, model.config.hiddenSize);
   }
 
   /** Per-position next-token NLL of ids [nseq, seqLen]; the last position of each sequence is 0. */
   async score(ids: Int32Array, seqLen: number): Promise<Float64Array> {
-    return addon.gpuScore(this.handle, ids, seqLen);
+    if (this.stages.length === 1) return addon.gpuScore(this.stages[0].handle, ids, seqLen);
+    // The hidden states leaving each run of layers enter the next one's (fp32, through host memory).
+    const hidden = new Float32Array(ids.length * this.hiddenSize);
+    for (const s of this.stages.slice(0, -1)) await addon.gpuScore(s.handle, ids, seqLen, hidden);
+    return addon.gpuScore(this.stages[this.stages.length - 1].handle, ids, seqLen, hidden);
   }
 
   info(): GpuModelInfo {
-    return addon.gpuModelInfo(this.handle);
+    const parts = this.stages.map((s) => addon.gpuModelInfo(s.handle) as Omit<GpuModelInfo, 'mode' | 'devices' | 'layersPerDevice'>);
+    return {
+      ...parts[0],
+      mode: this.stages.length > 1 ? 'layer-split' : 'single',
+      devices: this.stages.map((s) => s.device),
+      layersPerDevice: this.stages.map((s) => s.layers),
+      weightBytes: parts.reduce((a, p) => a + p.weightBytes, 0),
+      lastGpuMs: parts.reduce((a, p) => a + p.lastGpuMs, 0),
+    };
   }
 
   free(): void {
-    addon.gpuModelFree(this.handle);
+    for (const s of this.stages) addon.gpuModelFree(s.handle);
   }
 }
 
@@ -160,6 +224,18 @@ export function firstPackedLinear(model: LoadedModel): string | undefined {
   return undefined;
 }
 
+/**
+ * Every GPU, starting with `device`, when the weights (plus 2 GiB for activations) do not fit on that one and
+ * there are others; else undefined (one GPU).
+ */
+function autoSplit(model: LoadedModel, device: number, dtype: GpuDType): number[] | undefined {
+  const devs = cudaDevices();
+  const here = devs.find((x) => x.index === device);
+  if (!here || devs.length < 2 || gpuWeightBytes(model, dtype) + 2 * 2 ** 30 <= here.totalMemory) return undefined;
+  const n = Math.min(devs.length, model.config.numLayers);
+  return [device, ...devs.map((x) => x.index).filter((i) => i !== device)].slice(0, n);
+}
+
 const attached = new WeakMap<LoadedModel, GpuModel>();
 
 /** The GPU copy scoreSequences uses for this model, if any. */
@@ -182,7 +258,7 @@ export async function toDevice(
   attached.delete(model);
   if (d.type === 'cpu') return undefined;
   densifyForGpu(model);
-  const gpu = await GpuModel.create(model, { ...opts, device: d.index });
+  const gpu = await GpuModel.create(model, { ...opts, device: d.index, devices: opts.devices ?? autoSplit(model, d.index, opts.dtype ?? 'bf16') });
   attached.set(model, gpu);
   return gpu;
 }

@@ -79,6 +79,9 @@ Napi::Value GpuModelCreate(const Napi::CallbackInfo& info) {
     else if (dt == "fp16" || dt == "f16" || dt == "float16") dtype = 2;
     else throw std::invalid_argument("dtype must be bf16, fp16 or fp32, got '" + dt + "'");
     const bool act32 = opts.Has("actFp32") && opts.Get("actFp32").ToBoolean();
+    // A pipeline stage (layers split across GPUs): `layers` holds its run of layers.
+    hm->first = !opts.Has("first") || opts.Get("first").ToBoolean();
+    hm->last = !opts.Has("last") || opts.Get("last").ToBoolean();
     auto result = std::make_shared<std::shared_ptr<cuda::GpuModel>>();
     return run_async(info.Env(), [=] { *result = cuda::create_model(*hm, device, dtype, act32); },
                      [result](Napi::Env env) -> Napi::Value {
@@ -101,18 +104,30 @@ Napi::Value GpuScore(const Napi::CallbackInfo& info) {
     int64_t n = static_cast<int64_t>(ids.ElementLength());
     if (L <= 0 || n % L) throw std::invalid_argument("ids length " + std::to_string(n) + " is not a multiple of seqLen " + std::to_string(L));
     const int32_t* idp = ids.Data();
-    auto out = std::make_shared<std::vector<double>>(n);
+    // Pipeline stages pass the hidden states [n, hidden] fp32 through `hidden` (in, and out unless last).
+    float* hidden = nullptr;
+    if (info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull()) {
+      if (!info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+        throw std::invalid_argument("hidden: expected a Float32Array");
+      auto hv = info[3].As<Napi::Float32Array>();
+      if (static_cast<int64_t>(hv.ElementLength()) != n * cuda::model_hidden(*model))
+        throw std::invalid_argument("hidden: expected " + std::to_string(n * cuda::model_hidden(*model)) + " floats, got " + std::to_string(hv.ElementLength()));
+      hidden = hv.Data();
+    }
+    const bool last_stage = cuda::model_last_stage(*model);
+    auto out = std::make_shared<std::vector<double>>(last_stage ? n : 0);
     auto ms = std::make_shared<float>(0.f);
     auto last = box->last_ms;
     // The external is not an object: keep the model alive through the shared_ptr captured here.
-    return run_async(info.Env(), [=] { cuda::score(*model, idp, n / L, L, out->data(), ms.get()); },
+    return run_async(info.Env(), [=] { cuda::score(*model, idp, n / L, L, out->data(), ms.get(), hidden); },
                      [=](Napi::Env env) -> Napi::Value {
                        *last = *ms;
+                       if (!last_stage) return env.Undefined();
                        auto a = Napi::Float64Array::New(env, n);
                        std::memcpy(a.Data(), out->data(), n * sizeof(double));
                        return a;
                      },
-                     {info[1]});
+                     {info[1], info.Length() > 3 ? info[3] : info.Env().Undefined()});
   });
 }
 

@@ -57,6 +57,7 @@ class GpuModel {
  public:
   int dev = 0, dtype = 1;
   bool act32 = false;  // fp32 activations with 16-bit weights (split GEMMs, fp32 attention)
+  bool first = true, last = true;  // pipeline stage: embeds the ids / applies the head (HostModel)
   ModelCfg cfg;
   int64_t nlayers = 0;
   std::vector<std::unique_ptr<GpuLayer>> layers;
@@ -138,7 +139,7 @@ class GpuModel {
       nll.alloc(T * 8);
       // LM-head logits: a block of rows (≤ 1 GiB of fp32 logits).
       rb = std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 30) / (c.vocab * 4)));
-      logits.alloc(rb * c.vocab * 4);
+      if (last) logits.alloc(rb * c.vocab * 4);
       wsT = T;
     }
     if (L != rope_L) {
@@ -197,7 +198,7 @@ void forward_impl(GpuModel& m, int64_t nseq, int64_t L) {
   const cudaDataType_t tt = CudaType<T>::value;
   float* h = m.h.as<float>();
   T* xn = m.xn.as<T>();
-  embed<TW>(m.embed.as<TW>(), m.ids.as<int32_t>(), h, Tn, c.hidden, st);
+  if (m.first) embed<TW>(m.embed.as<TW>(), m.ids.as<int32_t>(), h, Tn, c.hidden, st);  // else h was uploaded
   const bool fast = !std::getenv("LOWBIT_CUDA_REF_ATTENTION");  // fp32 T: always the fp32 kernel
   for (int64_t l = 0; l < m.nlayers; ++l) {
     GpuLayer& w = *m.layers[l];
@@ -218,6 +219,7 @@ void forward_impl(GpuModel& m, int64_t nseq, int64_t L) {
     gemm<TW, T>(m, m.act.as<T>(), w.w_down.p, h, CUDA_R_32F, Tn, c.hidden, c.inter, 1.f);
     if (w.b_down.p) add_bias(h, w.b_down.as<float>(), Tn, c.hidden, st);
   }
+  if (!m.last) return;
   rmsnorm<T>(h, m.final_norm.as<float>(), xn, Tn, c.hidden, c.eps, st);
   const void* headw = m.tied ? m.embed.p : m.head.p;
   for (int64_t r0 = 0; r0 < Tn; r0 += m.rb) {
@@ -282,13 +284,16 @@ std::shared_ptr<GpuModel> create_model(const HostModel& hm, int device, int dtyp
   m->act32 = act32 || dtype == 0;
   m->cfg = c;
   m->nlayers = static_cast<int64_t>(hm.layers.size());
+  m->first = hm.first;
+  m->last = hm.last;
   const size_t es = esize(dtype);
   // Everything must fit with room for activations: check before allocating anything big.
   uint64_t elems = 0;
   for (const auto& L : hm.layers)
     for (const HostLinear* lin : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) elems += lin->w.rows * lin->w.cols;
   m->tied = hm.head.data == hm.embed.data;
-  elems += hm.embed.rows * hm.embed.cols + (m->tied ? 0 : hm.head.rows * hm.head.cols);
+  const bool need_embed = m->first || (m->last && m->tied), need_head = m->last && !m->tied;
+  elems += (need_embed ? hm.embed.rows * hm.embed.cols : 0) + (need_head ? hm.head.rows * hm.head.cols : 0);
   size_t free_b = 0, total_b = 0;
   LB_CK(cudaMemGetInfo(&free_b, &total_b));
   const uint64_t need = elems * es;
@@ -342,13 +347,15 @@ std::shared_ptr<GpuModel> create_model(const HostModel& hm, int device, int dtyp
     cat({&L.down}, g->w_down, g->b_down);
     m->layers.push_back(std::move(g));
   }
-  m->embed.alloc(hm.embed.rows * hm.embed.cols * es);
-  m->upload(hm.embed, m->embed, 0, staging);
-  if (!m->tied) {
+  if (need_embed) {
+    m->embed.alloc(hm.embed.rows * hm.embed.cols * es);
+    m->upload(hm.embed, m->embed, 0, staging);
+  }
+  if (need_head) {
     m->head.alloc(hm.head.rows * hm.head.cols * es);
     m->upload(hm.head, m->head, 0, staging);
   }
-  m->upload_f32(hm.final_norm, c.hidden, m->final_norm);
+  if (m->last) m->upload_f32(hm.final_norm, c.hidden, m->final_norm);
   LB_CK(cudaDeviceSynchronize());
   return m;
 }
@@ -357,8 +364,11 @@ uint64_t model_bytes(const GpuModel& m) { return m.weight_bytes; }
 int model_device(const GpuModel& m) { return m.dev; }
 int model_dtype(const GpuModel& m) { return m.dtype; }
 bool model_act32(const GpuModel& m) { return m.act32; }
+bool model_last_stage(const GpuModel& m) { return m.last; }
+int64_t model_hidden(const GpuModel& m) { return m.cfg.hidden; }
 
-void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll, float* gpu_ms) {
+void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll, float* gpu_ms, float* hidden) {
+  if ((!m.first || !m.last) && !hidden) throw std::invalid_argument("a pipeline stage needs the hidden-state buffer");
   std::lock_guard<std::mutex> lk(m.mu);
   LB_CK(cudaSetDevice(m.dev));
   const int64_t Tn = nseq * L;
@@ -373,6 +383,7 @@ void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll
     for (int64_t t = 0; t < L; ++t) tg[s * L + t] = t + 1 < L ? ids[s * L + t + 1] : -1;
   LB_CK(cudaMemcpyAsync(m.ids.p, ids, Tn * 4, cudaMemcpyHostToDevice, m.stream));
   LB_CK(cudaMemcpyAsync(m.tgt.p, tg.data(), Tn * 4, cudaMemcpyHostToDevice, m.stream));
+  if (!m.first) LB_CK(cudaMemcpyAsync(m.h.p, hidden, Tn * m.cfg.hidden * 4, cudaMemcpyHostToDevice, m.stream));
   LB_CK(cudaEventRecord(m.ev0, m.stream));
   if (m.dtype == 0) forward_impl<float, float>(m, nseq, L);
   else if (m.dtype == 1 && m.act32) forward_impl<bf16, float>(m, nseq, L);
@@ -380,7 +391,8 @@ void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll
   else if (m.act32) forward_impl<f16, float>(m, nseq, L);
   else forward_impl<f16, f16>(m, nseq, L);
   LB_CK(cudaEventRecord(m.ev1, m.stream));
-  LB_CK(cudaMemcpyAsync(nll, m.nll.p, Tn * 8, cudaMemcpyDeviceToHost, m.stream));
+  if (m.last) LB_CK(cudaMemcpyAsync(nll, m.nll.p, Tn * 8, cudaMemcpyDeviceToHost, m.stream));
+  else LB_CK(cudaMemcpyAsync(hidden, m.h.p, Tn * m.cfg.hidden * 4, cudaMemcpyDeviceToHost, m.stream));
   LB_CK(cudaStreamSynchronize(m.stream));
   if (gpu_ms) LB_CK(cudaEventElapsedTime(gpu_ms, m.ev0, m.ev1));
 }

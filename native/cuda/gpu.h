@@ -50,6 +50,9 @@ struct HostModel {
   std::vector<HostLayer> layers;
   HostMat embed, head;
   const float* final_norm = nullptr;
+  // A pipeline stage holds a run of the layers: the first embeds the ids, the last applies the final norm and
+  // the LM head; a whole model is both.
+  bool first = true, last = true;
 };
 
 class GpuModel;
@@ -63,10 +66,14 @@ uint64_t model_bytes(const GpuModel& m);
 int model_device(const GpuModel& m);
 int model_dtype(const GpuModel& m);
 bool model_act32(const GpuModel& m);
+bool model_last_stage(const GpuModel& m);
+int64_t model_hidden(const GpuModel& m);
 
 // Per-position next-token NLL of ids [nseq, L]: nll[s*L+t] for the target ids[s*L+t+1]; the last position
 // of every sequence gets 0. gpu_ms (optional) receives the device time of the whole forward (events).
-void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll, float* gpu_ms);
+// A stage that is not first reads the hidden states entering its layers from hidden [nseq·L, hidden] (host,
+// fp32); one that is not last writes the states leaving them there instead of the NLL.
+void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll, float* gpu_ms, float* hidden = nullptr);
 
 // Kernel self-test on random data: the fast attention of dtype (the tiled fp32 kernel, or tensor cores for
 // bf16/fp16) vs the one-warp-per-row reference kernel (max |diff| / max |ref|), written into *report. Returns that relative error (or -1 when the fast path does not apply).
