@@ -250,3 +250,37 @@ gpuDescribe('GPU GPTQ pipeline on qwen3-tiny', () => {
     }
   });
 });
+
+gpuDescribe('SmoothQuant statistics on the GPU (qwen3-tiny)', () => {
+  test('smoothquant:w8a8 with --device cuda folds the same scales as the CPU path and gives the same model', async () => {
+    const spec = parseSpec('smoothquant:w8a8,nsamples=16');
+    const calib = readCalibIds(path.join(ROOT, 'data', 'calib_c4_128x2048.i16'), spec.nsamples, spec.calibSeqLen);
+    const cpu = loadModel(TINY);
+    const dev = loadModel(TINY);
+    const rc = await quantize(cpu, spec, { calibration: calib, device: 'cpu' });
+    const rg = await quantize(dev, spec, { calibration: calib, device: 'cuda' });
+    expect(rc.device).toBe('cpu');
+    expect(rg.device).toBe('cuda:0');
+    // The folded norms are norm / s with s = max|X|^α / max|W|^(1−α): the activation maxima of both paths
+    // (fp32 forwards in different summation orders) agree to ~1e-6, so the norms do to 1e-5.
+    let worst = 0;
+    let same = 0;
+    let total = 0;
+    dev.weights.layers.forEach((layer, l) => {
+      for (const k of ['inputNorm', 'postAttnNorm'] as const) {
+        const a = cpu.weights.layers[l][k];
+        const b = layer[k];
+        for (let j = 0; j < a.length; j++) worst = Math.max(worst, Math.abs(a[j] - b[j]) / Math.abs(a[j]));
+      }
+      for (const n of LINEAR_NAMES) {
+        const qa = (cpu.weights.layers[l].linears[n] as QuantizedLinear).quantized!.qweight;
+        const qb = (layer.linears[n] as QuantizedLinear).quantized!.qweight;
+        for (let i = 0; i < qa.length; i++) if (qa[i] === qb[i]) same++;
+        total += qa.length;
+      }
+    });
+    console.log(`[cuda-quant] smoothquant w8a8 stats on GPU: max norm diff ${worst.toExponential(2)}, identical integers ${(100 * same / total).toFixed(3)}%, CPU ${rc.seconds.toFixed(1)} s, GPU ${rg.seconds.toFixed(1)} s`);
+    expect(worst).toBeLessThan(1e-5);
+    expect(same / total).toBeGreaterThan(0.999);
+  });
+});

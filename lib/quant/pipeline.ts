@@ -12,9 +12,9 @@ import type { LoadedModel } from '../load/types';
 import { awqLayer } from './awq';
 import { billmQuantize } from './billm';
 import { gptqSolver, hessianLayer, LinearReport } from './gptq';
-import { GpuGptq } from './gptq-cuda';
+import { GpuCalibration } from './gpu-calibration';
 import { rtnLinear } from './rtn';
-import { quantizeLayerWeightsSym, smoothLayer } from './smoothquant';
+import { foldSmoothing, quantizeLayerWeightsSym, smoothLayer } from './smoothquant';
 import { QuantSpec, specName, validateSpec } from './spec';
 import { install } from './weights';
 import { packLayer } from './packed';
@@ -106,7 +106,12 @@ export function checkSpecForModel(model: LoadedModel, spec: QuantSpec): void {
 }
 
 /** The GPU GPTQ session has no sparse (MoE) layers: those models quantize on the CPU (the report's device says so). */
-function gptqDevice(model: LoadedModel, requested: QuantizeOptions['device']): DeviceSpec {
+/** The methods whose calibration runs on the GPU (GPTQ; SmoothQuant's statistics); the others stay on the CPU. */
+function onGpuWhenAsked(spec: QuantSpec): boolean {
+  return spec.method === 'gptq' || (spec.method === 'smoothquant' && spec.alpha > 0);
+}
+
+function calibrationDevice(model: LoadedModel, requested: QuantizeOptions['device']): DeviceSpec {
   if (model.config.moe) return { type: 'cpu' };
   return typeof requested === 'object' ? requested : resolveDevice(requested);
 }
@@ -124,9 +129,9 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
   const cancel = new Int32Array(1);
   const onAbort = () => (cancel[0] = 1);
   signal?.addEventListener('abort', onAbort);
-  const device = spec.method === 'gptq' ? gptqDevice(model, opts.device) : ({ type: 'cpu' } as const);
+  const device = onGpuWhenAsked(spec) ? calibrationDevice(model, opts.device) : ({ type: 'cpu' } as const);
   const linears: LinearReport[] = [];
-  let gpu: GpuGptq | undefined;
+  let gpu: GpuCalibration | undefined;
   let gpuPeakBytes: number | undefined;
   let moving: Promise<void> | undefined; // the GPU's propagation of the last layer, still running
   const settle = async (): Promise<void> => {
@@ -148,7 +153,7 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
         throw new LowbitError('BAD_ARGUMENT', `calibration set is ${calib.nsamples}×${calib.seqLen}, the spec asks for ${spec.nsamples}×${spec.calibSeqLen}`);
       }
       opts.onProgress?.({ layer: 0, layers, stage: 'embed calibration' });
-      if (device.type === 'cuda') gpu = await GpuGptq.create(model, calib, device.index);
+      if (device.type === 'cuda') gpu = await GpuCalibration.create(model, calib, device.index);
       else inputs = await LayerInputs.embed(model, calib, opts.memory);
     }
     for (let l = 0; l < layers; l++) {
@@ -206,7 +211,11 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
           break;
         case 'smoothquant':
         case 'naive':
-          if (inputs) {
+          if (gpu) {
+            stage('smooth');
+            const { attnMax, mlpMax } = await gpu.absmaxLayer(l, cancel);
+            foldSmoothing(model, l, attnMax, mlpMax, spec.alpha);
+          } else if (inputs) {
             stage('smooth');
             covered(await smoothLayer(model, l, inputs, spec.alpha, signal));
           }

@@ -50,6 +50,17 @@ export async function smoothLayer(model: LoadedModel, l: number, inputs: LayerIn
     absmaxInto(mlpMax, c.mlpIn);
     if (cov) cov.add(await ExpertBatch.of(model, l, c.mlpIn));
   });
+  foldSmoothing(model, l, attnMax, mlpMax, alpha);
+  return cov?.report();
+}
+
+/**
+ * Folds the smoothing scales s = max|X|^α / max|W|^(1−α) from the activation maxima of layer l's attention and
+ * MLP inputs into its norms (÷ s) and the linears they feed (× s per input column).
+ */
+export function foldSmoothing(model: LoadedModel, l: number, attnMax: Float32Array, mlpMax: Float32Array, alpha: number): void {
+  const layer: LayerWeights = model.weights.layers[l];
+  const hidden = model.config.hiddenSize;
   checkFiniteStatistic(attnMax, `model.layers.${l}.q/k/v`);
   checkFiniteStatistic(mlpMax, `model.layers.${l}.gate/up`);
   const mlpIn: Linear[] = layer.moe ? layer.moe.experts.flatMap((e) => [e.gate, e.up]) : [denseMlp(layer, 'gate', `model.layers.${l}`), denseMlp(layer, 'up', `model.layers.${l}`)];
@@ -65,7 +76,6 @@ export async function smoothLayer(model: LoadedModel, l: number, inputs: LayerIn
     lins.forEach((lin, i) => install(lin, scaleColumns(ws[i], hidden, s)));
     if (router) layer.moe!.router = scaleColumns(router, hidden, s);
   }
-  return cov?.report();
 }
 
 /** Per-output-channel symmetric absmax weights for every linear of layer l (a router stays as it is). */

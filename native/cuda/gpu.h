@@ -121,6 +121,9 @@ void quant_session_hessians(QuantSession& s, unsigned captures, const CancelChec
 void quant_session_gptq(QuantSession& s, int linear, const GptqOpts& o, GptqOut& r, const CancelCheck& cancel);
 // The hidden states become the outputs of the (quantized) layer.
 void quant_session_propagate(QuantSession& s, const CancelCheck& cancel);
+// The same, recording SmoothQuant's statistics on the way: per-channel max |x| of the attention input (after
+// input_layernorm) and of the MLP input (after post_attention_layernorm), hidden floats each (NaN/Inf → +Inf).
+void quant_session_absmax_propagate(QuantSession& s, float* attn_max, float* mlp_max, const CancelCheck& cancel);
 struct QuantSessionInfo {
   int device = 0;
   int64_t batch_seqs = 0;

@@ -12,6 +12,31 @@ namespace lowbit {
 namespace cuda {
 namespace {
 
+// amax[c] = max(amax[c], max_r |x[r, c]|) for x [T, n] row-major; a non-finite value counts as +Inf, so the
+// caller's finiteness check sees it (fmaxf alone would drop a NaN). Values are ≥ 0: their bits order as ints.
+__global__ void col_absmax_kernel(const float* __restrict__ x, int64_t T, int64_t n, float* __restrict__ amax) {
+  const int64_t c = blockIdx.x * 32 + threadIdx.x;
+  __shared__ float part[8][32];
+  float m = 0.f;
+  if (c < n)
+    for (int64_t r = blockIdx.y * 8 + threadIdx.y; r < T; r += gridDim.y * 8) {
+      const float v = x[r * n + c];
+      m = fmaxf(m, isfinite(v) ? fabsf(v) : INFINITY);
+    }
+  part[threadIdx.y][threadIdx.x] = m;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < n) {
+    for (int y = 1; y < 8; ++y) m = fmaxf(m, part[y][threadIdx.x]);
+    atomicMax(reinterpret_cast<int*>(amax + c), __float_as_int(m));
+  }
+}
+
+void col_absmax(const float* x, int64_t T, int64_t n, float* amax, cudaStream_t st) {
+  dim3 grid(static_cast<unsigned>((n + 31) / 32), static_cast<unsigned>(std::min<int64_t>(256, (T + 7) / 8)));
+  col_absmax_kernel<<<grid, dim3(32, 8), 0, st>>>(x, T, n, amax);
+  LB_LAUNCHED();
+}
+
 template <class T>
 __global__ void to_f32_kernel(const T* __restrict__ x, float* __restrict__ y, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<int64_t>(blockDim.x))
@@ -57,6 +82,9 @@ class QuantSession {
   // gate/up → down Hessian pass and the propagation skip the o GEMM.
   DevBuf res_all;
   bool res_cached = false, res_valid = false;
+  // SmoothQuant statistics: per-channel max |x| of the attention and MLP inputs (after their norms), when on.
+  DevBuf amax_attn, amax_mlp;
+  bool want_amax = false;
 
   QuantSession(int device) : cx(device) {}
 
@@ -105,6 +133,7 @@ class QuantSession {
     float* h = hs.as<float>() + s0 * L * c.hidden;
     rmsnorm<float>(h, in_norm.as<float>(), xn.as<float>(), T, c.hidden, c.eps, st);
     if (caps & 1) syrk_acc(cx, H[0].as<float>(), xn.as<float>(), T, c.hidden, alpha);
+    if (want_amax) col_absmax(xn.as<float>(), T, c.hidden, amax_attn.as<float>(), st);
     if (upto == 0) return;
     float* rc = res_cached ? res_all.as<float>() + s0 * L * c.hidden : nullptr;
     float* r = h;  // the residual: in place only when propagating
@@ -117,6 +146,7 @@ class QuantSession {
     }
     rmsnorm<float>(r, post_norm.as<float>(), xn.as<float>(), T, c.hidden, c.eps, st);
     if (caps & 4) syrk_acc(cx, H[2].as<float>(), xn.as<float>(), T, c.hidden, alpha);
+    if (want_amax) col_absmax(xn.as<float>(), T, c.hidden, amax_mlp.as<float>(), st);
     if (upto == 2) return;
     gemm(xn.as<float>(), w_gu.as<float>(), gu.as<float>(), T, 2 * c.inter, c.hidden, 0.f);
     if (b_gu.p) add_bias(gu.as<float>(), b_gu.as<float>(), T, 2 * c.inter, st);
@@ -333,6 +363,27 @@ void quant_session_propagate(QuantSession& s, const CancelCheck& cancel) {
   LB_CK(cudaSetDevice(s.cx.dev));
   for (auto& h : s.H) h.release();
   s.all_batches(4, 0, cancel);
+}
+
+void quant_session_absmax_propagate(QuantSession& s, float* attn_max, float* mlp_max, const CancelCheck& cancel) {
+  LB_CK(cudaSetDevice(s.cx.dev));
+  for (auto& h : s.H) h.release();
+  const int64_t n = s.cfg.hidden;
+  for (DevBuf* b : {&s.amax_attn, &s.amax_mlp}) {
+    b->alloc(n * 4);
+    LB_CK(cudaMemsetAsync(b->p, 0, n * 4, s.cx.st));
+  }
+  s.want_amax = true;
+  try {
+    s.all_batches(4, 0, cancel);
+  } catch (...) {
+    s.want_amax = false;
+    throw;
+  }
+  s.want_amax = false;
+  LB_CK(cudaMemcpyAsync(attn_max, s.amax_attn.p, n * 4, cudaMemcpyDeviceToHost, s.cx.st));
+  LB_CK(cudaMemcpyAsync(mlp_max, s.amax_mlp.p, n * 4, cudaMemcpyDeviceToHost, s.cx.st));
+  LB_CK(cudaStreamSynchronize(s.cx.st));
 }
 
 QuantSessionInfo quant_session_info(const QuantSession& s) {

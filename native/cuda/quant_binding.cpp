@@ -4,6 +4,7 @@
 //   gpuQuantHessians(session, inputs: ('attnIn'|'oIn'|'mlpIn'|'downIn')[], cancel?) → Promise<void>
 //   gpuQuantGptq(session, linear: 'q'|…|'down', opts) → Promise<result>   (opts and result as gptqQuantize's)
 //   gpuQuantPropagate(session, cancel?) → Promise<void>
+//   gpuQuantAbsmaxPropagate(session, cancel?) → Promise<{attnMax, mlpMax}>   (SmoothQuant statistics on the way)
 //   gpuQuantInfo(session) → {device, batchSeqs, peakBytes};  gpuQuantFree(session)
 //   gpuGptqQuantize(W, H, opts & {device?}) → Promise<result>   (standalone, as gptqQuantize)
 //   gpuHessianAccumulate(H, X, alpha, device?) → Promise<void>   (as hessianAccumulate)
@@ -146,6 +147,23 @@ Napi::Value GpuQuantPropagate(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value GpuQuantAbsmaxPropagate(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    auto s = unbox(info[0]);
+    auto cancel = cancel_check(info[1]);
+    const int64_t n = cuda::quant_session_cfg(*s).hidden;
+    auto a = std::make_shared<std::vector<float>>(n), m = std::make_shared<std::vector<float>>(n);
+    return run_async(info.Env(), [=] { cuda::quant_session_absmax_propagate(*s, a->data(), m->data(), cancel); },
+                     [a, m](Napi::Env env) -> Napi::Value {
+                       Napi::Object r = Napi::Object::New(env);
+                       r.Set("attnMax", copy_out<float, Napi::Float32Array>(env, *a));
+                       r.Set("mlpMax", copy_out<float, Napi::Float32Array>(env, *m));
+                       return r;
+                     },
+                     {info[1]});
+  });
+}
+
 Napi::Value GpuQuantInfo(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const cuda::QuantSessionInfo i = cuda::quant_session_info(*unbox(info[0]));
@@ -204,6 +222,7 @@ LOWBIT_EXPORTS {
   exports.Set("gpuQuantHessians", Napi::Function::New(env, GpuQuantHessians));
   exports.Set("gpuQuantGptq", Napi::Function::New(env, GpuQuantGptq));
   exports.Set("gpuQuantPropagate", Napi::Function::New(env, GpuQuantPropagate));
+  exports.Set("gpuQuantAbsmaxPropagate", Napi::Function::New(env, GpuQuantAbsmaxPropagate));
   exports.Set("gpuQuantInfo", Napi::Function::New(env, GpuQuantInfo));
   exports.Set("gpuQuantFree", Napi::Function::New(env, GpuQuantFree));
   exports.Set("gpuGptqQuantize", Napi::Function::New(env, GpuGptqQuantize));

@@ -1,6 +1,7 @@
-// GPTQ with its calibration on a CUDA device: the calibration windows' hidden states stay on the GPU, each
-// layer's weights go up one layer at a time, Hessians are accumulated and solved there with the CPU path's
-// schedule (true-sequential subsets) and semantics; results come back into the same structures.
+// Layer-by-layer calibration on a CUDA device: the calibration windows' hidden states stay on the GPU and each
+// layer's weights go up one layer at a time. GPTQ accumulates and solves its Hessians there with the CPU path's
+// schedule (true-sequential subsets) and semantics; SmoothQuant takes its activation maxima on the way through
+// the full-precision layer. Results come back into the same structures as the CPU path's.
 import type { CalibrationSet } from '../calibrate/calibration';
 import { throwIfAborted } from '../eval/forward';
 import type { LinearName, LoadedModel } from '../load/types';
@@ -16,17 +17,17 @@ export interface GpuQuantInfo {
   peakBytes: number;
 }
 
-export class GpuGptq {
+export class GpuCalibration {
   private constructor(
     private handle: unknown,
     private readonly model: LoadedModel,
   ) {}
 
   /** Embeds the calibration windows on device `device` (they stay there until free()). */
-  static async create(model: LoadedModel, calib: CalibrationSet, device: number): Promise<GpuGptq> {
+  static async create(model: LoadedModel, calib: CalibrationSet, device: number): Promise<GpuCalibration> {
     const w = model.weights;
     const handle = await addon.gpuQuantCreate({ cfg: model.config, embed: w.embed }, calib.ids, calib.seqLen, device);
-    return new GpuGptq(handle, model);
+    return new GpuCalibration(handle, model);
   }
 
   /** Quantizes layer l in place (its linears get the integers and the dequantized weights); propagate() then
@@ -52,6 +53,13 @@ export class GpuGptq {
   /** Moves the calibration states through the quantized layer (on the GPU; the host is free meanwhile). */
   propagate(cancel: Int32Array): Promise<void> {
     return addon.gpuQuantPropagate(this.handle, cancel);
+  }
+
+  /** SmoothQuant's statistics of layer l: the states go through the layer as it is (full precision) and the
+   *  per-channel max |x| of its attention and MLP inputs (after their norms) come back. */
+  async absmaxLayer(l: number, cancel: Int32Array): Promise<{ attnMax: Float32Array; mlpMax: Float32Array }> {
+    await addon.gpuQuantLoadLayer(this.handle, this.model.weights.layers[l]);
+    return addon.gpuQuantAbsmaxPropagate(this.handle, cancel);
   }
 
   private async solve(l: number, name: LinearName, spec: QuantSpec, cancel: Int32Array): Promise<LinearReport> {
