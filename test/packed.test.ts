@@ -170,13 +170,16 @@ describe('1-bit (BiLLM binary) matmul vs float64 over the independently decoded 
     [9, 200, 64],
     [21, 96, 32],
     [13, 100, 40],
+    // More than one ~1024-column chunk of the M >= 8 tile kernel, the last one partial; row blocks of 8 and 5.
+    [13, 2500, 128],
+    [5, 1100, 64],
   ];
-  test.each(shapes)('%i×%i, block %i: M 1/3/6/8/16/64, every SIMD level, 1 and 2 threads', async (rows, cols, block) => {
+  test.each(shapes)('%i×%i, block %i: M 1/3/6/8/13/16/64/130, every SIMD level, 1 and 2 threads', async (rows, cols, block) => {
     const b = randomBinary(rows, cols, block, rows * cols + block);
     const w = decodeBinary(b, rows, cols);
     const p = binaryWeight(b, rows, cols);
     const r = rng(cols + block);
-    for (const M of [1, 3, 6, 8, 16, 64]) {
+    for (const M of [1, 3, 6, 8, 13, 16, 64, 130]) {
       const x = Float32Array.from({ length: M * cols }, () => r() - 0.5);
       const ref = new Float64Array(M * rows);
       const mag = new Float64Array(M * rows);

@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "binary.h"
+#include "scratch.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC push_options
@@ -17,6 +19,9 @@
 namespace lowbit {
 namespace binary_detail {
 namespace {
+
+#include "vec_avx512.h"
+#include "dot_tile.h"
 
 // The LUTs of blocks 2q (lanes 0..7) and 2q+1 (lanes 8..15) of a row from its 16 scales in the unit.
 // Lane l holds code l & 7 (binary.h): t1 = ±α + μ of the first term (one rounding, as the quantizer's
@@ -110,7 +115,37 @@ void dequant(const BinaryView& p, const int32_t* cm, int64_t r0, int64_t n, int6
   }
 }
 
-const Kernels kKernels{gemv, tile, dequant};
+// M >= 8: per K chunk (whole block pairs, ~1024 columns) and row block, the kBinRB rows' weights are
+// dequantized once into an L1 buffer (fp32, the same values as the other kernels) and every token runs through
+// them, 6 tokens × 4 rows of accumulators at a time (dot_tile.h). The activations of a chunk stay in L2 while the
+// row blocks go by.
+void gemm(const BinaryView& p, const float* xp, int64_t ldx, int64_t M, const int32_t* cm, float* y, int64_t r0, int64_t r1) {
+  const int64_t span = 2 * p.block, kpad = p.npairs * span;
+  const int64_t chunk = std::max<int64_t>(span, 1024 / span * span);
+  static thread_local AlignedScratch t_tile;
+  float* buf = t_tile.get(static_cast<std::size_t>(kBinRB * chunk));  // 32 KiB at block 128: stays in L1
+  for (int64_t k0 = 0; k0 < kpad; k0 += chunk) {
+    const int64_t kc = std::min(chunk, kpad - k0);
+    for (int64_t rb = r0; rb < r1; rb += kBinRB) {
+      dequant(p, cm, rb, kBinRB, k0, kc, buf);
+      for (int64_t q = 0; q < kBinRB && rb + q < r1; q += kDotRows) {
+        const int nrows = static_cast<int>(std::min<int64_t>(kDotRows, r1 - rb - q));
+        const float* w = buf + q * kc;
+        int64_t m0 = 0;
+        auto run = [&](auto mr) {
+          constexpr int T = decltype(mr)::value;
+          for (; m0 + T <= M; m0 += T) dot_tile<V512, T>(w, kc, xp + m0 * ldx + k0, ldx, y + m0 * p.rows + rb + q, p.rows, nrows, k0 > 0);
+        };
+        run(std::integral_constant<int, 6>{});
+        run(std::integral_constant<int, 4>{});
+        run(std::integral_constant<int, 2>{});
+        run(std::integral_constant<int, 1>{});
+      }
+    }
+  }
+}
+
+const Kernels kKernels{gemv, tile, dequant, gemm};
 
 }  // namespace
 

@@ -8,6 +8,8 @@
 // set1(float), fma(a, b, c) = a*b + c, add(a, b), hsum(F), sh<SH>(I) (left for SH > 0, right for SH < 0),
 // field(I v, mask) = float bits (v & mask) | 1.0f, field2(I a, I b, sel, mask) = ((a & sel) | (b & ~sel)) & mask | 1.0f.
 
+#include "dot_tile.h"
+
 template <int J, int N, class Fn>
 inline __attribute__((always_inline)) void static_for(Fn&& f) {
   if constexpr (J < N) {
@@ -209,30 +211,6 @@ void tile_mr(const PackedView& p, const float* xp, int64_t ldx, float* y, int64_
       for (int h = 1; h < NH; ++h) t = V::add(t, acc[m][i][h]);
       const float v = V::hsum(t);
       float& out = y[m * p.rows + row];
-      out = acc_y ? out + v : v;
-    }
-}
-
-// y[m, rb*RB + i] (+)= Σ_k w[i, k]·x[m, k] for MR tokens, the RB rows of w [RB, kc] (fp32, in L1).
-template <class V, int MR>
-void dot_tile(const float* w, int64_t kc, const float* x, int64_t ldx, float* y, int64_t ldy, int nrows, bool acc_y) {
-  using F = typename V::F;
-  constexpr int RB = kPackRB;
-  F acc[MR][RB];
-  for (int m = 0; m < MR; ++m)
-    for (int i = 0; i < RB; ++i) acc[m][i] = V::zero();
-  for (int64_t k = 0; k < kc; k += V::L) {
-    F wv[RB];
-    for (int i = 0; i < RB; ++i) wv[i] = V::loadu(w + i * kc + k);
-    for (int m = 0; m < MR; ++m) {
-      const F xv = V::loadu(x + m * ldx + k);
-      for (int i = 0; i < RB; ++i) acc[m][i] = V::fma(wv[i], xv, acc[m][i]);
-    }
-  }
-  for (int m = 0; m < MR; ++m)
-    for (int i = 0; i < nrows; ++i) {
-      const float v = V::hsum(acc[m][i]);
-      float& out = y[m * ldy + i];
       out = acc_y ? out + v : v;
     }
 }
