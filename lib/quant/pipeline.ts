@@ -105,12 +105,12 @@ export function checkSpecForModel(model: LoadedModel, spec: QuantSpec): void {
   });
 }
 
-/** The GPU GPTQ session has no sparse (MoE) layers: those models quantize on the CPU (the report's device says so). */
 /** The methods whose calibration runs on the GPU (GPTQ; SmoothQuant's statistics); the others stay on the CPU. */
 function onGpuWhenAsked(spec: QuantSpec): boolean {
   return spec.method === 'gptq' || (spec.method === 'smoothquant' && spec.alpha > 0);
 }
 
+/** The GPU calibration session has no sparse (MoE) layers: those models quantize on the CPU (the report's device says so). */
 function calibrationDevice(model: LoadedModel, requested: QuantizeOptions['device']): DeviceSpec {
   if (model.config.moe) return { type: 'cpu' };
   return typeof requested === 'object' ? requested : resolveDevice(requested);
