@@ -1,5 +1,5 @@
 // The CUDA backend from TypeScript: which devices there are, --device parsing, and a GpuModel handle that
-// holds a model's weights resident on one GPU for evaluation. scoreSequences (forward.ts) uses the GPU for
+// holds a model's weights resident on one GPU (or split by layers across several) for evaluation. scoreSequences (forward.ts) uses the GPU for
 // a model attached with toDevice(); everything else keeps running on the CPU.
 import { dequantize } from '../export/pack';
 import { LowbitError } from '../load/errors';

@@ -30,7 +30,7 @@ export class GpuCalibration {
     return new GpuCalibration(handle, model);
   }
 
-  /** Quantizes layer l in place (its linears get the integers and the dequantized weights); propagate() then
+  /** GPTQ of layer l in place (its linears get the integers and the dequantized weights); propagate() then
    *  moves the calibration states through the quantized layer. */
   async layer(l: number, spec: QuantSpec, cancel: Int32Array, signal?: AbortSignal, onStage?: (s: string) => void): Promise<LinearReport[]> {
     const layer = this.model.weights.layers[l];
