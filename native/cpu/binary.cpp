@@ -12,7 +12,7 @@
 
 #include "async.h"
 #include "matmul_binding.h"
-#include "gemm.h"
+#include "panel_gemm.h"
 #include "packed.h"
 #include "registry.h"
 #include "scratch.h"
@@ -38,8 +38,6 @@ void binary_lut(const BinaryView& p, int64_t r, int64_t b, float lut[8]) {
 }
 
 namespace {
-
-thread_local AlignedScratch t_panel;
 
 // ---- scalar kernels (SimdLevel::Scalar, and blocks that are not a multiple of 16 columns) -------------
 void rows_scalar(const BinaryView& p, const float* xp, int64_t ldx, int64_t M, const int32_t*, float* y, int64_t r0, int64_t r1) {
@@ -93,7 +91,6 @@ constexpr int64_t kSmallM = 8;  // below: register tiles; from here: an L1 tile 
 // L2 and the blocked GEMM on dequantized panels wins (measured: 1.3–1.6× faster than the panels at 16 tokens,
 // even at ~128, 0.5–0.6× at 2048).
 constexpr int64_t kL1TileMaxM = 128;
-constexpr int64_t kPanelRows = 128, kPanelK = 1024;
 
 }  // namespace
 
@@ -127,30 +124,8 @@ void binary_matmul(const BinaryView& p, const float* x, int64_t M, float* y, boo
     });
     return;
   }
-  const int64_t ntiles = cdiv(p.rows, kPanelRows);
-  run(ntiles, 1, [&](std::size_t b, std::size_t e, int) {
-    for (int64_t t = b; t < static_cast<int64_t>(e); ++t) {
-      const int64_t r0 = t * kPanelRows, nr = std::min(kPanelRows, p.rows - r0);
-      float* panel = t_panel.get(static_cast<std::size_t>(kPanelRows * kPanelK));
-      for (int64_t k0 = 0; k0 < p.cols; k0 += kPanelK) {
-        const int64_t kc = std::min(kPanelK, kpad - k0);
-        kr->dequant(p, cm.data(), r0, nr, k0, kc, panel);
-        GemmArgs g;
-        g.M = M;
-        g.N = nr;
-        g.K = std::min(kc, p.cols - k0);
-        g.transB = true;
-        g.A = xp.data() + k0;
-        g.lda = ldx;
-        g.B = MatView{panel, DType::F32, kc};
-        g.C = y + r0;
-        g.ldc = p.rows;
-        g.beta = k0 == 0 ? 0.f : 1.f;
-        g.parallel = false;
-        gemm(g);
-      }
-    }
-  });
+  panel_gemm(p.rows, p.rows, p.cols, kpad, kPanelK, xp.data(), ldx, M, y, parallel,
+             [&](int64_t r0, int64_t n, int64_t k0, int64_t kc, float* out) { kr->dequant(p, cm.data(), r0, n, k0, kc, out); });
 }
 
 void binary_matmul_reference(const BinaryView& p, const float* x, int64_t M, float* y) {

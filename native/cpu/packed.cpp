@@ -15,18 +15,13 @@
 
 #include "async.h"
 #include "matmul_binding.h"
-#include "gemm.h"
+#include "panel_gemm.h"
 #include "registry.h"
 #include "scratch.h"
 #include "simd.h"
 #include "threads.h"
 
 namespace lowbit {
-namespace {
-
-thread_local AlignedScratch t_panel;
-
-}  // namespace
 
 // Asks for transparent huge pages on [p, p+n) (whole 2 MiB pages inside it), before its pages are first
 // touched: the GEMV streams tens of MB, and with 4 KiB pages every 4 KiB of each stream costs a TLB miss
@@ -104,7 +99,6 @@ const packed_detail::Kernels* simd_kernels(const PackedView& p) {
 }
 
 constexpr int64_t kSmallM = 8;    // below: register tiles; from here: fp32 panels + lowbit::gemm
-constexpr int64_t kPanelRows = 128, kPanelK = 1024;
 
 }  // namespace
 
@@ -135,35 +129,11 @@ void packed_matmul(const PackedView& p, const float* x, int64_t M, float* y, boo
     });
     return;
   }
-  // M >= 8: per thread, a [kPanelRows, kPanelK] fp32 panel at a time, multiplied with lowbit::gemm.
+  // M >= 8 without the AVX-512 tiles: fp32 panels + lowbit::gemm.
   const packed_detail::DequantFn dq = kr ? kr->dequant : dequant_scalar;
   const int64_t uk = pack_unit_k(p.bits), kc_max = std::max<int64_t>(uk, kPanelK / uk * uk);
-  const int64_t ntiles = cdiv(p.rows_pad, kPanelRows);
-  run(ntiles, 1, [&](std::size_t b, std::size_t e, int) {
-    for (int64_t t = b; t < static_cast<int64_t>(e); ++t) {
-      const int64_t r0 = t * kPanelRows, nr = std::min(kPanelRows, p.rows_pad - r0);
-      const int64_t nvalid = std::min(nr, p.rows - r0);
-      if (nvalid <= 0) continue;
-      float* panel = t_panel.get(static_cast<std::size_t>(nr * kc_max));
-      for (int64_t k0 = 0; k0 < p.cols; k0 += kc_max) {
-        const int64_t kc = std::min(kc_max, p.kpad - k0);
-        dq(p, r0, nr, k0, kc, panel);
-        GemmArgs g;
-        g.M = M;
-        g.N = nvalid;
-        g.K = std::min(kc, p.cols - k0);
-        g.transB = true;
-        g.A = xp.data() + k0;
-        g.lda = ldx;
-        g.B = MatView{panel, DType::F32, kc};
-        g.C = y + r0;
-        g.ldc = p.rows;
-        g.beta = k0 == 0 ? 0.f : 1.f;
-        g.parallel = false;
-        gemm(g);
-      }
-    }
-  });
+  panel_gemm(p.rows, p.rows_pad, p.cols, p.kpad, kc_max, xp.data(), ldx, M, y, parallel,
+             [&](int64_t r0, int64_t n, int64_t k0, int64_t kc, float* out) { dq(p, r0, n, k0, kc, out); });
 }
 
 void packed_matmul_reference(const PackedView& p, const float* x, int64_t M, float* y) {
