@@ -32,6 +32,31 @@ const golden = JSON.parse(fs.readFileSync(path.join(FIXTURES, 'qwen3-moe-tiny.go
 const SEQ: number = golden.seq_len;
 const NSEQ: number = golden.input_ids.length;
 
+
+/** The fixture MoE's tensors whose names pass `keep` (views of its mapped file). */
+function fixtureTensors(keep: (name: string) => boolean): Record<string, TensorToWrite> {
+  const src = openSafetensors(path.join(MOE_DIR, 'model.safetensors'));
+  const tensors: Record<string, TensorToWrite> = {};
+  for (const name of src.names()) {
+    if (!keep(name)) continue;
+    const t = src.get(name);
+    tensors[name] = { dtype: t.dtype, shape: t.shape, data: t.data };
+  }
+  return tensors;
+}
+
+/** A temporary model folder with the fixture's config.json and these tensors, removed after `fn`. */
+async function withFixtureDir(prefix: string, tensors: Record<string, TensorToWrite>, fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = tmpDir(prefix);
+  try {
+    fs.copyFileSync(path.join(MOE_DIR, 'config.json'), path.join(dir, 'config.json'));
+    writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
+    await fn(dir);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 describe('Qwen3-MoE config', () => {
   const base = {
     architectures: ['Qwen3MoeForCausalLM'],
@@ -235,21 +260,12 @@ describe('tiny Qwen3-MoE against transformers', () => {
 
   test("transformers' fused in-memory layout (experts.gate_up_proj, experts.down_proj) loads to the same model", async () => {
     const fused = openSafetensors(path.join(FIXTURES, 'qwen3-moe-tiny-fused-experts.safetensors'));
-    const perExpert = openSafetensors(path.join(MOE_DIR, 'model.safetensors'));
-    const tensors: Record<string, TensorToWrite> = {};
-    for (const name of perExpert.names()) {
-      if (/\.mlp\.experts\.\d+\./.test(name)) continue;
-      const t = perExpert.get(name);
-      tensors[name] = { dtype: t.dtype, shape: t.shape, data: t.data };
-    }
+    const tensors = fixtureTensors((name) => !/\.mlp\.experts\.\d+\./.test(name));
     for (const name of fused.names()) {
       const t = fused.get(name);
       tensors[name] = { dtype: t.dtype, shape: t.shape, data: t.data };
     }
-    const dir = tmpDir('lowbit-moe-fused-');
-    try {
-      fs.copyFileSync(path.join(MOE_DIR, 'config.json'), path.join(dir, 'config.json'));
-      writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
+    await withFixtureDir('lowbit-moe-fused-', tensors, async (dir) => {
       const m = loadModel(dir);
       // The fused tensors are transformers' concatenation of the per-expert ones: the views must be equal.
       const bits = (w: unknown) => Array.from((w as { data: Uint16Array }).data);
@@ -259,9 +275,7 @@ describe('tiny Qwen3-MoE against transformers', () => {
         });
       }
       checkGolden(await scoreSequences(m, ids, SEQ, { topk: 5 }));
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   test('the KV-cache decode step runs the sparse layers too: per-token NLL as transformers, top-1 as its top-5 head', async () => {
@@ -276,22 +290,11 @@ describe('tiny Qwen3-MoE against transformers', () => {
     expect(worst).toBeLessThan(1e-4);
   });
 
-  test('a missing expert tensor is named', () => {
-    const src = openSafetensors(path.join(MOE_DIR, 'model.safetensors'));
-    const tensors: Record<string, TensorToWrite> = {};
-    for (const name of src.names()) {
-      if (name === 'model.layers.2.mlp.experts.5.down_proj.weight') continue;
-      const t = src.get(name);
-      tensors[name] = { dtype: t.dtype, shape: t.shape, data: t.data };
-    }
-    const dir = tmpDir('lowbit-moe-missing-');
-    try {
-      fs.copyFileSync(path.join(MOE_DIR, 'config.json'), path.join(dir, 'config.json'));
-      writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
+  test('a missing expert tensor is named', async () => {
+    const tensors = fixtureTensors((name) => name !== 'model.layers.2.mlp.experts.5.down_proj.weight');
+    await withFixtureDir('lowbit-moe-missing-', tensors, async (dir) => {
       expect(() => loadModel(dir)).toThrow(/model\.layers\.2\.mlp\.experts\.5\.down_proj\.weight/);
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+    });
   });
 });
 
