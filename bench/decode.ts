@@ -15,11 +15,7 @@ import { addon } from '../lib/native/addon';
 import { attachPacked } from '../lib/quant/packed';
 import { quantize } from '../lib/quant/pipeline';
 import { parseSpec } from '../lib/quant/spec';
-
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
-}
+import { arg } from './args';
 
 async function variant(dir: string, spec: string | null): Promise<LoadedModel> {
   const model = loadModel(dir);

@@ -15,6 +15,7 @@
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import { addon } from '../lib/native/addon';
+import { arg, median } from './args';
 
 interface Shape {
   M: number;
@@ -33,21 +34,9 @@ const SHAPES: Shape[] = [
   { M: 2048, N: 256, K: 768, dtype: 'BF16' },
 ];
 
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
-}
-
-
-
 const flops = (s: Shape) => 2 * s.M * s.N * s.K;
 // About 2-4 s of work per measurement, never fewer than 5 timed repetitions.
 const repsFor = (s: Shape) => Math.max(5, Math.min(31, Math.round(20e9 / flops(s))));
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[s.length >> 1];
-}
 
 function bf16(x: Float32Array): Uint16Array {
   const u = new Uint32Array(x.buffer, x.byteOffset, x.length);

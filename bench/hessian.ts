@@ -10,22 +10,13 @@
  */
 import * as fs from 'fs';
 import { addon } from '../lib/native/addon';
+import { arg, median } from './args';
 
 const SHAPES = [
   { n: 512, T: 2048 },
   { n: 1536, T: 2048 },
   { n: 4096, T: 2048 },
 ];
-
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[s.length >> 1];
-}
 
 async function timeIt(fn: () => unknown, flops: number): Promise<number> {
   const reps = Math.max(5, Math.min(31, Math.round(20e9 / flops)));

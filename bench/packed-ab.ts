@@ -12,16 +12,7 @@
  */
 import { execFileSync } from 'child_process';
 import * as path from 'path';
-
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[s.length >> 1];
-}
+import { arg, median } from './args';
 
 /** One measurement in this process: prints {wall, cpu} GB/s as JSON. */
 function child(mod: string, rows: number, cols: number, bits: number, threads: number): void {

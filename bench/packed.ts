@@ -11,24 +11,13 @@
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import { addon } from '../lib/native/addon';
-
-function arg(name: string, dflt: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
-}
-
-
+import { arg, median } from './args';
 
 interface Case {
   bits: number;
   M: number;
   rows: number;
   cols: number;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[s.length >> 1];
 }
 
 // Read between timed calls (outside the timing) so that every call reads its weights from DRAM: the int4
