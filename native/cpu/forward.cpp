@@ -33,6 +33,20 @@ struct LayerW {
 
 }  // namespace
 
+const float* linear_input(const float* x, int64_t T, int64_t n, int abits, Buf& scratch, Buf* capture) {
+  if (abits > 0) {
+    scratch = Buf(T * n);
+    std::memcpy(scratch.p, x, sizeof(float) * T * n);
+    fake_quant_rows_sym(scratch.p, T, n, abits);
+    x = scratch.p;
+  }
+  if (capture) {
+    *capture = Buf(T * n);
+    std::memcpy(capture->p, x, sizeof(float) * T * n);
+  }
+  return x;
+}
+
 int64_t num(const Napi::Object& o, const char* key) {
   Napi::Value v = o.Get(key);
   if (!v.IsNumber()) throw std::invalid_argument(std::string("missing numeric option '") + key + "'");
@@ -151,21 +165,6 @@ struct Captures {
   Buf attn_in, o_in, mlp_in, down_in;
 };
 
-// What the first linears of a block see: the input, fake-quantized per token when activations are
-// quantized (into `scratch`), and copied into `capture` when calibration asks for it.
-const float* linear_input(const float* x, int64_t T, int64_t n, int abits, Buf& scratch, Buf* capture) {
-  if (abits > 0) {
-    scratch = Buf(T * n);
-    std::memcpy(scratch.p, x, sizeof(float) * T * n);
-    fake_quant_rows_sym(scratch.p, T, n, abits);
-    x = scratch.p;
-  }
-  if (capture) {
-    *capture = Buf(T * n);
-    std::memcpy(capture->p, x, sizeof(float) * T * n);
-  }
-  return x;
-}
 
 // x: the attention block's (normed) input [T, hidden]; out: o_proj output [T, hidden].
 void attn_block(const LayerW& w, const Cfg& c, const float* x_in, float* out, int64_t T, int64_t S, int abits,

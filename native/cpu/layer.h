@@ -75,4 +75,8 @@ void apply_linear(const LinearW& l, const float* x, int64_t T, float* y, QAct* q
 // linears then quantize the input themselves (real int8) instead of reading a fake-quantized copy.
 bool native_int8(int abits, std::initializer_list<const LinearW*> ls);
 
+// What the first linears of a block see: the input, fake-quantized per token when activations are
+// quantized (abits > 0, into `scratch`), and copied into `capture` when calibration asks for it.
+const float* linear_input(const float* x, int64_t T, int64_t n, int abits, Buf& scratch, Buf* capture);
+
 }  // namespace lowbit

@@ -121,17 +121,7 @@ void moe_block(const MoeW& m, const Cfg& c, const float* x_in, float* out, int64
   route(m, c, x_in, T, idx.data(), wt.data());
   const bool nq = !capture_in && all_int8_inputs(m, abits);
   Buf xq;
-  const float* x = x_in;
-  if (abits > 0 && !nq) {
-    xq = Buf(T * H);
-    std::memcpy(xq.p, x_in, sizeof(float) * T * H);
-    fake_quant_rows_sym(xq.p, T, H, abits);
-    x = xq.p;
-  }
-  if (capture_in) {
-    *capture_in = Buf(T * H);
-    std::memcpy(capture_in->p, x, sizeof(float) * T * H);
-  }
+  const float* x = linear_input(x_in, T, H, nq ? 0 : abits, xq, capture_in);
   const Groups gr = group_by_expert(idx.data(), wt.data(), T, k, E);
   int64_t most = 0;
   for (int64_t e = 0; e < E; ++e) most = std::max(most, gr.start[e + 1] - gr.start[e]);
