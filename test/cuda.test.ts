@@ -5,7 +5,8 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { cudaDevices, cudaInfo, firstPackedLinear, GpuModel, parseDevice, resolveDevice, splitLayers, toDevice } from '../lib/eval/cuda';
+import { cudaDevices, cudaInfo, firstCpuOnlyLinear, GpuModel, parseDevice, resolveDevice, splitLayers, toDevice } from '../lib/eval/cuda';
+import { readCalibIds } from '../lib/calibrate/calibration';
 import { pplText } from '../lib/eval/datasets';
 import { scoreSequences } from '../lib/eval/forward';
 import { perplexity } from '../lib/eval/perplexity';
@@ -15,6 +16,7 @@ import type { LoadedModel } from '../lib/load/types';
 import { addon } from '../lib/native/addon';
 import { saveQuantized } from '../lib/export/checkpoint';
 import { quantize } from '../lib/quant/pipeline';
+import type { PackedLinear } from '../lib/quant/packed';
 import { parseSpec } from '../lib/quant/spec';
 
 /** The package root (the folder holding binding.gyp), also when this test runs compiled from dist-dev/test. */
@@ -57,16 +59,20 @@ describe('device selection', () => {
     expect(() => splitLayers(2, 3)).toThrow(/cannot split 2 layers across 3 GPUs/);
   });
 
-  test('a packed checkpoint is named as such: CPU only (the CUDA backend runs dense weights)', async () => {
+  test('packed checkpoints go to the GPU; BiLLM binary and W8A8 int8 linears are named as CPU only', async () => {
     const model = loadModel(TINY);
-    expect(firstPackedLinear(model)).toBeUndefined();
+    expect(firstCpuOnlyLinear(model)).toBeUndefined();
     const report = await quantize(model, parseSpec('rtn:w4g128'));
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lowbit-cuda-packed-'));
     try {
       saveQuantized(model, path.join(dir, 'q'), report, { format: 'gptq' });
       const packed = loadModel(path.join(dir, 'q'));
-      expect(firstPackedLinear(packed)).toBe('model.layers.0.q');
-      if (cudaInfo().built) await expect(GpuModel.create(packed, { dtype: 'fp32' })).rejects.toThrow(/model\.layers\.0\.q holds packed low-bit weights; .*--device cpu/);
+      expect(packed.weights.layers[0].linears.q!.weight).toBeUndefined();
+      expect(firstCpuOnlyLinear(packed)).toBeUndefined();
+      const lin = packed.weights.layers[1].linears.down as PackedLinear;
+      lin.packed = { kind: 'binary' } as unknown as PackedLinear['packed'];
+      expect(firstCpuOnlyLinear(packed)).toEqual({ name: 'model.layers.1.down', kind: 'BiLLM binary' });
+      if (cudaInfo().built) await expect(GpuModel.create(packed, { dtype: 'fp32' })).rejects.toThrow(/model\.layers\.1\.down holds BiLLM binary weights, which run on the CPU only; .*--device cpu/);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
@@ -136,6 +142,35 @@ gpuDescribe('CUDA forward of qwen3-tiny', () => {
     await toDevice(model, 'cpu');
     const c = await scoreSequences(model, ids, SEQ);
     expect(Array.from(c.nll)).toEqual(Array.from(cpu));
+  });
+
+  test('packed models on the GPU: expanded from the integers at upload, the same weights as the CPU packed path', async () => {
+    // In memory (quantize packs the linears and drops the fp32 weights) and loaded back from a GPTQ-format
+    // checkpoint with act-order: both hold only packed integers on the host.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lowbit-cuda-packed-'));
+    try {
+      for (const specText of ['rtn:w4g128', 'gptq:w3g128,nsamples=4,seqlen=128']) {
+        const m = loadModel(TINY);
+        const report = await quantize(m, parseSpec(specText), { device: 'cpu', calibration: readCalibIds(path.join(ROOT, 'data', 'calib_c4_128x2048.i16'), 4, 128) });
+        saveQuantized(m, path.join(dir, specText.slice(0, 4)), report, { format: 'gptq' });
+        for (const [label, q] of [
+          ['in memory', m],
+          ['loaded', loadModel(path.join(dir, specText.slice(0, 4)))],
+        ] as const) {
+          expect((q.weights.layers[0].linears.q as PackedLinear).packed?.kind).toBe('packed');
+          const cpuNll = (await scoreSequences(q, ids, SEQ)).nll;
+          const gpu = await GpuModel.create(q, { dtype: 'fp32' });
+          const nll = await gpu.score(ids, SEQ);
+          gpu.free();
+          const d = maxDiff(nll, cpuNll, 2, SEQ, SEQ);
+          process.stdout.write(`[cuda] ${specText} (${label}): packed weights on the GPU, max |NLL − CPU packed| = ${d.toExponential(3)}\n`);
+          expect(d).toBeLessThan(2e-4);
+          expect(q.weights.layers[0].linears.q!.weight).toBeUndefined(); // the host still holds only the packed copy
+        }
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test('layers split across GPUs (a pipeline of stages) give the single-GPU NLL bit for bit', async () => {

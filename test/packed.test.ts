@@ -18,46 +18,10 @@ import { parseSpec } from '../lib/quant/spec';
 import type { QuantizedTensor } from '../lib/quant/weights';
 import { expandPacked } from './helpers/fake-quant';
 import { decodeBinary, randomBinary } from './helpers/binary';
+import { int8Weights, randomQuantized, rng } from './helpers/quantized';
 
 const SHARED = path.resolve(__dirname, '..', '..', 'shared');
 const LEVELS = ['scalar', 'avx2', 'avx512'] as const;
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 4294967296;
-  };
-}
-
-function randomQuantized(bits: number, rows: number, cols: number, groupSize: number, actOrder: boolean, seed: number): QuantizedTensor {
-  const r = rng(seed);
-  const g = groupSize < 0 ? cols : groupSize;
-  const ng = cols / g;
-  const maxq = (1 << bits) - 1;
-  const q: QuantizedTensor = {
-    bits,
-    groupSize,
-    sym: false,
-    qweight: Uint8Array.from({ length: rows * cols }, () => Math.floor(r() * (maxq + 1))),
-    scales: Float32Array.from({ length: rows * ng }, () => 0.005 + r() * 0.05),
-    zeros: Float32Array.from({ length: rows * ng }, () => Math.floor(r() * (maxq + 1))),
-  };
-  if (actOrder) {
-    const order = Array.from({ length: cols }, (_, i) => i);
-    for (let i = cols - 1; i > 0; i--) {
-      const j = Math.floor(r() * (i + 1));
-      [order[i], order[j]] = [order[j], order[i]];
-    }
-    q.gIdx = new Int32Array(cols);
-    order.forEach((c, pos) => (q.gIdx![c] = Math.floor(pos / g)));
-  }
-  return q;
-}
 
 /** x·Wᵀ in float64 with W dequantized from the QuantizedTensor; also Σ|w·x| per output for tolerances. */
 function reference(q: QuantizedTensor, rows: number, cols: number, x: Float32Array, M: number): { y: Float64Array; mag: Float64Array } {
@@ -216,18 +180,6 @@ describe('1-bit (BiLLM binary) matmul vs float64 over the independently decoded 
 });
 
 describe('W8A8 int8 GEMM', () => {
-  function int8Weights(rows: number, cols: number, seed: number): QuantizedTensor {
-    const r = rng(seed);
-    return {
-      bits: 8,
-      groupSize: -1,
-      sym: true,
-      qweight: Uint8Array.from({ length: rows * cols }, () => 1 + Math.floor(r() * 255)),
-      scales: Float32Array.from({ length: rows }, () => 0.001 + r() * 0.01),
-      zeros: new Float32Array(rows).fill(128),
-    };
-  }
-
   test.each([
     [1, 5, 64],
     [3, 17, 200],

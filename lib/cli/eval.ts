@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { densifyForGpu, deviceName, firstPackedLinear, GPU_DTYPES, GpuDType, GpuModelInfo, resolveDevice, toDevice } from '../eval/cuda';
+import { deviceName, firstCpuOnlyLinear, GPU_DTYPES, GpuDType, GpuModelInfo, resolveDevice, toDevice } from '../eval/cuda';
 import { evaluate, TaskResult } from '../eval/evaluate';
 import { TASKS, TASK_NAMES } from '../eval/tasks/registry';
 import { loadModel, scanNonFinite } from '../load/model';
@@ -58,7 +58,6 @@ export function evalCommand(): Command {
         const bad = streaming ? scanNonFiniteStreaming(model) : scanNonFinite(model);
         if (bad.length) progress.log(`lowbit: warning: non-finite values (NaN/Inf) in ${bad.map((b) => `${b.name} (${b.count})`).join(", ")}; results will be NaN`);
         const quant = spec ? quantSummary(await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal, device, { memory })) : undefined;
-        if (quant && device.type === 'cuda') densifyForGpu(model);
         if (device.type === 'cuda') {
           const onCpu = model.quantization?.actBits
             ? 'activation quantization runs on the CPU path'
@@ -66,8 +65,8 @@ export function evalCommand(): Command {
               ? 'Qwen3-MoE (sparse) layers run on the CPU path'
               : streaming
                 ? 'layer streaming runs on the CPU path'
-                : firstPackedLinear(model)
-                  ? 'packed low-bit weights run on the CPU path'
+                : firstCpuOnlyLinear(model)
+                  ? `${firstCpuOnlyLinear(model)!.kind} weights run on the CPU path`
                   : undefined;
           if (onCpu) {
             progress.log(`lowbit: note: ${onCpu}; evaluating on the CPU`);

@@ -1,7 +1,6 @@
 // The CUDA backend from TypeScript: which devices there are, --device parsing, and a GpuModel handle that
 // holds a model's weights resident on one GPU (or split by layers across several) for evaluation. scoreSequences (forward.ts) uses the GPU for
 // a model attached with toDevice(); everything else keeps running on the CPU.
-import { dequantize } from '../export/pack';
 import { LowbitError } from '../load/errors';
 import { layerLinears } from '../load/linears';
 import type { PackedLinear } from '../quant/packed';
@@ -152,8 +151,8 @@ export class GpuModel {
     if (!GPU_DTYPES.includes(dtype)) throw new LowbitError('BAD_ARGUMENT', `dtype must be one of ${GPU_DTYPES.join(', ')}, got "${dtype}"`);
     if (typeof addon.gpuModelCreate !== 'function') throw new LowbitError('UNSUPPORTED', 'lowbit was built without CUDA');
     if (model.config.moe) throw new LowbitError('UNSUPPORTED', `${model.dir}: the CUDA backend has no Qwen3-MoE (sparse) layers; evaluate it with --device cpu`);
-    const packed = firstPackedLinear(model);
-    if (packed) throw new LowbitError('UNSUPPORTED', `${model.dir}: ${packed} holds packed low-bit weights; the CUDA backend runs dense weights only, evaluate it with --device cpu`);
+    const cpuOnly = firstCpuOnlyLinear(model);
+    if (cpuOnly) throw new LowbitError('UNSUPPORTED', `${model.dir}: ${cpuOnly.name} holds ${cpuOnly.kind} weights, which run on the CPU only; evaluate it with --device cpu`);
     const w = model.weights;
     const devices = opts.devices ?? [opts.device ?? 0];
     const counts = splitLayers(w.layers.length, devices.length);
@@ -203,23 +202,16 @@ export class GpuModel {
 }
 
 /**
- * The CUDA backend runs dense weights: a model quantized in memory (packed, its integers kept) gets back the
- * fp32 weights the quantizer computed, for the upload. BiLLM's binary linears stay packed (CPU only).
+ * The first linear the CUDA backend cannot upload, and what it holds: BiLLM binary or W8A8 int8 weights (those
+ * run on the CPU). Dense weights upload as they are; packed 2/3/4/8-bit ones are expanded to the GPU's dtype a
+ * run of rows at a time during the upload (native/cuda/napi_host.h), the host keeping only the packed copy.
  */
-export function densifyForGpu(model: LoadedModel): void {
-  for (const layer of model.weights.layers) {
-    for (const { lin } of layerLinears(layer) as { lin: PackedLinear }[]) {
-      if (!lin.packed || !lin.quantized) continue;
-      lin.weight = dequantize(lin.quantized, lin.inFeatures);
-      lin.packed = undefined;
-    }
-  }
-}
-
-/** The first linear without a dense weight (a loaded GPTQ/AWQ/lowbit checkpoint, or a compact quantized model). */
-export function firstPackedLinear(model: LoadedModel): string | undefined {
+export function firstCpuOnlyLinear(model: LoadedModel): { name: string; kind: string } | undefined {
   for (const [l, layer] of model.weights.layers.entries()) {
-    for (const [n, lin] of Object.entries(layer.linears)) if (lin && !lin.weight) return `model.layers.${l}.${n}`;
+    for (const [n, lin] of Object.entries(layer.linears) as [string, PackedLinear | undefined][]) {
+      if (!lin || lin.weight || lin.packed?.kind === 'packed') continue;
+      return { name: `model.layers.${l}.${n}`, kind: lin.packed?.kind === 'int8' ? 'W8A8 int8' : lin.packed?.kind === 'binary' || lin.binary ? 'BiLLM binary' : 'no dense' };
+    }
   }
   return undefined;
 }
@@ -245,8 +237,8 @@ export function gpuOf(model: LoadedModel): GpuModel | undefined {
 
 /**
  * Puts the model on a device for evaluation: cuda uploads every weight once (call it again after changing
- * the weights, e.g. after quantizing; a model quantized in memory gets its dense weights back for the upload,
- * see densifyForGpu); cpu drops any GPU copy. Returns the GPU model, if any.
+ * the weights, e.g. after quantizing; packed weights are expanded on the way, see firstCpuOnlyLinear); cpu drops
+ * any GPU copy. Returns the GPU model, if any.
  */
 export async function toDevice(
   model: LoadedModel,
@@ -257,7 +249,6 @@ export async function toDevice(
   attached.get(model)?.free();
   attached.delete(model);
   if (d.type === 'cpu') return undefined;
-  densifyForGpu(model);
   const gpu = await GpuModel.create(model, { ...opts, device: d.index, devices: opts.devices ?? autoSplit(model, d.index, opts.dtype ?? 'bf16') });
   attached.set(model, gpu);
   return gpu;

@@ -9,7 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import type { CalibrationSet } from '../calibrate/calibration';
 import { CalibrationSource, loadCalibration } from '../calibrate/resolve';
-import { densifyForGpu, firstPackedLinear, toDevice } from '../eval/cuda';
+import { firstCpuOnlyLinear, toDevice } from '../eval/cuda';
 import { evaluate, EvalOptions } from '../eval/evaluate';
 import { throwIfAborted } from '../eval/forward';
 import { loadModel } from '../load/model';
@@ -240,9 +240,8 @@ export async function runCell(cell: Cell, fp: string, contexts: ModelContexts, r
     }
     // Activation-quantized models run on the CPU path (as lowbit eval does), whatever the backend.
     if (backend?.type === 'cuda' && !model.quantization?.actBits) {
-      densifyForGpu(model);
-      // BiLLM's binary linears have no dense form: they are evaluated on the CPU.
-      if (!firstPackedLinear(model)) await toDevice(model, { type: 'cuda', index: run.deviceIndex ?? 0 }, { dtype: backend.dtype, actFp32: backend.actFp32 });
+      // BiLLM's binary linears have no CUDA path: they are evaluated on the CPU.
+      if (!firstCpuOnlyLinear(model)) await toDevice(model, { type: 'cuda', index: run.deviceIndex ?? 0 }, { dtype: backend.dtype, actFp32: backend.actFp32 });
     }
     const evalOpts = {
       tasks: run.eval.tasks,

@@ -86,6 +86,21 @@ class GpuModel {
   void upload(const HostMat& m, DevBuf& dst, size_t off, DevBuf& staging) {
     const int64_t n = m.rows * m.cols;
     char* d = static_cast<char*>(dst.p) + off;
+    if (m.dense_rows) {  // packed: expanded on the host a run of rows at a time, cast on the device
+      const int64_t nr = std::max<int64_t>(1, (int64_t(1) << 22) / m.cols);
+      staging.alloc(nr * m.cols * 4);
+      std::vector<float> tmp(static_cast<size_t>(std::min(nr, m.rows) * m.cols));
+      for (int64_t r0 = 0; r0 < m.rows; r0 += nr) {
+        const int64_t r = std::min(nr, m.rows - r0), c = r * m.cols, i0 = r0 * m.cols;
+        m.dense_rows(r0, r, tmp.data());
+        LB_CK(cudaMemcpyAsync(staging.p, tmp.data(), c * 4, cudaMemcpyHostToDevice, stream));
+        if (dtype == 0) LB_CK(cudaMemcpyAsync(d + i0 * 4, staging.p, c * 4, cudaMemcpyDeviceToDevice, stream));
+        else if (dtype == 1) cast_from_f32<bf16>(staging.as<float>(), reinterpret_cast<bf16*>(d) + i0, c, stream);
+        else cast_from_f32<f16>(staging.as<float>(), reinterpret_cast<f16*>(d) + i0, c, stream);
+        LB_CK(cudaStreamSynchronize(stream));
+      }
+      return;
+    }
     if (m.dtype == dtype) {
       LB_CK(cudaMemcpyAsync(d, m.data, n * esize(dtype), cudaMemcpyHostToDevice, stream));
       LB_CK(cudaStreamSynchronize(stream));  // the host pointers stay valid anyway; bounded staging below

@@ -28,6 +28,9 @@ struct HostMat {
   const void* data = nullptr;
   int dtype = 0;
   int64_t rows = 0, cols = 0;
+  // A weight held packed (data null, dtype 0): writes rows [row0, row0 + n) of the dense fp32 matrix into out
+  // (n · cols floats), so an upload expands it a chunk at a time instead of from a second copy on the host.
+  std::function<void(int64_t row0, int64_t n, float* out)> dense_rows;
 };
 
 struct HostLinear {
@@ -132,6 +135,50 @@ struct QuantSessionInfo {
 QuantSessionInfo quant_session_info(const QuantSession& s);
 const ModelCfg& quant_session_cfg(const QuantSession& s);
 int64_t quant_session_linear_cols(const QuantSession& s, int linear);
+
+// ---- packed low-bit linears (qmatmul.cu; layout in qlayout.h) ----
+
+// A packed weight repacked into the device layout on the host (qmatmul_binding.cpp).
+struct QLayout {
+  int bits = 4;
+  int64_t rows = 0, cols = 0;
+  int64_t ntiles = 0, nkb = 0, nsub = 1;  // 16-row tiles (even), 128-column blocks, sub-groups per block
+  float oscale = 1.f;                     // 1/P (the fp16 scales are the CPU's times P)
+  std::vector<uint8_t> records;           // ntiles · nkb · q_record_bytes(bits, nsub)
+  std::vector<int32_t> perm;              // act-order: packed column j = original column perm[j]; empty: identity
+};
+// W8A8 weights as the CPU's Int8View: int8 [rows, kpad] (zero padded), per-row fp32 scales.
+struct Int8Host {
+  int64_t rows = 0, cols = 0, kpad = 0;
+  const int8_t* w = nullptr;
+  const float* scales = nullptr;
+};
+struct QLinearInfo {
+  int device = 0, bits = 4;
+  bool int8 = false;
+  int64_t rows = 0, cols = 0, kpad = 0, ntiles = 0, nkb = 0, nsub = 1;
+  float oscale = 1.f;
+  uint64_t device_bytes = 0;
+  int last_splits = 1;  // K splits of the last packed launch
+  // Launch tuning of the packed kernel: copy stages in flight; K is split to fill the GPU with blocks, at most
+  // warps_per_sm warps per SM when > 0.
+  int stages = 2, warps_per_sm = 0;
+};
+class GpuQLinear;
+std::shared_ptr<GpuQLinear> qlinear_create(const QLayout& l, int device);
+std::shared_ptr<GpuQLinear> qlinear_create_int8(const Int8Host& h, int device);
+const QLinearInfo& qlinear_info(const GpuQLinear& q);
+// y [M, rows] = x [M, cols] · Wᵀ (host fp32 in and out; original column order). act: activations rounded to
+// 1 bf16 or 2 fp16 for the packed kernels (int8 weights quantize them to int8 per token instead).
+void qlinear_matmul(GpuQLinear& q, const float* x, int64_t M, int act, float* y);
+// Kernel time (median of `iters`, L2 flushed before each) vs cuBLAS on the same weights dense in fp16/bf16, and
+// the device-to-device copy bandwidth (bytes read + written), all in the same call.
+struct QBench {
+  double ours_us = 0, kernel_us = 0, dense_us = 0, copy_gbs = 0, ours_bytes = 0, dense_bytes = 0, rel_err = 0;
+  int splits = 1;
+};
+// stages / warps_per_sm > 0 override the launch tuning for this call (to compare settings).
+QBench qlinear_bench(GpuQLinear& q, int64_t M, int act, int iters, int stages = 0, int warps_per_sm = 0);
 
 }  // namespace cuda
 }  // namespace lowbit

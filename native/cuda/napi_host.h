@@ -3,8 +3,10 @@
 #pragma once
 #include <string>
 
+#include "cpu/packed.h"
 #include "cpu/registry.h"
 #include "cpu/tensor.h"
+#include "cpu/threads.h"
 #include "gpu.h"
 
 namespace lowbit {
@@ -26,9 +28,39 @@ inline cuda::HostMat host_mat(const Napi::Value& v, int64_t rows, int64_t cols, 
   return m;
 }
 
+// A linear held as packed 2/3/4/8-bit integers (lin.packed of kind 'packed', no dense weight): its rows are
+// expanded on demand, w = scale·(q − zero) in fp32 as the CPU kernels compute it.
+inline cuda::HostMat packed_mat(const Napi::Object& packed, int64_t rows, int64_t cols, const char* what) {
+  const std::string kind = packed.Get("kind").IsString() ? packed.Get("kind").As<Napi::String>().Utf8Value() : "";
+  if (kind != "packed")
+    throw std::invalid_argument(std::string(what) + ": " + (kind == "binary" ? "BiLLM binary" : kind == "int8" ? "W8A8 int8" : "'" + kind + "'") +
+                                " weights have no CUDA path; evaluate this model with --device cpu");
+  const PackedView p = packed_from_js(packed);
+  if (p.rows != rows || p.cols != cols)
+    throw std::invalid_argument(std::string(what) + ": packed weight is " + std::to_string(p.rows) + "×" + std::to_string(p.cols) +
+                                ", expected " + std::to_string(rows) + "×" + std::to_string(cols));
+  cuda::HostMat m;
+  m.rows = rows;
+  m.cols = cols;
+  m.dense_rows = [p](int64_t r0, int64_t n, float* out) {
+    parallel_for(static_cast<size_t>(n), [&](size_t a, size_t b, int) {
+      for (int64_t r = r0 + static_cast<int64_t>(a); r < r0 + static_cast<int64_t>(b); ++r) {
+        float* o = out + (r - r0) * p.cols;
+        for (int64_t j = 0; j < p.cols; ++j) {
+          const int64_t at = packed_sz(p, r, j / p.group);
+          o[p.perm ? p.perm[j] : j] = p.scales[at] * static_cast<float>(packed_q(p, r, j) - p.zeros[at]);
+        }
+      }
+    });
+  };
+  return m;
+}
+
 inline cuda::HostLinear host_linear(const Napi::Object& lin, const char* name, int64_t out, int64_t in) {
   cuda::HostLinear l;
-  l.w = host_mat(lin.Get("weight"), out, in, name);
+  Napi::Value w = lin.Get("weight");
+  if ((w.IsUndefined() || w.IsNull()) && lin.Get("packed").IsObject()) l.w = packed_mat(lin.Get("packed").As<Napi::Object>(), out, in, name);
+  else l.w = host_mat(w, out, in, name);
   Napi::Value b = lin.Get("bias");
   if (!b.IsUndefined() && !b.IsNull()) l.bias = cf32_from_js(b, out, name);
   return l;

@@ -48,6 +48,7 @@ size_t dtype_bytes(int dtype) { return dtype == 0 ? 4 : 2; }
 }  // namespace
 
 void upload_f32(QuantCtx& cx, const HostMat& m, float* dst, DevBuf& staging) {
+  if (m.dense_rows) throw std::invalid_argument("calibration needs full-precision weights, not packed ones");
   const int64_t n = m.rows * m.cols;
   if (m.dtype == 0) {
     LB_CK(cudaMemcpyAsync(dst, m.data, n * 4, cudaMemcpyHostToDevice, cx.st));

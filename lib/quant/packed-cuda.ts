@@ -1,0 +1,83 @@
+// Packed low-bit linears on the GPU (native/cuda/qmatmul.cu): a PackedWeight (2/3/4/8 bits, group scales and
+// zeros, act-order) or an Int8Weight (W8A8) uploaded once in the device layout, then y = x·Wᵀ for any batch —
+// what an inference server embeds to run a quantized linear from its packed bytes.
+import { LowbitError } from '../load/errors';
+import { resolveDevice } from '../eval/cuda';
+import { addon } from '../native/addon';
+import type { AnyPackedWeight } from './packed';
+
+/** Activation type the packed kernels round x to (fp32 accumulation either way); int8 weights ignore it. */
+export type PackedActDType = 'fp16' | 'bf16';
+
+export interface GpuPackedInfo {
+  device: number;
+  bits: number;
+  /** W8A8: int8 weights, per-token int8 activations (cuBLAS int8 GEMM) */
+  int8: boolean;
+  rows: number;
+  cols: number;
+  /** bytes the weights take on the GPU (integers, fp16 scales/zeros, act-order permutation) */
+  deviceBytes: number;
+  /** K splits of the last packed launch */
+  lastSplits: number;
+}
+
+export interface GpuPackedBench {
+  /** median kernel time of the packed path (x conversion, kernel, split sum), µs */
+  oursUs: number;
+  /** the main kernel alone (without the x conversion and the sum of K splits), µs */
+  kernelUs: number;
+  /** cuBLAS on the same weights dense in fp16 (bf16 with bf16 activations), same x, µs */
+  denseUs: number;
+  /** device-to-device copy bandwidth measured in the same call (bytes read + written per second), GB/s */
+  copyGBs: number;
+  oursBytes: number;
+  denseBytes: number;
+  /** ‖y_ours − y_cuBLAS‖ / ‖y_cuBLAS‖ */
+  relErr: number;
+  splits: number;
+}
+
+export class GpuPackedLinear {
+  private constructor(
+    private handle: unknown,
+    readonly rows: number,
+    readonly cols: number,
+  ) {}
+
+  /** Uploads `w` to `device` ('cuda', 'cuda:N' or an index; default cuda:0). */
+  static async create(w: AnyPackedWeight, opts: { device?: string | number } = {}): Promise<GpuPackedLinear> {
+    if (w.kind === 'binary') throw new LowbitError('UNSUPPORTED', 'BiLLM binary weights run on the CPU only (no CUDA kernel for them yet)');
+    const d = resolveDevice(typeof opts.device === 'number' ? `cuda:${opts.device}` : (opts.device ?? 'cuda'));
+    if (d.type !== 'cuda') throw new LowbitError('BAD_ARGUMENT', 'GpuPackedLinear needs a CUDA device');
+    const handle = await addon.gpuQLinearCreate(w, { device: d.index });
+    return new GpuPackedLinear(handle, w.rows, w.cols);
+  }
+
+  /** y [M, rows] = x [M, cols] · Wᵀ (x in the original column order). */
+  async matmul(x: Float32Array, opts: { dtype?: PackedActDType } = {}): Promise<Float32Array> {
+    return addon.gpuQLinearMatmul(this.live(), x, { dtype: opts.dtype ?? 'fp16' });
+  }
+
+  /**
+   * Times the packed path against cuBLAS dense and the copy bandwidth, in one call (bench/cuda-packed.ts).
+   * stages / warpsPerSm override the launch tuning (cp.async stages; warps per SM the K split aims for) for it.
+   */
+  async bench(opts: { batch: number; dtype?: PackedActDType; iters?: number; stages?: number; warpsPerSm?: number }): Promise<GpuPackedBench> {
+    return addon.gpuQLinearBench(this.live(), { dtype: 'fp16', iters: 50, ...opts });
+  }
+
+  info(): GpuPackedInfo {
+    return addon.gpuQLinearInfo(this.live());
+  }
+
+  free(): void {
+    if (this.handle !== undefined) addon.gpuQLinearFree(this.handle);
+    this.handle = undefined;
+  }
+
+  private live(): unknown {
+    if (this.handle === undefined) throw new LowbitError('BAD_ARGUMENT', 'this GpuPackedLinear was freed');
+    return this.handle;
+  }
+}

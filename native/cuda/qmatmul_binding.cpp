@@ -1,0 +1,239 @@
+// N-API bindings of the packed low-bit linears on the GPU (built only with LOWBIT_CUDA), and the host-side
+// repack of a CPU PackedView into the device layout (qlayout.h):
+//   gpuQLinearCreate(weight: PackedWeight | Int8Weight, {device}) → Promise<handle>
+//   gpuQLinearMatmul(handle, x: Float32Array [M·cols], {dtype: 'fp16'|'bf16'}) → Promise<Float32Array [M·rows]>
+//   gpuQLinearBench(handle, {batch, dtype, iters, stages?, warpsPerSm?}) → Promise<{oursUs, kernelUs, denseUs, copyGBs, oursBytes,
+//                   denseBytes, relErr, splits}>
+//   gpuQLinearInfo(handle) → {device, bits, int8, rows, cols, deviceBytes, lastSplits};  gpuQLinearFree(handle)
+#include <cmath>
+#include <cstring>
+#include <memory>
+
+#include "cpu/async.h"
+#include "cpu/packed.h"
+#include "cpu/registry.h"
+#include "cpu/threads.h"
+#include "cuda/gpu.h"
+#include "cuda/qlayout.h"
+
+namespace lowbit {
+namespace {
+
+struct QBox {
+  std::shared_ptr<cuda::GpuQLinear> q;
+};
+
+std::shared_ptr<cuda::GpuQLinear> unbox(const Napi::Value& v) {
+  if (!v.IsExternal()) throw std::invalid_argument("expected a GPU packed-linear handle");
+  QBox* b = v.As<Napi::External<QBox>>().Data();
+  if (!b || !b->q) throw std::invalid_argument("the GPU packed linear was freed");
+  return b->q;
+}
+
+// IEEE binary16 bits of f, round to nearest even (subnormals and overflow included).
+uint16_t f16_bits(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7FFFFFFFu;
+  if (ax >= 0x7F800000u) return static_cast<uint16_t>(sign | (ax > 0x7F800000u ? 0x7E00u : 0x7C00u));
+  if (ax >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // ≥ 65520 rounds to infinity
+  if (ax < 0x38800000u) {                                               // below 2^-14: subnormal, units of 2^-24
+    float v;
+    std::memcpy(&v, &ax, 4);
+    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(v * 16777216.0f)));
+  }
+  uint32_t h = ((((ax >> 23) - 127 + 15) << 10) | ((ax & 0x7FFFFFu) >> 13));
+  const uint32_t rem = ax & 0x1FFFu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
+  return static_cast<uint16_t>(sign | h);
+}
+
+// The device layout of a packed weight (see qlayout.h), built from the CPU layout's definition (packed_q).
+cuda::QLayout device_layout(const PackedView& p) {
+  using namespace cuda;
+  const bool per_row = p.group >= p.cols;
+  if (!per_row && (p.group % 32 != 0 || (p.group < 128 && 128 % p.group != 0) || (p.group > 128 && p.group % 128 != 0)))
+    throw std::invalid_argument("the CUDA packed kernels take group sizes 32, 64 or multiples of 128 (or one group per row), got " +
+                                std::to_string(p.group));
+  QLayout l;
+  l.bits = p.bits;
+  l.rows = p.rows;
+  l.cols = p.cols;
+  const int sub = per_row || p.group >= 128 ? 128 : static_cast<int>(p.group);
+  l.nsub = 128 / sub;
+  l.nkb = (p.cols + 127) / 128;
+  l.ntiles = ((p.rows + 15) / 16 + 1) / 2 * 2;  // even: a warp may take two tiles
+  float maxs = 0;
+  for (int64_t r = 0; r < p.rows; ++r)
+    for (int64_t gi = 0; gi < p.ngroups; ++gi) maxs = std::fmax(maxs, std::fabs(p.scales[packed_sz(p, r, gi)]));
+  int e = 0;
+  if (maxs > 0) std::frexp(32768.f / maxs, &e);  // 32768/maxs = f·2^e, f in [0.5, 1): P = 2^(e−1) ≤ 32768/maxs
+  const int pe = std::max(-100, std::min(100, maxs > 0 ? e - 1 : 0));
+  const float P = std::ldexp(1.f, pe);
+  l.oscale = std::ldexp(1.f, -pe);
+  const int R = q_record_bytes(p.bits, static_cast<int>(l.nsub)), words = q_words(p.bits);
+  l.records.assign(static_cast<size_t>(l.ntiles) * l.nkb * R, 0);
+  const int width = p.bits == 3 ? 2 : p.bits;
+  parallel_for(static_cast<size_t>(l.ntiles), [&](size_t t0, size_t t1, int) {
+    for (int64_t tile = t0; tile < static_cast<int64_t>(t1); ++tile)
+      for (int64_t kb = 0; kb < l.nkb; ++kb) {
+        uint8_t* rec = l.records.data() + q_record_offset(tile, kb, l.ntiles, p.bits, static_cast<int>(l.nsub));
+        uint32_t* w = reinterpret_cast<uint32_t*>(rec);
+        uint16_t* sz = reinterpret_cast<uint16_t*>(rec + 128 * words);
+        for (int i = 0; i < 16; ++i) {
+          const int64_t r = tile * 16 + i;
+          if (r >= p.rows) break;
+          for (int c = 0; c < 128; ++c) {
+            const int64_t j = kb * 128 + c;
+            if (j >= p.cols) break;
+            const uint32_t q = static_cast<uint32_t>(packed_q(p, r, j));
+            const QSlot s = q_slot(i, c);
+            const QBits b = q_bitpos(p.bits, s.st, s.j, s.e);
+            w[q_word_index(p.bits, b.word, s.lane)] |= (q & ((1u << width) - 1)) << b.bit;
+            if (p.bits == 3) w[q_word_index(p.bits, b.hi_word, s.lane)] |= ((q >> 2) & 1u) << b.hi_bit;
+          }
+          for (int js = 0; js < l.nsub; ++js) {
+            const int64_t gi = per_row ? 0 : (kb * 128 + js * sub) / p.group;
+            if (gi >= p.ngroups) continue;  // padding columns past the last group
+            const int64_t at = packed_sz(p, r, gi);
+            uint16_t* o = sz + ((js * 8 + i % 8) * 2 + i / 8) * 2;
+            o[0] = f16_bits(p.scales[at] * P);
+            o[1] = f16_bits(p.zeros[at]);
+          }
+        }
+      }
+  });
+  if (p.perm) l.perm.assign(p.perm, p.perm + p.cols);
+  return l;
+}
+
+int act_dtype(const Napi::Object& o) {
+  if (!o.Has("dtype") || o.Get("dtype").IsUndefined()) return 2;
+  const std::string d = o.Get("dtype").ToString().Utf8Value();
+  if (d == "fp16" || d == "f16" || d == "float16") return 2;
+  if (d == "bf16" || d == "bfloat16") return 1;
+  throw std::invalid_argument("dtype must be fp16 or bf16, got '" + d + "'");
+}
+
+Napi::Object opts_of(const Napi::CallbackInfo& info, size_t i) {
+  return info.Length() > i && info[i].IsObject() ? info[i].As<Napi::Object>() : Napi::Object::New(info.Env());
+}
+
+Napi::Value GpuQLinearCreate(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    if (!info[0].IsObject()) throw std::invalid_argument("gpuQLinearCreate: expected a packed weight");
+    Napi::Object w = info[0].As<Napi::Object>();
+    Napi::Object opts = opts_of(info, 1);
+    const int device = opts.Has("device") && opts.Get("device").IsNumber() ? opts.Get("device").As<Napi::Number>().Int32Value() : 0;
+    const std::string kind = w.Get("kind").IsString() ? w.Get("kind").As<Napi::String>().Utf8Value() : "";
+    auto result = std::make_shared<std::shared_ptr<cuda::GpuQLinear>>();
+    std::function<void()> exec;
+    if (kind == "int8") {
+      const Int8View v = int8_from_js(w);
+      cuda::Int8Host h;
+      h.rows = v.rows;
+      h.cols = v.cols;
+      h.kpad = v.kpad;
+      h.w = v.w;
+      h.scales = v.scales;
+      exec = [=] { *result = cuda::qlinear_create_int8(h, device); };
+    } else if (kind == "packed") {
+      const PackedView v = packed_from_js(w);
+      exec = [=] { *result = cuda::qlinear_create(device_layout(v), device); };
+    } else {
+      throw std::invalid_argument("gpuQLinearCreate: the CUDA kernels take packed (2/3/4/8-bit) or int8 weights, got kind '" + kind + "'");
+    }
+    return run_async(info.Env(), exec,
+                     [result](Napi::Env env) -> Napi::Value {
+                       QBox* b = new QBox{*result};
+                       return Napi::External<QBox>::New(env, b, [](Napi::Env, QBox* p) { delete p; });
+                     },
+                     {info[0]});
+  });
+}
+
+Napi::Value GpuQLinearMatmul(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    auto q = unbox(info[0]);
+    const cuda::QLinearInfo& L = cuda::qlinear_info(*q);
+    if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      throw std::invalid_argument("x: expected a Float32Array");
+    auto x = info[1].As<Napi::Float32Array>();
+    const int64_t n = static_cast<int64_t>(x.ElementLength());
+    if (n == 0 || n % L.cols) throw std::invalid_argument("x has " + std::to_string(n) + " floats, not a multiple of cols = " + std::to_string(L.cols));
+    const int64_t M = n / L.cols;
+    const int act = act_dtype(opts_of(info, 2));
+    auto y = std::make_shared<std::vector<float>>(static_cast<size_t>(M * L.rows));
+    const float* xp = x.Data();
+    return run_async(info.Env(), [=] { cuda::qlinear_matmul(*q, xp, M, act, y->data()); },
+                     [y](Napi::Env env) -> Napi::Value {
+                       auto a = Napi::Float32Array::New(env, y->size());
+                       std::memcpy(a.Data(), y->data(), y->size() * 4);
+                       return a;
+                     },
+                     {info[1]});
+  });
+}
+
+Napi::Value GpuQLinearBench(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    auto q = unbox(info[0]);
+    Napi::Object o = opts_of(info, 1);
+    const int64_t M = o.Has("batch") ? o.Get("batch").As<Napi::Number>().Int64Value() : 1;
+    const int iters = o.Has("iters") ? o.Get("iters").As<Napi::Number>().Int32Value() : 50;
+    if (M < 1 || iters < 1) throw std::invalid_argument("gpuQLinearBench: batch and iters must be positive");
+    const int act = act_dtype(o);
+    const int stages = o.Has("stages") ? o.Get("stages").As<Napi::Number>().Int32Value() : 0;
+    const int wps = o.Has("warpsPerSm") ? o.Get("warpsPerSm").As<Napi::Number>().Int32Value() : 0;
+    auto r = std::make_shared<cuda::QBench>();
+    return run_async(info.Env(), [=] { *r = cuda::qlinear_bench(*q, M, act, iters, stages, wps); },
+                     [r](Napi::Env env) -> Napi::Value {
+                       Napi::Object b = Napi::Object::New(env);
+                       b.Set("oursUs", r->ours_us);
+                       b.Set("kernelUs", r->kernel_us);
+                       b.Set("denseUs", r->dense_us);
+                       b.Set("copyGBs", r->copy_gbs);
+                       b.Set("oursBytes", r->ours_bytes);
+                       b.Set("denseBytes", r->dense_bytes);
+                       b.Set("relErr", r->rel_err);
+                       b.Set("splits", r->splits);
+                       return b;
+                     },
+                     {});
+  });
+}
+
+Napi::Value GpuQLinearInfo(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const cuda::QLinearInfo& L = cuda::qlinear_info(*unbox(info[0]));
+    Napi::Object r = Napi::Object::New(info.Env());
+    r.Set("device", L.device);
+    r.Set("bits", L.bits);
+    r.Set("int8", L.int8);
+    r.Set("rows", static_cast<double>(L.rows));
+    r.Set("cols", static_cast<double>(L.cols));
+    r.Set("deviceBytes", static_cast<double>(L.device_bytes));
+    r.Set("lastSplits", L.last_splits);
+    return r;
+  });
+}
+
+Napi::Value GpuQLinearFree(const Napi::CallbackInfo& info) {
+  if (info[0].IsExternal()) {
+    QBox* b = info[0].As<Napi::External<QBox>>().Data();
+    if (b) b->q.reset();  // freed now, or when an in-flight call finishes
+  }
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+LOWBIT_EXPORTS {
+  exports.Set("gpuQLinearCreate", Napi::Function::New(env, GpuQLinearCreate));
+  exports.Set("gpuQLinearMatmul", Napi::Function::New(env, GpuQLinearMatmul));
+  exports.Set("gpuQLinearBench", Napi::Function::New(env, GpuQLinearBench));
+  exports.Set("gpuQLinearInfo", Napi::Function::New(env, GpuQLinearInfo));
+  exports.Set("gpuQLinearFree", Napi::Function::New(env, GpuQLinearFree));
+}
+
+}  // namespace lowbit
