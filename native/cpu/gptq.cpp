@@ -9,6 +9,7 @@
 
 #include "async.h"
 #include "gemm.h"
+#include "gptq_options.h"
 #include "linalg.h"
 #include "quantizer.h"
 #include "registry.h"
@@ -16,14 +17,6 @@
 
 namespace lowbit {
 namespace {
-
-struct GptqOpts {
-  int bits = 4;
-  int64_t group = -1;
-  bool sym = false, act_order = true, static_groups = false;
-  double damp = 0.01;
-  int64_t block = 128;
-};
 
 struct GptqResult {
   std::vector<float> w, scales, zeros;  // scales/zeros [rows, ngroups]
@@ -34,7 +27,7 @@ struct GptqResult {
   int64_t dead = 0;
 };
 
-void gptq(const MatView& Win, int64_t rows, int64_t cols, const float* Hin, const GptqOpts& o, GptqResult& r,
+void gptq(const MatView& Win, int64_t rows, int64_t cols, const float* Hin, const GptqOptions& o, GptqResult& r,
           const CancelFlag& cancel) {
   std::vector<float> W(rows * cols);
   parallel_for(rows, [&](std::size_t b, std::size_t e, int) {
@@ -167,18 +160,7 @@ Napi::Value GptqQuantize(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Napi::Object o = info[2].As<Napi::Object>();
     int64_t rows = o.Get("rows").As<Napi::Number>().Int64Value(), cols = o.Get("cols").As<Napi::Number>().Int64Value();
-    GptqOpts opt;
-    opt.bits = o.Get("bits").As<Napi::Number>().Int32Value();
-    opt.group = o.Get("groupSize").As<Napi::Number>().Int64Value();
-    opt.sym = o.Get("sym").ToBoolean();
-    opt.act_order = o.Get("actOrder").ToBoolean();
-    opt.static_groups = o.Get("staticGroups").ToBoolean();
-    if (o.Get("damp").IsNumber()) opt.damp = o.Get("damp").As<Napi::Number>().DoubleValue();
-    if (o.Get("blockSize").IsNumber()) opt.block = o.Get("blockSize").As<Napi::Number>().Int64Value();
-    if (opt.bits < 1 || opt.bits > 8) throw std::invalid_argument("bits must be 1..8");
-    if (opt.block < 1) throw std::invalid_argument("blockSize must be positive");
-    if (opt.group > 0 && cols % opt.group)
-      throw std::invalid_argument("group size " + std::to_string(opt.group) + " does not divide " + std::to_string(cols) + " columns");
+    const GptqOptions opt = gptq_options_from_js(o, cols);
     MatView W = mat_from_js(info[0], rows, cols, "weight");
     const float* H = cf32_from_js(info[1], cols * cols, "hessian");
     CancelFlag cancel(o.Get("cancel"));
@@ -231,6 +213,22 @@ Napi::Value HessianAccumulate(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+GptqOptions gptq_options_from_js(const Napi::Object& o, int64_t cols) {
+  GptqOptions opt;
+  opt.bits = o.Get("bits").As<Napi::Number>().Int32Value();
+  opt.group = o.Get("groupSize").As<Napi::Number>().Int64Value();
+  opt.sym = o.Get("sym").ToBoolean();
+  opt.act_order = o.Get("actOrder").ToBoolean();
+  opt.static_groups = o.Get("staticGroups").ToBoolean();
+  if (o.Get("damp").IsNumber()) opt.damp = o.Get("damp").As<Napi::Number>().DoubleValue();
+  if (o.Get("blockSize").IsNumber()) opt.block = o.Get("blockSize").As<Napi::Number>().Int64Value();
+  if (opt.bits < 1 || opt.bits > 8) throw std::invalid_argument("bits must be 1..8");
+  if (opt.block < 1) throw std::invalid_argument("blockSize must be positive");
+  if (opt.group > 0 && cols % opt.group)
+    throw std::invalid_argument("group size " + std::to_string(opt.group) + " does not divide " + std::to_string(cols) + " columns");
+  return opt;
+}
 
 LOWBIT_EXPORTS {
   exports.Set("gptqQuantize", Napi::Function::New(env, GptqQuantize));

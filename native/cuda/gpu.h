@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "cpu/gptq_options.h"
+
 namespace lowbit {
 namespace cuda {
 
@@ -88,13 +90,8 @@ double selftest_attention(int device, int dtype, int nseq, int L, int nh, int nk
 // Polled between units of work; throws (the binding's Cancelled) to stop.
 using CancelCheck = std::function<void()>;
 
-// As native/cpu/gptq.cpp's options and result: the same semantics, computed on the device.
-struct GptqOpts {
-  int bits = 4;
-  int64_t group = -1;
-  bool sym = false, act_order = true, static_groups = false;
-  double damp = 0.01;
-  int64_t block = 128;
+// native/cpu/gptq.cpp's options and result: the same semantics, computed on the device.
+struct GptqOpts : GptqOptions {
   bool weight = true;  // copy the dequantized weight back (GptqOut::w); the integers, scales and zeros always come
 };
 

@@ -36,18 +36,8 @@ cuda::CancelCheck cancel_check(const Napi::Value& v) {
 
 cuda::GptqOpts gptq_opts(const Napi::Object& o, int64_t cols) {
   cuda::GptqOpts opt;
-  opt.bits = o.Get("bits").As<Napi::Number>().Int32Value();
-  opt.group = o.Get("groupSize").As<Napi::Number>().Int64Value();
-  opt.sym = o.Get("sym").ToBoolean();
-  opt.act_order = o.Get("actOrder").ToBoolean();
-  opt.static_groups = o.Get("staticGroups").ToBoolean();
-  if (o.Get("damp").IsNumber()) opt.damp = o.Get("damp").As<Napi::Number>().DoubleValue();
-  if (o.Get("blockSize").IsNumber()) opt.block = o.Get("blockSize").As<Napi::Number>().Int64Value();
+  static_cast<GptqOptions&>(opt) = gptq_options_from_js(o, cols);
   if (o.Get("weight").IsBoolean()) opt.weight = o.Get("weight").As<Napi::Boolean>().Value();
-  if (opt.bits < 1 || opt.bits > 8) throw std::invalid_argument("bits must be 1..8");
-  if (opt.block < 1) throw std::invalid_argument("blockSize must be positive");
-  if (opt.group > 0 && cols % opt.group)
-    throw std::invalid_argument("group size " + std::to_string(opt.group) + " does not divide " + std::to_string(cols) + " columns");
   return opt;
 }
 
