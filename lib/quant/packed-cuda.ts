@@ -23,9 +23,9 @@ export interface GpuPackedInfo {
 }
 
 export interface GpuPackedBench {
-  /** median time of the whole packed call (x conversion, then the kernel, whose last block per tile adds the K splits), µs */
+  /** median kernel time of the packed path (x conversion, kernel, split sum), µs */
   oursUs: number;
-  /** the kernel alone (without the x conversion), µs */
+  /** the main kernel alone (without the x conversion and the sum of K splits), µs */
   kernelUs: number;
   /** cuBLAS on the same weights dense in fp16 (bf16 with bf16 activations), same x, µs */
   denseUs: number;

@@ -140,9 +140,7 @@ struct QmmArgs {
   const uint8_t* w;   // records
   const void* x;      // [M, kpad] T, packed column order
   const float* xs;    // [nkb·nsub, Mpad] Σx per sub-group and token
-  float* y;           // [M, rows]
-  float* parts;       // [splits][M, rows] when K is split
-  int* counters;      // [gridDim.z][gridDim.x] blocks of a tile done (K split), 0 between launches
+  float* out;         // [splits][M, rows]
   int M, Mpad, N, ntiles, nkb, nsub, kpad, stages;
   int64_t split_stride;
   float oscale;
@@ -326,44 +324,22 @@ __global__ void __launch_bounds__(kWarps * 32) qmm_kernel(QmmArgs a) {
 #if !LB_QMM_BULK
   cp_async_wait<0>();
 #endif
-  if (active) {
-    float* o = S > 1 ? a.parts + blockIdx.y * a.split_stride : a.y;
-    const float sc = S > 1 ? 1.f : a.oscale;
+  if (!active) return;
+
+  float* o = a.out + blockIdx.y * a.split_stride;
 #pragma unroll
-    for (int m = 0; m < WM; ++m) {
-      const int row = (tile0 + m) * 16 + g;
+  for (int m = 0; m < WM; ++m) {
+    const int row = (tile0 + m) * 16 + g;
 #pragma unroll
-      for (int n = 0; n < WN; ++n) {
-        const int tok = tok0 + 8 * n + 2 * t;
+    for (int n = 0; n < WN; ++n) {
+      const int tok = tok0 + 8 * n + 2 * t;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = row + (e >= 2 ? 8 : 0), k = tok + (e & 1);
-          if (r < a.N && k < a.M) o[static_cast<int64_t>(k) * a.N + r] = acc[m][n][e] * sc;
-        }
+      for (int e = 0; e < 4; ++e) {
+        const int r = row + (e >= 2 ? 8 : 0), k = tok + (e & 1);
+        if (r < a.N && k < a.M) o[static_cast<int64_t>(k) * a.N + r] = acc[m][n][e] * a.oscale;
       }
     }
   }
-  if (S == 1) return;
-  // K was split: the last block of this tile to finish adds the S partial sums in split order (deterministic),
-  // instead of a separate launch. Every block fences its partials before counting itself in.
-  __shared__ int last;
-  __threadfence();
-  __syncthreads();
-  int* counter = a.counters + blockIdx.z * gridDim.x + blockIdx.x;
-  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == S - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  const int row0 = blockIdx.x * kWarps * WM * 16, ntok = min(8 * WN, a.M - tok0);
-  for (int i = threadIdx.x; i < ntok * kWarps * WM * 16; i += blockDim.x) {
-    const int r = row0 + i % (kWarps * WM * 16), k = tok0 + i / (kWarps * WM * 16);
-    if (r >= a.N) continue;
-    const int64_t at = static_cast<int64_t>(k) * a.N + r;
-    float v = 0.f;
-    for (int sp = 0; sp < S; ++sp) v += __ldcg(a.parts + sp * a.split_stride + at);
-    a.y[at] = v * a.oscale;
-  }
-  if (threadIdx.x == 0) *counter = 0;  // ready for the next launch
 }
 
 // xT[m, j] = T(x[m, perm[j]]) (0 past cols, and for the padding tokens m ≥ M), xs[sub, m] = Σ of those T values
@@ -387,6 +363,14 @@ __global__ void qmm_prep_kernel(const float* __restrict__ x, const int32_t* __re
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
   if (lane == 0) xs[static_cast<int64_t>(sidx) * Mpad + m] = sum;
+}
+
+__global__ void sum_splits_kernel(const float* __restrict__ parts, float* __restrict__ y, int64_t n, int S) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v = 0.f;
+    for (int s = 0; s < S; ++s) v += parts[s * n + i];
+    y[i] = v;
+  }
 }
 
 // The dense weight [rows, cols] (original column order) from the records, element by element through the
@@ -478,7 +462,7 @@ class GpuQLinear {
  public:
   QLinearInfo info;
   DevBuf w, perm, scales;  // packed: records, perm; int8: weights, per-row scales
-  DevBuf x32, xq, xs, parts, counters, y, acc, sx;
+  DevBuf x32, xq, xs, parts, y, acc, sx;
   cudaStream_t st = nullptr;
   cublasHandle_t blas = nullptr;
   std::mutex mu;  // one call at a time uses the workspace
@@ -617,26 +601,32 @@ PackedPlan packed_prep(GpuQLinear& q, const float* x, int64_t M, int act, float*
   int S = static_cast<int>(std::max<int64_t>(1, per_sm * sm_count(L.device) / base));
   S = static_cast<int>(std::min<int64_t>({static_cast<int64_t>(S), std::max<int64_t>(1, L.nkb / 4), 64}));
   q.info.last_splits = S;
+  float* out = y;
   if (S > 1) {
     q.parts.alloc(static_cast<size_t>(S) * M * L.rows * 4);
-    const size_t nc = static_cast<size_t>(row_blocks) * zc * 4;
-    if (q.counters.bytes < nc) {
-      q.counters.alloc(nc);
-      LB_CK(cudaMemsetAsync(q.counters.p, 0, q.counters.bytes, q.st));
-    }
+    out = q.parts.as<float>();
   }
-  p.args = QmmArgs{q.w.as<uint8_t>(), q.xq.p, q.xs.as<float>(), y, q.parts.as<float>(), q.counters.as<int>(), static_cast<int>(M), Mpad,
-                   static_cast<int>(L.rows), static_cast<int>(L.ntiles), static_cast<int>(L.nkb), static_cast<int>(L.nsub),
-                   static_cast<int>(L.kpad), L.stages, M * L.rows, L.oscale};
+  p.args = QmmArgs{q.w.as<uint8_t>(), q.xq.p, q.xs.as<float>(), out, static_cast<int>(M), Mpad, static_cast<int>(L.rows),
+                   static_cast<int>(L.ntiles), static_cast<int>(L.nkb), static_cast<int>(L.nsub), static_cast<int>(L.kpad),
+                   L.stages, M * L.rows, L.oscale};
   p.grid = dim3(static_cast<unsigned>(row_blocks), S, zc);
   return p;
 }
 
 void packed_main(GpuQLinear& q, const PackedPlan& p, int act) { launch_qmm(q.info.bits, act, p.args, p.sh, p.grid, q.st); }
 
+void packed_finish(GpuQLinear& q, const PackedPlan& p, float* y) {
+  if (p.grid.y == 1) return;
+  const int64_t n = static_cast<int64_t>(p.args.M) * p.args.N;
+  sum_splits_kernel<<<blocks_for(n, 256, 4096), 256, 0, q.st>>>(q.parts.as<float>(), y, n, static_cast<int>(p.grid.y));
+  LB_LAUNCHED();
+}
+
 // y_dev [M, rows] = x_dev [M, cols] · Wᵀ on q.st.
 void packed_forward(GpuQLinear& q, const float* x, int64_t M, int act, float* y) {
-  packed_main(q, packed_prep(q, x, M, act, y), act);
+  const PackedPlan p = packed_prep(q, x, M, act, y);
+  packed_main(q, p, act);
+  packed_finish(q, p, y);
 }
 
 void int8_forward(GpuQLinear& q, const float* x, int64_t M, float* y) {
@@ -812,9 +802,10 @@ QBench qlinear_bench(GpuQLinear& q, int64_t M, int act, int iters, int stages, i
   };
   r.ours_us = time_it(ours_run);
   r.dense_us = time_it(dense_run);
-  if (!L.int8) {  // the main kernel alone (the x conversion excluded)
+  if (!L.int8) {  // the main kernel alone (x conversion and split sum excluded)
     const PackedPlan p = packed_prep(q, q.x32.as<float>(), M, act, q.y.as<float>());
     r.kernel_us = time_it([&] { packed_main(q, p, act); });
+    packed_finish(q, p, q.y.as<float>());
   }
   r.splits = q.info.last_splits;
   // Agreement of the two on the same weights.
