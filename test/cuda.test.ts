@@ -5,7 +5,8 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { cudaDevices, cudaInfo, firstCpuOnlyLinear, GpuModel, parseDevice, resolveDevice, splitLayers, toDevice } from '../lib/eval/cuda';
+import { workerGpuGroups } from '../lib/cli/worker';
+import { cudaDevices, cudaInfo, deviceName, firstCpuOnlyLinear, GpuModel, parseDevice, planSplit, resolveDevice, splitLayers, toDevice } from '../lib/eval/cuda';
 import { readCalibIds } from '../lib/calibrate/calibration';
 import { pplText } from '../lib/eval/datasets';
 import { scoreSequences } from '../lib/eval/forward';
@@ -42,7 +43,30 @@ describe('device selection', () => {
     expect(parseDevice('cpu')).toEqual({ type: 'cpu' });
     expect(parseDevice('cuda')).toEqual({ type: 'cuda', index: 0 });
     expect(parseDevice('cuda:3')).toEqual({ type: 'cuda', index: 3 });
-    expect(() => parseDevice('gpu')).toThrow(/--device must be cpu, cuda or cuda:N/);
+    expect(parseDevice('cuda:2,0')).toEqual({ type: 'cuda', index: 2, group: [2, 0] });
+    expect(deviceName(parseDevice('cuda:2,0'))).toBe('cuda:2,0');
+    expect(deviceName({ type: 'cuda', index: 1, group: [1] })).toBe('cuda:1');
+    expect(() => parseDevice('gpu')).toThrow(/--device must be cpu, cuda, cuda:N or cuda:N,M,…/);
+    expect(() => parseDevice('cuda:1,1')).toThrow(/a GPU is named twice/);
+  });
+
+  test('planSplit: a model that fits stays on its GPU; one that does not spreads over its group only', () => {
+    const gib = 2 ** 30;
+    const host = [0, 1, 2, 3].map((index) => ({ index, name: 'x', computeCapability: '9.0', multiProcessors: 132, totalMemory: 80 * gib }));
+    expect(planSplit(70 * gib, host, 1)).toBeUndefined();
+    expect(planSplit(100 * gib, host, 1)).toEqual([1, 0, 2, 3]);
+    expect(planSplit(100 * gib, host, 2, [2, 3])).toEqual([2, 3]);
+    expect(planSplit(100 * gib, host, 2, [2])).toBeUndefined(); // a worker that owns one GPU: no split (create then says it does not fit)
+  });
+
+  test('workerGpuGroups: the GPUs dealt out k at a time, in order; more than the host has is an error', () => {
+    expect(workerGpuGroups([0, 1, 2, 3], 1)).toEqual([[0], [1], [2], [3]]);
+    expect(workerGpuGroups([0, 1, 2, 3], 2)).toEqual([
+      [0, 1],
+      [2, 3],
+    ]);
+    expect(workerGpuGroups([0, 1, 2, 3], 3)).toEqual([[0, 1, 2]]);
+    expect(() => workerGpuGroups([0, 1], 4)).toThrow(/--gpus-per-worker 4: this host has 2 GPUs/);
   });
   test('default is cuda when present, else cpu; a missing cuda is a clear error', () => {
     expect(resolveDevice().type).toBe(devices.length && cudaInfo().built ? 'cuda' : 'cpu');

@@ -160,7 +160,7 @@ export function studyCommand(): Command {
           calibIds,
           calib: o.calib,
           retryFailed: o.retryFailed,
-          deviceIndex: device.type === 'cuda' ? device.index : undefined,
+          gpu: device.type === 'cuda' ? device : undefined,
           signal,
           progress,
         };

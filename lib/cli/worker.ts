@@ -1,12 +1,13 @@
 // `lowbit worker`: serves a distributed study's cells. On a host with several GPUs (--device cuda, the
-// default there) it starts one worker process per GPU — separate processes, so each has its own CPU thread
-// pool (the pool runs one parallel region at a time) and a crash takes down one GPU's worker only — and
+// default there) it starts one worker process per GPU (or per --gpus-per-worker GPUs, for models that must be
+// split by layers) — separate processes, so each has its own CPU thread pool (the pool runs one parallel region at a time) and a crash takes down one GPU's worker only — and
 // waits for them. Those children run in their own process group, so a Ctrl-C reaches them once, through
 // this process; they stop by themselves if it dies (their IPC channel closes).
 import { ChildProcess, spawn } from 'child_process';
 import * as os from 'os';
 import { Command } from 'commander';
 import { cudaDevices, DeviceSpec, deviceName, parseDevice, resolveDevice } from '../eval/cuda';
+import { LowbitError } from '../load/errors';
 import { applyThreads, fail, intOption } from './common';
 import { createProgress } from './progress';
 
@@ -15,6 +16,7 @@ interface WorkerCliOptions {
   queue: string;
   device?: string;
   workers?: number;
+  gpusPerWorker: number;
   concurrency: number;
   threads?: number;
   name?: string;
@@ -51,19 +53,31 @@ function stopSignal(): AbortSignal {
   return ac.signal;
 }
 
-/** The devices this invocation serves: one per worker process. */
+/**
+ * The host's GPUs dealt to worker processes perWorker at a time, in order (GPUs left over are not used): each
+ * worker's cells run on the first of its GPUs and split a model by layers only across its own.
+ */
+export function workerGpuGroups(gpus: number[], perWorker: number): number[][] {
+  if (perWorker > gpus.length) {
+    throw new LowbitError('BAD_ARGUMENT', `--gpus-per-worker ${perWorker}: this host has ${gpus.length} GPU${gpus.length === 1 ? '' : 's'}`);
+  }
+  return Array.from({ length: Math.floor(gpus.length / perWorker) }, (_, i) => gpus.slice(i * perWorker, (i + 1) * perWorker));
+}
+
+/** The devices this invocation serves: one per worker process. A worker's GPUs are its own (never another's). */
 function devicesFor(o: WorkerCliOptions): DeviceSpec[] {
   const requested = o.device ?? (resolveDevice().type === 'cuda' ? 'cuda' : 'cpu');
   const d = parseDevice(requested);
   const n = o.workers;
   if (d.type === 'cpu') return Array.from({ length: n ?? 1 }, () => d);
-  if (/:\d+$/.test(requested)) {
-    resolveDevice(requested); // checks it exists
-    return Array.from({ length: n ?? 1 }, () => d);
+  if (/:\d/.test(requested)) {
+    resolveDevice(requested); // checks they exist
+    const own: DeviceSpec = { ...d, group: d.group ?? [d.index] };
+    return Array.from({ length: n ?? 1 }, () => own);
   }
   resolveDevice('cuda'); // clear error without CUDA or without a GPU
-  const gpus = cudaDevices().map((g): DeviceSpec => ({ type: 'cuda', index: g.index }));
-  return Array.from({ length: n ?? gpus.length }, (_, i) => gpus[i % gpus.length]);
+  const groups = workerGpuGroups(cudaDevices().map((g) => g.index), o.gpusPerWorker);
+  return Array.from({ length: n ?? groups.length }, (_, i): DeviceSpec => ({ type: 'cuda', index: groups[i % groups.length][0], group: groups[i % groups.length] }));
 }
 
 /** Runs `lowbit worker` once per device as child processes; resolves with the worst exit code. */
@@ -90,8 +104,9 @@ export function workerCommand(): Command {
     .description('run the cells of distributed studies (lowbit study --redis) taken from a Redis queue, until stopped')
     .requiredOption('--redis <url>', 'the Redis of the study, e.g. redis://host:6379')
     .option('--queue <name>', 'queue name shared with the study', 'lowbit')
-    .option('--device <dev>', 'cpu, cuda (every GPU: one worker process each) or cuda:N (default: cuda when there is a GPU)')
-    .option('--workers <n>', 'worker processes on this host (default: one per GPU, 1 on the CPU)', intOption('--workers', 1, 1024))
+    .option('--device <dev>', 'cpu, cuda (every GPU: one worker process each, or per --gpus-per-worker) or cuda:N[,M…] (default: cuda when there is a GPU)')
+    .option('--workers <n>', 'worker processes on this host (default: one per GPU or GPU group, 1 on the CPU)', intOption('--workers', 1, 1024))
+    .option('--gpus-per-worker <k>', 'with --device cuda: GPUs each worker process owns, for models that must be split by layers', intOption('--gpus-per-worker', 1, 64), 1)
     .option('--concurrency <n>', 'cells at once in each worker process', intOption('--concurrency', 1, 64), 1)
     .option('--threads <n>', 'CPU threads per worker process (default: the cores shared out among them)', intOption('--threads', 1, 1024))
     .option('--name <name>', 'worker name in the study log and records (default host:pid/device)')

@@ -21,7 +21,12 @@ export interface CudaDevice {
 export type GpuDType = 'bf16' | 'fp16' | 'fp32';
 export const GPU_DTYPES: readonly GpuDType[] = ['bf16', 'fp16', 'fp32'];
 
-export type DeviceSpec = { type: 'cpu' } | { type: 'cuda'; index: number };
+/**
+ * cuda: `index` is the GPU a model goes to; `group` (from "cuda:0,1" or a worker's share of the host) is the set of
+ * GPUs it may use when it must be split by layers — without one, any of the host's.
+ */
+export type CudaSpec = { type: 'cuda'; index: number; group?: number[] };
+export type DeviceSpec = { type: 'cpu' } | CudaSpec;
 
 export interface CudaInfo {
   built: boolean;
@@ -46,16 +51,19 @@ export function cudaDevices(): CudaDevice[] {
 }
 
 export function deviceName(d: DeviceSpec): string {
-  return d.type === 'cpu' ? 'cpu' : `cuda:${d.index}`;
+  return d.type === 'cpu' ? 'cpu' : `cuda:${d.group && d.group.length > 1 ? d.group.join(',') : d.index}`;
 }
 
-/** "cpu" | "cuda" | "cuda:N" → a DeviceSpec (syntax only). */
+/** "cpu" | "cuda" | "cuda:N" | "cuda:N,M,…" (these GPUs only, the first one first) → a DeviceSpec (syntax only). */
 export function parseDevice(s: string): DeviceSpec {
   const v = s.trim().toLowerCase();
   if (v === 'cpu') return { type: 'cpu' };
-  const m = /^cuda(?::(\d+))?$/.exec(v);
-  if (!m) throw new LowbitError('BAD_ARGUMENT', `--device must be cpu, cuda or cuda:N, got "${s}"`);
-  return { type: 'cuda', index: m[1] === undefined ? 0 : Number(m[1]) };
+  const m = /^cuda(?::(\d+(?:,\d+)*))?$/.exec(v);
+  if (!m) throw new LowbitError('BAD_ARGUMENT', `--device must be cpu, cuda, cuda:N or cuda:N,M,…, got "${s}"`);
+  if (m[1] === undefined) return { type: 'cuda', index: 0 };
+  const ids = m[1].split(',').map(Number);
+  if (new Set(ids).size !== ids.length) throw new LowbitError('BAD_ARGUMENT', `--device ${s}: a GPU is named twice`);
+  return ids.length === 1 ? { type: 'cuda', index: ids[0] } : { type: 'cuda', index: ids[0], group: ids };
 }
 
 /** The device to run on: the requested one, checked; by default cuda:0 when a GPU is there, else cpu. */
@@ -76,10 +84,11 @@ export function resolveDevice(requested?: string): DeviceSpec {
   if (devs.length === 0) {
     throw new LowbitError('BAD_ARGUMENT', `--device ${requested}: no CUDA device found${info.error ? ` (${info.error})` : ''}`);
   }
-  if (d.index >= devs.length) {
+  const missing = (d.group ?? [d.index]).find((i) => i >= devs.length);
+  if (missing !== undefined) {
     throw new LowbitError(
       'BAD_ARGUMENT',
-      `--device ${requested}: no CUDA device ${d.index} (found ${devs.length}: ${devs.map((x) => `cuda:${x.index} ${x.name}`).join(', ')})`,
+      `--device ${requested}: no CUDA device ${missing} (found ${devs.length}: ${devs.map((x) => `cuda:${x.index} ${x.name}`).join(', ')})`,
     );
   }
   return d;
@@ -90,8 +99,8 @@ export interface GpuOptions {
   actFp32?: boolean;
   /**
    * Split the layers across these GPUs (a pipeline: the first embeds, the last applies the head; hidden
-   * states pass between them through host memory). By default one GPU, or every GPU when the model does
-   * not fit on the requested one (toDevice).
+   * states pass between them through host memory). By default one GPU, or (toDevice) every GPU of the device's
+   * group — of the host without one — when the model does not fit on the requested one.
    */
   devices?: number[];
 }
@@ -217,15 +226,14 @@ export function firstCpuOnlyLinear(model: LoadedModel): { name: string; kind: st
 }
 
 /**
- * Every GPU, starting with `device`, when the weights (plus 2 GiB for activations) do not fit on that one and
- * there are others; else undefined (one GPU).
+ * The GPUs to split a model over when its weights (plus 2 GiB for activations) do not fit on `device`: `device`
+ * first, then the others of `allowed` (default: every GPU of the host); undefined when it fits or there is no other.
  */
-function autoSplit(model: LoadedModel, device: number, dtype: GpuDType): number[] | undefined {
-  const devs = cudaDevices();
+export function planSplit(weightBytes: number, devs: CudaDevice[], device: number, allowed?: number[]): number[] | undefined {
   const here = devs.find((x) => x.index === device);
-  if (!here || devs.length < 2 || gpuWeightBytes(model, dtype) + 2 * 2 ** 30 <= here.totalMemory) return undefined;
-  const n = Math.min(devs.length, model.config.numLayers);
-  return [device, ...devs.map((x) => x.index).filter((i) => i !== device)].slice(0, n);
+  const pool = devs.map((x) => x.index).filter((i) => !allowed || allowed.includes(i));
+  if (!here || pool.length < 2 || weightBytes + 2 * 2 ** 30 <= here.totalMemory) return undefined;
+  return [device, ...pool.filter((i) => i !== device)];
 }
 
 const attached = new WeakMap<LoadedModel, GpuModel>();
@@ -249,7 +257,8 @@ export async function toDevice(
   attached.get(model)?.free();
   attached.delete(model);
   if (d.type === 'cpu') return undefined;
-  const gpu = await GpuModel.create(model, { ...opts, device: d.index, devices: opts.devices ?? autoSplit(model, d.index, opts.dtype ?? 'bf16') });
+  const split = () => planSplit(gpuWeightBytes(model, opts.dtype ?? 'bf16'), cudaDevices(), d.index, d.group);
+  const gpu = await GpuModel.create(model, { ...opts, device: d.index, devices: opts.devices ?? split()?.slice(0, model.config.numLayers) });
   attached.set(model, gpu);
   return gpu;
 }

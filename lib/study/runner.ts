@@ -9,7 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import type { CalibrationSet } from '../calibrate/calibration';
 import { CalibrationSource, loadCalibration } from '../calibrate/resolve';
-import { firstCpuOnlyLinear, toDevice } from '../eval/cuda';
+import { CudaSpec, firstCpuOnlyLinear, toDevice } from '../eval/cuda';
 import { evaluate, EvalOptions } from '../eval/evaluate';
 import { throwIfAborted } from '../eval/forward';
 import { loadModel } from '../load/model';
@@ -35,8 +35,8 @@ export interface StudyOptions {
   calibIds?: string;
   calib?: string;
   retryFailed?: boolean;
-  /** The GPU to evaluate on when eval.backend is cuda (default 0). */
-  deviceIndex?: number;
+  /** The GPU(s) to evaluate on when eval.backend is cuda (default cuda:0; a group bounds a layer split). */
+  gpu?: CudaSpec;
   signal?: AbortSignal;
   progress?: StudyProgress;
 }
@@ -211,7 +211,7 @@ export interface CellRun {
   calib?: string;
   /** Where this process finds the model (default: the cell's own path). */
   modelDir?: string;
-  deviceIndex?: number;
+  gpu?: CudaSpec;
   /** Prefix of the progress labels, e.g. "[3/30] qwen3-tiny gptq:w4g128". */
   tag: string;
   signal?: AbortSignal;
@@ -241,7 +241,7 @@ export async function runCell(cell: Cell, fp: string, contexts: ModelContexts, r
     // Activation-quantized models run on the CPU path (as lowbit eval does), whatever the backend.
     if (backend?.type === 'cuda' && !model.quantization?.actBits) {
       // BiLLM's binary linears have no CUDA path: they are evaluated on the CPU.
-      if (!firstCpuOnlyLinear(model)) await toDevice(model, { type: 'cuda', index: run.deviceIndex ?? 0 }, { dtype: backend.dtype, actFp32: backend.actFp32 });
+      if (!firstCpuOnlyLinear(model)) await toDevice(model, run.gpu ?? { type: 'cuda', index: 0 }, { dtype: backend.dtype, actFp32: backend.actFp32 });
     }
     const evalOpts = {
       tasks: run.eval.tasks,

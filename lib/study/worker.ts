@@ -141,7 +141,7 @@ export async function runWorker(opts: WorkerOptions): Promise<WorkerSummary> {
         calibIds: d.calibIds,
         calib: d.calib,
         modelDir: d.modelDir,
-        deviceIndex: opts.device.type === 'cuda' ? opts.device.index : undefined,
+        gpu: opts.device.type === 'cuda' ? opts.device : undefined,
         tag,
         signal: stopping.signal,
         progress: jobProgress(job, progress),
