@@ -33,7 +33,7 @@ export function evalCommand(): Command {
     .option('--max-windows <n>', 'score at most N windows per task', intOption('--max-windows', 1))
     .option('--limit <n>', 'lm-eval tasks: the first N documents of each (mmlu: of each subject)', intOption('--limit', 1))
     .option('--threads <n>', 'worker threads (default: one per core)', intOption('--threads', 1, 1024))
-    .option('--device <dev>', 'cpu, cuda or cuda:N (default: cuda when a GPU and a CUDA build are there, else cpu)')
+    .option('--device <dev>', 'cpu, cuda, cuda:N, or cuda:N,M… (split by layers only across these when the model does not fit on the first; default: cuda when a GPU and a CUDA build are there, else cpu)')
     .option('--dtype <t>', `weights and activations on the GPU: ${GPU_DTYPES.join(', ')} (fp32 accumulation)`, gpuDtypeOption, 'bf16')
     .option('--fp32-activations', 'with --dtype bf16/fp16 on the GPU: keep activations fp32 (closer to fp32, slower)')
     .option('--stream', 'run all windows through one layer before the next, so only one layer is resident (models larger than memory; CPU)')
@@ -74,7 +74,7 @@ export function evalCommand(): Command {
           } else {
             gpu = (await toDevice(model, device, { dtype: o.dtype, actFp32: o.fp32Activations }))?.info();
             if (gpu?.mode === 'layer-split') {
-              progress.log(`lowbit: note: the model does not fit on ${deviceName(device)}; its layers are split across ${gpu.devices.map((d, i) => `cuda:${d} (${gpu!.layersPerDevice[i]})`).join(', ')}`);
+              progress.log(`lowbit: note: the model does not fit on cuda:${gpu.devices[0]}; its layers are split across ${gpu.devices.map((d, i) => `cuda:${d} (${gpu!.layersPerDevice[i]})`).join(', ')}`);
             }
           }
         }
