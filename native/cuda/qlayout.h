@@ -11,9 +11,8 @@
 //           lane l is word w % V of vector (w / V)·32 + l, so a lane loads its words with conflict-free LDS.128/64;
 //   scales: at byte 128·q_words(bits), for each sub-group j of the block (nsub = 128 / min(group, 128)) and
 //           each g = 0..7: half2 (s, z) of row g, then half2 (s, z) of row g + 8 (8 bytes each).
-// Records are stored block-major: record (tile, kb) at (kb·ntiles + tile)·q_record_bytes. The warps of a launch
-// walk their blocks in step, so at any moment they read neighbouring records: long runs of DRAM rather than
-// thousands of 1 KiB streams (which ran at ~40% of the copy bandwidth). The fp16 scales are the CPU scales times a power of two P (largest
+// Records are stored block-major: record (tile, kb) at (kb·ntiles + tile)·q_record_bytes, so the records of a
+// thread block's consecutive tiles for one 128-column block are one contiguous run (one bulk copy per stage). The fp16 scales are the CPU scales times a power of two P (largest
 // with max |s|·P ≤ 2^15, so small scales keep full fp16 precision); the kernels multiply the sums by 1/P.
 //
 // Inside a block, lane l = 4g + t covers, for each k32 super-step s (0..3), columns 32s + 8t .. 32s + 8t + 7: the

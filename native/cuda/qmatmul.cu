@@ -1,15 +1,16 @@
 // Packed low-bit linears on the GPU: y[M, rows] = x[M, cols] · Wᵀ with W held as 2/3/4/8-bit integers and
 // fp16 group scales/zeros (layout: qlayout.h), and W8A8 (int8 weights × per-token int8 activations).
 //
-// qmm_kernel: one warp per WM tiles of 16 rows, all of its tokens (WN n-tiles of 8), a range of 128-column
-// blocks (split-K over gridDim.y so that even batch 1 on a short matrix fills the GPU). Each warp streams its
-// tiles' records through its own 4-stage cp.async ring in shared memory (no block-wide barriers: a warp's
-// bytes in flight do not wait on other warps), dequantizes a step's A registers with masks and one half2 op
-// per pair, and runs mma.sync m16n8k16 with fp32 accumulation. The integers go in as exact values; a
-// sub-group's sums Σ q·x are turned into Σ s·(q − z)·x with the group sums Σx precomputed per token
-// (acc += s·(Σ q·x − z·Σx)), so scales and zeros are applied in fp32 once per group rather than rounded into
-// every weight. Partial sums of a K split go to their own slice and are added in a fixed order
-// (deterministic). Batch 1 and batch 128 run the same kernel with different WN.
+// qmm_kernel: a block of 4 warps, each with WM tiles of 16 rows and all of the block's tokens (WN n-tiles of 8),
+// walks a range of 128-column blocks (K split over gridDim.y, as many splits as fill the GPU in one wave, so that
+// batch 1 keeps enough bytes in flight). Each 128-column block's records and x tile pass through a ring of `stages`
+// shared-memory slots: on Hopper one thread hands a whole stage to the bulk-copy engine (cp.async.bulk, counted
+// on an mbarrier), elsewhere every thread copies 16 bytes at a time with cp.async. A warp loads its words into
+// registers, makes a step's A registers with masks and one half2 op per pair, and runs mma.sync m16n8k16 with fp32
+// accumulation. The integers go in as exact values; a sub-group's sums Σ q·x become Σ s·(q − z)·x with the group
+// sums Σx precomputed per token (acc += s·(Σ q·x − z·Σx)), so scales and zeros are applied in fp32 once per group
+// rather than rounded into every weight. Partial sums of a K split go to their own slice and a second launch adds
+// them in a fixed order (deterministic). Batch 1 and batch 128 run the same kernel with different WN.
 //
 // W8A8: activations quantized per token on the device exactly as the CPU's quantize_rows_u8 (absmax/127, IEEE
 // division, round half to even), cuBLAS int8 GEMM into int32, scaled by sx·sw as the CPU's int8_matmul: the
