@@ -2,7 +2,6 @@
 // holds a model's weights resident on one GPU (or split by layers across several) for evaluation. scoreSequences (forward.ts) uses the GPU for
 // a model attached with toDevice(); everything else keeps running on the CPU.
 import { LowbitError } from '../load/errors';
-import { layerLinears } from '../load/linears';
 import type { PackedLinear } from '../quant/packed';
 import type { LoadedModel } from '../load/types';
 import { addon } from '../native/addon';
