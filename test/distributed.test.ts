@@ -14,7 +14,8 @@ import { dataIdentity, FileHashCache, LOWBIT_VERSION, modelIdentity } from '../l
 import type { CellJob } from '../lib/study/jobs';
 import { ModelContexts } from '../lib/study/runner';
 import type { StudyRecord } from '../lib/study/store';
-import { verifyInputs } from '../lib/study/worker';
+import { mapPath, verifyInputs } from '../lib/study/worker';
+import { parsePathMap } from '../lib/cli/worker';
 
 const ROOT = path.resolve(__dirname, '..');
 const MAIN = path.join(ROOT, 'dist', 'cli', 'main.js');
@@ -130,6 +131,21 @@ describe('a worker checks its inputs against the study\'s fingerprint', () => {
     fs.writeFileSync(cfg, fs.readFileSync(cfg, 'utf8').replace('}', ' }'));
     await expect(verifyInputs(job, workerHashes, contexts)).rejects.toMatchObject({ code: 'INPUT_MISMATCH', message: expect.stringMatching(/the model at .* differs from the study's \(config\.json\)/) });
   });
+});
+
+test('--path-map: the study\'s folders as this host sees them (whole folders only, first match wins)', () => {
+  const map = parsePathMap(['/study/models/=/mnt/m', '/study=/data/s']);
+  expect(map).toEqual([
+    ['/study/models', '/mnt/m'],
+    ['/study', '/data/s'],
+  ]);
+  expect(mapPath('/study/models/qwen3-8b', map)).toBe('/mnt/m/qwen3-8b');
+  expect(mapPath('/study/models', map)).toBe('/mnt/m');
+  expect(mapPath('/study/data/c4.jsonl', map)).toBe('/data/s/data/c4.jsonl');
+  expect(mapPath('/studyX/a', map)).toBe('/studyX/a');
+  expect(mapPath('/elsewhere/a', map)).toBe('/elsewhere/a');
+  expect(() => parsePathMap(['models=/mnt/m'])).toThrow(/--path-map takes FROM=TO with two absolute folders, got "models=\/mnt\/m"/);
+  expect(() => parsePathMap(['/study'])).toThrow(/--path-map takes FROM=TO/);
 });
 
 const d = HAVE_REDIS ? describe : describe.skip;
@@ -268,6 +284,31 @@ d('distributed study (BullMQ on a local redis-server)', () => {
     expect(JSON.parse(again.stdout).summary).toMatchObject({ total: 4, done: 4, failed: 0 });
     expect(fs.readFileSync(path.join(out, 'results.log'), 'utf8').trimEnd().split('\n')).toHaveLength(4);
     expect(w.err().match(/wk: qwen3-tiny \S+ started/g)).toHaveLength(4); // nothing ran twice
+  });
+
+  test('a worker that sees the study\'s folders elsewhere (--path-map) runs the cells from its own copies', async () => {
+    await queue.obliterate({ force: true });
+    const studyView = path.join(tmp, 'study-view');
+    const workerView = path.join(tmp, 'worker-view');
+    for (const v of [studyView, workerView]) {
+      fs.cpSync(TINY, path.join(v, 'qwen3-tiny'), { recursive: true });
+      fs.cpSync(dataDir, path.join(v, 'data'), { recursive: true });
+    }
+    const out = path.join(tmp, 'mapped');
+    const study = start(['study', '--models', path.join(studyView, 'qwen3-tiny'), '--methods', 'rtn', '--wbits', '4', '--groups', '128', '--tasks', 'wikitext2',
+      '--max-windows', '1', '--seqlen', '128', '--no-png', '--threads', '1', '--data-dir', path.join(studyView, 'data'), '--out', out, '--redis', url]);
+    await waitFor('the cells to be queued', () => /cell\(s\) queued/.test(study.err()));
+    fs.renameSync(studyView, `${studyView}-gone`); // the worker's "host" has no such folder
+    const w = start(workerArgs('--name', 'wm', '--path-map', `${studyView}=${workerView}`));
+    expect(await study.exit).toBe(0);
+    w.child.kill('SIGINT');
+    expect(await w.exit).toBe(0);
+    const recs = fs.readFileSync(path.join(out, 'results.log'), 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l) as StudyRecord);
+    expect(recs.map((r) => [r.cell.label, r.status]).sort()).toEqual([
+      ['fp', 'ok'],
+      ['rtn:w4g128', 'ok'],
+    ]);
+    expect(w.err().match(/wm: qwen3-tiny \S+ started/g)).toHaveLength(2);
   });
 
   test('a study stopped with Ctrl-C withdraws the cells no worker has started', async () => {

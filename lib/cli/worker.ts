@@ -5,6 +5,7 @@
 // this process; they stop by themselves if it dies (their IPC channel closes).
 import { ChildProcess, spawn } from 'child_process';
 import * as os from 'os';
+import * as path from 'path';
 import { Command } from 'commander';
 import { cudaDevices, DeviceSpec, deviceName, parseDevice, resolveDevice } from '../eval/cuda';
 import { LowbitError } from '../load/errors';
@@ -21,6 +22,7 @@ interface WorkerCliOptions {
   threads?: number;
   name?: string;
   cacheDir?: string;
+  pathMap: string[];
   lockDuration: number;
   stalledInterval: number;
 }
@@ -80,11 +82,23 @@ function devicesFor(o: WorkerCliOptions): DeviceSpec[] {
   return Array.from({ length: n ?? groups.length }, (_, i): DeviceSpec => ({ type: 'cuda', index: groups[i % groups.length][0], group: groups[i % groups.length] }));
 }
 
+/** --path-map FROM=TO values → [from, to] pairs, both absolute folders (FROM as the study host names it). */
+export function parsePathMap(values: string[]): [string, string][] {
+  return values.map((v) => {
+    const i = v.indexOf('=');
+    const from = i > 0 ? v.slice(0, i) : '';
+    const to = i > 0 ? v.slice(i + 1) : '';
+    if (!path.isAbsolute(from) || !path.isAbsolute(to)) throw new LowbitError('BAD_ARGUMENT', `--path-map takes FROM=TO with two absolute folders, got "${v}"`);
+    return [path.normalize(from).replace(/(.)\/+$/, '$1'), path.normalize(to)];
+  });
+}
+
 /** Runs `lowbit worker` once per device as child processes; resolves with the worst exit code. */
 async function supervise(devices: DeviceSpec[], o: WorkerCliOptions): Promise<number> {
   const threads = o.threads ?? Math.max(1, Math.floor(os.availableParallelism() / devices.length));
   const base = ['worker', '--redis', o.redis, '--queue', o.queue, '--concurrency', String(o.concurrency), '--threads', String(threads), '--lock-duration', String(o.lockDuration), '--stalled-interval', String(o.stalledInterval)];
   if (o.cacheDir) base.push('--cache-dir', o.cacheDir);
+  for (const m of o.pathMap) base.push('--path-map', m);
   process.stderr.write(`lowbit worker: ${devices.length} worker processes (${devices.map(deviceName).join(', ')}), ${threads} CPU threads each\n`);
   const children: ChildProcess[] = devices.map((d, i) =>
     spawn(process.execPath, [process.argv[1], ...base, '--device', deviceName(d), '--workers', '1', ...(o.name ? ['--name', `${o.name}-${i}`] : [])], {
@@ -111,10 +125,12 @@ export function workerCommand(): Command {
     .option('--threads <n>', 'CPU threads per worker process (default: the cores shared out among them)', intOption('--threads', 1, 1024))
     .option('--name <name>', 'worker name in the study log and records (default host:pid/device)')
     .option('--cache-dir <dir>', 'where model file hashes are cached (default ~/.cache/lowbit)')
+    .option('--path-map <from=to>', 'read the study\'s files under absolute folder FROM at TO on this host (repeatable; checked by content as always)', (v: string, prev: string[]) => [...prev, v], [] as string[])
     .option('--lock-duration <s>', 'seconds a job lock lasts unless renewed: a dead worker\'s cell is retried after about this plus --stalled-interval', intOption('--lock-duration', 1, 86400), 60)
     .option('--stalled-interval <s>', 'seconds between checks for jobs of dead workers', intOption('--stalled-interval', 1, 86400), 30)
     .action(async (o: WorkerCliOptions) => {
       try {
+        const pathMap = parsePathMap(o.pathMap);
         const devices = devicesFor(o);
         if (devices.length > 1) {
           // eslint-disable-next-line @typescript-eslint/no-var-requires
@@ -133,6 +149,7 @@ export function workerCommand(): Command {
           concurrency: o.concurrency,
           name: o.name,
           cacheDir: o.cacheDir,
+          pathMap,
           lockDurationMs: o.lockDuration * 1000,
           stalledIntervalMs: o.stalledInterval * 1000,
           signal,

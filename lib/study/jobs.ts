@@ -29,7 +29,7 @@ export interface CellJob {
   fp: string;
   cell: CellInfo;
   spec?: QuantSpec;
-  /** Absolute paths, the same on every worker host (a shared or identically laid out filesystem). */
+  /** Absolute paths as the study host names them; a worker reads them there or where its --path-map says. */
   modelDir: string;
   eval: EvalSettings;
   calibIds?: string;

@@ -25,6 +25,11 @@ export interface WorkerOptions {
   name?: string;
   /** Where model file hashes are cached (default ~/.cache/lowbit). */
   cacheDir?: string;
+  /**
+   * [study prefix, local prefix] pairs: a job's model, data and calibration paths under a study prefix are read
+   * under the local one instead (hosts that mount the files elsewhere); the files are still checked by content.
+   */
+  pathMap?: [string, string][];
   lockDurationMs?: number;
   stalledIntervalMs?: number;
   signal?: AbortSignal;
@@ -104,6 +109,22 @@ function jobProgress(job: Job, local: StudyProgress): StudyProgress {
   };
 }
 
+/** A path of the study's as this host sees it: the first pair whose study prefix it is under (as a whole folder). */
+export function mapPath(p: string, map: [string, string][]): string {
+  for (const [from, to] of map) {
+    if (p === from) return to;
+    if (p.startsWith(from.endsWith(path.sep) ? from : from + path.sep)) return path.join(to, path.relative(from, p));
+  }
+  return p;
+}
+
+/** The job with its file paths (model, data folder, calibration ids or text file) mapped to this host's. */
+function localPaths(job: CellJob, map: [string, string][]): CellJob {
+  if (!map.length) return job;
+  const file = (p?: string) => (p && path.isAbsolute(p) ? mapPath(p, map) : p);
+  return { ...job, modelDir: mapPath(job.modelDir, map), eval: { ...job.eval, dataDir: mapPath(job.eval.dataDir, map) }, calibIds: file(job.calibIds), calib: file(job.calib) };
+}
+
 /** BullMQ's errors about a job this worker no longer holds, said in terms of what happens to the cell. */
 function lockError(e: Error): Error | undefined {
   const m = /^(could not renew lock for job|Missing lock for job|Lock mismatch for job|Missing key for job) ([^. ]+)/.exec(e.message);
@@ -129,8 +150,10 @@ export async function runWorker(opts: WorkerOptions): Promise<WorkerSummary> {
 
   const stopping = new AbortController();
   const processor = async (job: Job<CellJob, StudyRecord>, token?: string): Promise<StudyRecord> => {
-    const d = job.data;
-    if (job.name !== CELL_JOB || d?.v !== 1 || typeof d.fp !== 'string') throw new LowbitError('QUEUE_ERROR', `job ${job.id} on ${queue} is not a lowbit cell (v ${d?.v}); was it queued by another version?`);
+    if (job.name !== CELL_JOB || job.data?.v !== 1 || typeof job.data.fp !== 'string') {
+      throw new LowbitError('QUEUE_ERROR', `job ${job.id} on ${queue} is not a lowbit cell (v ${job.data?.v}); was it queued by another version?`);
+    }
+    const d = localPaths(job.data, opts.pathMap ?? []);
     const tag = `${d.cell.modelName} ${d.cell.label}`;
     progress.log(`${name}: ${tag} started${job.attemptsStarted > 1 ? ` (attempt ${job.attemptsStarted})` : ''}`);
     try {
