@@ -11,37 +11,12 @@
 #include <vector>
 
 #include "common.cuh"
+#include "cpu/half.h"
 #include "gpu.h"
 
 namespace lowbit {
 namespace cuda {
 namespace {
-
-float bf16_bits_to_f32(uint16_t h) {
-  uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-float f16_bits_to_f32(uint16_t h) {
-  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, u;
-  if (exp == 0) {
-    if (mant == 0) {
-      u = sign;
-    } else {
-      exp = 127 - 15 + 1;
-      while (!(mant & 0x400)) { mant <<= 1; --exp; }
-      u = sign | (exp << 23) | ((mant & 0x3ff) << 13);
-    }
-  } else if (exp == 31) {
-    u = sign | 0x7f800000u | (mant << 13);
-  } else {
-    u = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 size_t esize(int dtype) { return dtype == 0 ? 4 : 2; }
 
@@ -114,9 +89,9 @@ class GpuModel {
       const int64_t c = std::min(chunk, n - i0);
       if (m.dtype == 0) std::memcpy(tmp.data(), static_cast<const float*>(m.data) + i0, c * 4);
       else if (m.dtype == 1)
-        for (int64_t i = 0; i < c; ++i) tmp[i] = bf16_bits_to_f32(static_cast<const uint16_t*>(m.data)[i0 + i]);
+        for (int64_t i = 0; i < c; ++i) tmp[i] = bf16_to_f32(static_cast<const uint16_t*>(m.data)[i0 + i]);
       else
-        for (int64_t i = 0; i < c; ++i) tmp[i] = f16_bits_to_f32(static_cast<const uint16_t*>(m.data)[i0 + i]);
+        for (int64_t i = 0; i < c; ++i) tmp[i] = f16_to_f32(static_cast<const uint16_t*>(m.data)[i0 + i]);
       LB_CK(cudaMemcpyAsync(staging.p, tmp.data(), c * 4, cudaMemcpyHostToDevice, stream));
       if (dtype == 0) LB_CK(cudaMemcpyAsync(d + i0 * 4, staging.p, c * 4, cudaMemcpyDeviceToDevice, stream));
       else if (dtype == 1) cast_from_f32<bf16>(staging.as<float>(), reinterpret_cast<bf16*>(d) + i0, c, stream);
@@ -463,11 +438,11 @@ double selftest_t(int nseq, int L, int nh, int nkv, int hd, std::string* report)
     float a, b;
     if constexpr (std::is_same<T, float>::value) { a = r1[i]; b = r2[i]; }
     else if constexpr (std::is_same<T, bf16>::value) {
-      a = bf16_bits_to_f32(*reinterpret_cast<const uint16_t*>(&r1[i]));
-      b = bf16_bits_to_f32(*reinterpret_cast<const uint16_t*>(&r2[i]));
+      a = bf16_to_f32(*reinterpret_cast<const uint16_t*>(&r1[i]));
+      b = bf16_to_f32(*reinterpret_cast<const uint16_t*>(&r2[i]));
     } else {
-      a = f16_bits_to_f32(*reinterpret_cast<const uint16_t*>(&r1[i]));
-      b = f16_bits_to_f32(*reinterpret_cast<const uint16_t*>(&r2[i]));
+      a = f16_to_f32(*reinterpret_cast<const uint16_t*>(&r1[i]));
+      b = f16_to_f32(*reinterpret_cast<const uint16_t*>(&r2[i]));
     }
     if (!std::isfinite(a) || !std::isfinite(b)) { ++bad; continue; }
     maxd = std::max(maxd, static_cast<double>(std::fabs(a - b)));

@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "cpu/async.h"
+#include "cpu/half.h"
 #include "cpu/packed.h"
 #include "cpu/registry.h"
 #include "cpu/threads.h"
@@ -28,24 +29,6 @@ std::shared_ptr<cuda::GpuQLinear> unbox(const Napi::Value& v) {
   QBox* b = v.As<Napi::External<QBox>>().Data();
   if (!b || !b->q) throw std::invalid_argument("the GPU packed linear was freed");
   return b->q;
-}
-
-// IEEE binary16 bits of f, round to nearest even (subnormals and overflow included).
-uint16_t f16_bits(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7FFFFFFFu;
-  if (ax >= 0x7F800000u) return static_cast<uint16_t>(sign | (ax > 0x7F800000u ? 0x7E00u : 0x7C00u));
-  if (ax >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // ≥ 65520 rounds to infinity
-  if (ax < 0x38800000u) {                                               // below 2^-14: subnormal, units of 2^-24
-    float v;
-    std::memcpy(&v, &ax, 4);
-    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(v * 16777216.0f)));
-  }
-  uint32_t h = ((((ax >> 23) - 127 + 15) << 10) | ((ax & 0x7FFFFFu) >> 13));
-  const uint32_t rem = ax & 0x1FFFu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
-  return static_cast<uint16_t>(sign | h);
 }
 
 // The device layout of a packed weight (see qlayout.h), built from the CPU layout's definition (packed_q).
@@ -97,8 +80,8 @@ cuda::QLayout device_layout(const PackedView& p) {
             if (gi >= p.ngroups) continue;  // padding columns past the last group
             const int64_t at = packed_sz(p, r, gi);
             uint16_t* o = sz + ((js * 8 + i % 8) * 2 + i / 8) * 2;
-            o[0] = f16_bits(p.scales[at] * P);
-            o[1] = f16_bits(p.zeros[at]);
+            o[0] = f32_to_f16(p.scales[at] * P);
+            o[1] = f32_to_f16(p.zeros[at]);
           }
         }
       }
