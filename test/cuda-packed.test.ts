@@ -11,7 +11,7 @@ import { addon } from '../lib/native/addon';
 import { packInt8, packLinear, packedMatmul } from '../lib/quant/packed';
 import { GpuPackedLinear, PackedActDType } from '../lib/quant/packed-cuda';
 import type { QuantizedTensor } from '../lib/quant/weights';
-import { int8Weights, randomQuantized, rng } from './helpers/quantized';
+import { deviceScaleFactor, int8Weights, randomQuantized, rng } from './helpers/quantized';
 import { rhe } from './helpers/random';
 
 const gpu = cudaInfo().built && cudaDevices().length > 0;
@@ -29,19 +29,12 @@ function roundFloat(v: number, sig: number, minExp: number): number {
 }
 const toF16 = (v: number) => roundFloat(v, 11, -14);
 const toBf16 = (v: number) => roundFloat(v, 8, -126);
-const pow2Floor = (v: number) => {
-  let e = Math.floor(Math.log2(v));
-  if (2 ** e > v) e--;
-  if (2 ** (e + 1) <= v) e++;
-  return 2 ** e;
-};
 
 /** y = x·Wᵀ in float64 with the device format's roundings; mag = Σ|s|·(q + |z|)·|x| per output (the scale of fp32 error). */
 function deviceReference(q: QuantizedTensor, rows: number, cols: number, x: Float32Array, M: number, dtype: PackedActDType) {
   const g = q.groupSize < 0 ? cols : q.groupSize;
   const ng = cols / g;
-  const maxs = q.scales.reduce((m, s) => Math.max(m, Math.abs(s)), 0);
-  const P = maxs > 0 ? pow2Floor(Math.fround(32768 / maxs)) : 1;
+  const P = deviceScaleFactor(q.scales);
   const s16 = Float64Array.from(q.scales, (s) => toF16(Math.fround(s * P)) / P);
   const z16 = Float64Array.from(q.zeros, (z) => toF16(z));
   const rx = dtype === 'fp16' ? toF16 : toBf16;

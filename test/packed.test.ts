@@ -9,6 +9,7 @@ import { createKvCache, decodeStep } from '../lib/eval/decode';
 import { scoreSequences } from '../lib/eval/forward';
 import { perplexity } from '../lib/eval/perplexity';
 import { saveQuantized } from '../lib/export/checkpoint';
+import { dequantize } from '../lib/export/pack';
 import { loadModel } from '../lib/load/model';
 import { LINEAR_NAMES, LINEAR_TENSORS, LoadedModel } from '../lib/load/types';
 import { addon } from '../lib/native/addon';
@@ -72,6 +73,21 @@ describe('pack → unpack round trip is bit-exact', () => {
     expect(Array.from(u.scales)).toEqual(Array.from(q.scales));
     expect(Array.from(u.zeros)).toEqual(Array.from(q.zeros));
     if (act && gs > 0) expect(Array.from(u.gIdx!)).toEqual(Array.from(q.gIdx!));
+  });
+
+  test.each([
+    [3, 32, true],
+    [4, 128, false],
+    [8, -1, false],
+  ])('packedDenseRows (the CUDA upload\'s expansion), bits %i group %i act-order %s: bit for bit dequantize() of the tensor', (bits, gs, act) => {
+    const rows = 9;
+    const cols = 4096 + 512;
+    const q = randomQuantized(bits, rows, cols, gs, act, bits * 31 + gs);
+    const p = packLinear(q, rows, cols);
+    const dense = dequantize(q, cols);
+    const part = addon.packedDenseRows(p, 3, 5) as Float32Array;
+    expect(Buffer.from(part.buffer, part.byteOffset, part.byteLength).equals(Buffer.from(dense.buffer, 3 * cols * 4, 5 * cols * 4))).toBe(true);
+    expect(() => addon.packedDenseRows(p, 6, 4)).toThrow(/rows \[6, 10\) out of range/);
   });
 
   test('rejects values that do not fit, unequal act-order groups and bad bit widths', () => {

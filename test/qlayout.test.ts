@@ -7,7 +7,7 @@ import { f32ToF16Bits } from '../lib/export/pack';
 import { addon } from '../lib/native/addon';
 import { packLinear } from '../lib/quant/packed';
 import type { QuantizedTensor } from '../lib/quant/weights';
-import { randomQuantized } from './helpers/quantized';
+import { deviceScaleFactor, randomQuantized } from './helpers/quantized';
 
 interface DeviceLayout {
   records: Uint8Array;
@@ -44,13 +44,6 @@ function readSz(rec: DataView, at: number, bits: number, i: number, js: number):
   return [rec.getUint16(o, true), rec.getUint16(o + 2, true)];
 }
 
-function pow2Floor(v: number): number {
-  let e = Math.floor(Math.log2(v));
-  if (2 ** e > v) e--;
-  if (2 ** (e + 1) <= v) e++;
-  return 2 ** e;
-}
-
 function check(q: QuantizedTensor, rows: number, cols: number): void {
   const p = packLinear(q, rows, cols);
   const l = addon.qlayoutPack(p) as DeviceLayout;
@@ -62,8 +55,7 @@ function check(q: QuantizedTensor, rows: number, cols: number): void {
   expect(l.ntiles % 2).toBe(0);
   expect(l.ntiles * 16).toBeGreaterThanOrEqual(rows);
   expect(l.records.length).toBe(l.ntiles * l.nkb * recordBytes(q.bits, l.nsub));
-  const maxs = q.scales.reduce((m, s) => Math.max(m, Math.abs(s)), 0);
-  const P = pow2Floor(Math.fround(32768 / maxs));
+  const P = deviceScaleFactor(q.scales);
   expect(l.oscale).toBe(1 / P);
   // packed column j holds original column perm[j]: act-order sorts the columns by group
   const perm = l.perm ?? Int32Array.from({ length: cols }, (_, j) => j);

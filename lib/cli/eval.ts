@@ -59,14 +59,15 @@ export function evalCommand(): Command {
         if (bad.length) progress.log(`lowbit: warning: non-finite values (NaN/Inf) in ${bad.map((b) => `${b.name} (${b.count})`).join(", ")}; results will be NaN`);
         const quant = spec ? quantSummary(await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal, device, { memory })) : undefined;
         if (device.type === 'cuda') {
+          const cpuOnly = firstCpuOnlyLinear(model);
           const onCpu = model.quantization?.actBits
             ? 'activation quantization runs on the CPU path'
             : model.config.moe
               ? 'Qwen3-MoE (sparse) layers run on the CPU path'
               : streaming
                 ? 'layer streaming runs on the CPU path'
-                : firstCpuOnlyLinear(model)
-                  ? `${firstCpuOnlyLinear(model)!.kind} weights run on the CPU path`
+                : cpuOnly
+                  ? `${cpuOnly.kind} weights run on the CPU path`
                   : undefined;
           if (onCpu) {
             progress.log(`lowbit: note: ${onCpu}; evaluating on the CPU`);

@@ -136,6 +136,21 @@ void packed_matmul(const PackedView& p, const float* x, int64_t M, float* y, boo
              [&](int64_t r0, int64_t n, int64_t k0, int64_t kc, float* out) { dq(p, r0, n, k0, kc, out); });
 }
 
+void packed_dense_rows(const PackedView& p, int64_t r0, int64_t n, float* out) {
+  parallel_for(static_cast<std::size_t>(n), [&](std::size_t a, std::size_t b, int) {
+    std::vector<float> row(p.perm ? p.cols : 0);
+    for (int64_t r = r0 + static_cast<int64_t>(a); r < r0 + static_cast<int64_t>(b); ++r) {
+      float* o = out + (r - r0) * p.cols;
+      if (!p.perm) {
+        dequant_scalar(p, r, 1, 0, p.cols, o);
+        continue;
+      }
+      dequant_scalar(p, r, 1, 0, p.cols, row.data());  // packed column order
+      for (int64_t j = 0; j < p.cols; ++j) o[p.perm[j]] = row[j];
+    }
+  });
+}
+
 void packed_matmul_reference(const PackedView& p, const float* x, int64_t M, float* y) {
   std::vector<int64_t> col(p.cols);
   for (int64_t j = 0; j < p.cols; ++j) col[j] = p.perm ? p.perm[j] : j;
@@ -305,6 +320,18 @@ PackedView packed_from_js(const Napi::Value& v) {
 namespace {
 
 // unpackLinear(packed) → {qweight, scales, zeros, gIdx?} in the original column order.
+// packedDenseRows(packed, row0, n) → Float32Array [n, cols]: what the CUDA upload expands (packed_dense_rows).
+Napi::Value PackedDenseRows(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    PackedView p = packed_from_js(info[0]);
+    const int64_t r0 = info[1].As<Napi::Number>().Int64Value(), n = info[2].As<Napi::Number>().Int64Value();
+    if (r0 < 0 || n < 0 || r0 + n > p.rows) throw std::invalid_argument("packedDenseRows: rows [" + std::to_string(r0) + ", " + std::to_string(r0 + n) + ") out of range");
+    auto out = Napi::Float32Array::New(info.Env(), n * p.cols);
+    packed_dense_rows(p, r0, n, out.Data());
+    return out;
+  });
+}
+
 Napi::Value UnpackLinear(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Napi::Env env = info.Env();
@@ -348,6 +375,7 @@ Napi::Value PackedMatmulSync(const Napi::CallbackInfo& info) {
 LOWBIT_EXPORTS {
   exports.Set("packLinear", Napi::Function::New(env, PackLinear));
   exports.Set("unpackLinear", Napi::Function::New(env, UnpackLinear));
+  exports.Set("packedDenseRows", Napi::Function::New(env, PackedDenseRows));
   exports.Set("packedMatmul", Napi::Function::New(env, PackedMatmul));
   exports.Set("packedMatmulSync", Napi::Function::New(env, PackedMatmulSync));
 }

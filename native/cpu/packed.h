@@ -94,6 +94,9 @@ struct PackedView {
 void packed_matmul(const PackedView& p, const float* x, int64_t M, float* y, bool parallel = true);
 // The float64 reference, for tests of the kernels themselves.
 void packed_matmul_reference(const PackedView& p, const float* x, int64_t M, float* y);
+// Rows [r0, r0 + n) of the dense weight, w = scale·(q − zero) in fp32, original column order, into out [n, cols]
+// (the CUDA upload of a packed linear expands it a run of rows at a time with this). Uses the thread pool.
+void packed_dense_rows(const PackedView& p, int64_t r0, int64_t n, float* out);
 
 // Index of (row r, group g) in scales/zeros.
 inline int64_t packed_sz(const PackedView& p, int64_t r, int64_t g) { return ((r / kPackRB) * p.ngroups + g) * kPackRB + r % kPackRB; }

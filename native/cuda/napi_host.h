@@ -6,7 +6,6 @@
 #include "cpu/packed.h"
 #include "cpu/registry.h"
 #include "cpu/tensor.h"
-#include "cpu/threads.h"
 #include "gpu.h"
 
 namespace lowbit {
@@ -29,7 +28,7 @@ inline cuda::HostMat host_mat(const Napi::Value& v, int64_t rows, int64_t cols, 
 }
 
 // A linear held as packed 2/3/4/8-bit integers (lin.packed of kind 'packed', no dense weight): its rows are
-// expanded on demand, w = scale·(q − zero) in fp32 as the CPU kernels compute it.
+// expanded on demand by packed_dense_rows (native/cpu/packed.cpp).
 inline cuda::HostMat packed_mat(const Napi::Object& packed, int64_t rows, int64_t cols, const char* what) {
   const std::string kind = packed.Get("kind").IsString() ? packed.Get("kind").As<Napi::String>().Utf8Value() : "";
   if (kind != "packed")
@@ -42,17 +41,7 @@ inline cuda::HostMat packed_mat(const Napi::Object& packed, int64_t rows, int64_
   cuda::HostMat m;
   m.rows = rows;
   m.cols = cols;
-  m.dense_rows = [p](int64_t r0, int64_t n, float* out) {
-    parallel_for(static_cast<size_t>(n), [&](size_t a, size_t b, int) {
-      for (int64_t r = r0 + static_cast<int64_t>(a); r < r0 + static_cast<int64_t>(b); ++r) {
-        float* o = out + (r - r0) * p.cols;
-        for (int64_t j = 0; j < p.cols; ++j) {
-          const int64_t at = packed_sz(p, r, j / p.group);
-          o[p.perm ? p.perm[j] : j] = p.scales[at] * static_cast<float>(packed_q(p, r, j) - p.zeros[at]);
-        }
-      }
-    });
-  };
+  m.dense_rows = [p](int64_t r0, int64_t n, float* out) { packed_dense_rows(p, r0, n, out); };
   return m;
 }
 

@@ -162,13 +162,17 @@ __host__ __device__ constexpr int qmm_stage_bytes() {
   return kWarps * WM * q_record_bytes(BITS, NSUB) + 8 * WN * kXStride * 2;
 }
 
-template <int N>
+// cp.async.wait_group takes an immediate: at most n (0..6, stages 2..8) groups left pending.
 __device__ __forceinline__ void cp_async_wait_n(int n) {
-  if (n <= 0) cp_async_wait<0>();
-  else if (n == 1) cp_async_wait<1>();
-  else if (n == 2) cp_async_wait<2>();
-  else if (n <= 4) cp_async_wait<4>();
-  else cp_async_wait<N>();
+  switch (n) {
+    case 0: cp_async_wait<0>(); break;
+    case 1: cp_async_wait<1>(); break;
+    case 2: cp_async_wait<2>(); break;
+    case 3: cp_async_wait<3>(); break;
+    case 4: cp_async_wait<4>(); break;
+    case 5: cp_async_wait<5>(); break;
+    default: cp_async_wait<6>(); break;
+  }
 }
 
 // NSUB sub-groups (of 128 / NSUB columns) per 128-column block.
@@ -255,7 +259,7 @@ __global__ void __launch_bounds__(kWarps * 32) qmm_kernel(QmmArgs a) {
     issue(kb + stages - 1, fill);
     mbar_wait(bars + slot, phase);
 #else
-    cp_async_wait_n<8>(stages - 2);
+    cp_async_wait_n(stages - 2);
     __syncthreads();  // block kb is in for everyone, and everyone is done with the slot refilled next
     issue(kb + stages - 1, fill);
 #endif

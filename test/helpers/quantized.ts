@@ -52,3 +52,17 @@ export function int8Weights(rows: number, cols: number, seed: number): Quantized
     zeros: new Float32Array(rows).fill(128),
   };
 }
+
+/**
+ * P of the CUDA packed layout (native/cuda/qlayout.h): the largest power of two with max |scale|·P ≤ 2^15, computed
+ * as the repack does (32768 / max |s| in fp32, then its power-of-two floor).
+ */
+export function deviceScaleFactor(scales: Float32Array): number {
+  const maxs = scales.reduce((m, s) => Math.max(m, Math.abs(s)), 0);
+  if (maxs === 0) return 1;
+  const v = Math.fround(32768 / maxs);
+  let e = Math.floor(Math.log2(v));
+  if (2 ** e > v) e--;
+  if (2 ** (e + 1) <= v) e++;
+  return 2 ** e;
+}
