@@ -28,7 +28,7 @@ export { createKvCache, decodeStep, greedyDecode } from './eval/decode';
 export { cudaDevices, toDevice } from './eval/cuda';
 export { attachPacked, packLinear, packInt8, unpackLinear, packedMatmul } from './quant/packed';
 export { GpuPackedLinear } from './quant/packed-cuda';
-export type { GpuPackedBench, GpuPackedInfo, PackedActDType } from './quant/packed-cuda';
+export type { GpuPackedBench, GpuPackedInfo, PackedActDType, PackedKernel } from './quant/packed-cuda';
 export { runStudy } from './study/runner';
 export type { StudyOptions, StudySummary } from './study/runner';
 export { runDistributedStudy } from './study/distributed';

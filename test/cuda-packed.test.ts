@@ -1,4 +1,5 @@
-// Packed low-bit linears on the GPU (native/cuda/qmatmul.cu) on fresh random weights and activations:
+// Packed low-bit linears on the GPU (native/cuda/qmatmul.cu: the mma.sync kernel; qgemm.cu: the Hopper wgmma GEMM,
+// run on every case as well where the GPU has it) on fresh random weights and activations:
 //  - against a float64 reference that rounds exactly what the device format rounds (x to fp16/bf16, the scales
 //    to fp16 after the layout's power-of-two factor, the zeros to fp16), so only fp32 summation order is left;
 //  - against the CPU packed kernels (fp32 activations) within the 16-bit rounding of x;
@@ -9,7 +10,7 @@
 import { cudaDevices, cudaInfo } from '../lib/eval/cuda';
 import { addon } from '../lib/native/addon';
 import { packInt8, packLinear, packedMatmul } from '../lib/quant/packed';
-import { GpuPackedLinear, PackedActDType } from '../lib/quant/packed-cuda';
+import { GpuPackedLinear, PackedActDType, PackedKernel } from '../lib/quant/packed-cuda';
 import type { QuantizedTensor } from '../lib/quant/weights';
 import { deviceScaleFactor, int8Weights, randomQuantized, rng } from './helpers/quantized';
 import { rhe } from './helpers/random';
@@ -98,18 +99,49 @@ gpuDescribe('packed linears on the GPU', () => {
     const q = randomQuantized(bits, rows, cols, group, act, bits * 1000 + cols + (act ? 7 : 0));
     const p = packLinear(q, rows, cols);
     const lin = await GpuPackedLinear.create(p);
+    const kernels: PackedKernel[] = lin.info().wgmma ? ['mma', 'wgmma'] : ['mma'];
     try {
       for (const M of [1, 5, 16, 40, 130]) {
         const x = randomX(M, cols, M * 31 + bits);
-        const y = await lin.matmul(x, { dtype });
-        expect(y.length).toBe(M * rows);
         const ref = deviceReference(q, rows, cols, x, M, dtype);
-        const e = worst(y, ref.y, ref.mag);
-        if (e > 2e-5) throw new Error(`M ${M}: max |gpu − reference| / Σ|s|(q+|z|)|x| = ${e.toExponential(2)} (limit 2e-5)`);
-        // The CPU kernels take x in fp32: the difference is the 16-bit rounding of x and of the scales.
         const cpu = await packedMatmul(x, p);
-        const ec = worst(y, cpu, ref.mag);
-        expect(ec).toBeLessThan(dtype === 'fp16' ? 2e-3 : 8e-3);
+        for (const kernel of kernels) {
+          const y = await lin.matmul(x, { dtype, kernel });
+          expect(y.length).toBe(M * rows);
+          expect(lin.info().lastKernel).toBe(kernel);
+          const e = worst(y, ref.y, ref.mag);
+          if (e > 2e-5) throw new Error(`${kernel}, M ${M}: max |gpu − reference| / Σ|s|(q+|z|)|x| = ${e.toExponential(2)} (limit 2e-5)`);
+          // The CPU kernels take x in fp32: the difference is the 16-bit rounding of x and of the scales.
+          expect(worst(y, cpu, ref.mag)).toBeLessThan(dtype === 'fp16' ? 2e-3 : 8e-3);
+        }
+        // 'auto' runs the GEMM kernel from gemmFrom tokens on where it exists.
+        await lin.matmul(x, { dtype });
+        const info = lin.info();
+        expect(info.lastKernel).toBe(info.wgmma && M >= info.gemmFrom ? 'wgmma' : 'mma');
+      }
+    } finally {
+      lin.free();
+    }
+  });
+
+  test('the wgmma GEMM: several token blocks, split K, repeatable bit for bit; a clear error where it does not exist', async () => {
+    // 33 tiles (the last block of rows ragged), 8 column blocks (2 K splits), 300 tokens = three blocks of 128.
+    const [rows, cols] = [520, 1024];
+    const q = randomQuantized(4, rows, cols, 128, true, 77);
+    const lin = await GpuPackedLinear.create(packLinear(q, rows, cols));
+    try {
+      if (!lin.info().wgmma) {
+        await expect(lin.matmul(randomX(16, cols, 1), { kernel: 'wgmma' })).rejects.toThrow(/wgmma packed kernel needs a compute-capability-9.0 GPU/);
+        return;
+      }
+      for (const M of [17, 300]) {
+        const x = randomX(M, cols, M);
+        const y = await lin.matmul(x, { kernel: 'wgmma' });
+        expect(lin.info().lastSplits).toBeGreaterThan(1);
+        const ref = deviceReference(q, rows, cols, x, M, 'fp16');
+        expect(worst(y, ref.y, ref.mag)).toBeLessThan(2e-5);
+        const again = await lin.matmul(x, { kernel: 'wgmma' });
+        expect(Buffer.from(again.buffer).equals(Buffer.from(y.buffer))).toBe(true); // bit for bit
       }
     } finally {
       lin.free();
@@ -165,6 +197,7 @@ gpuDescribe('packed linears on the GPU', () => {
     const lin = await GpuPackedLinear.create(packLinear(randomQuantized(4, 16, 128, 128, false, 6), 16, 128));
     await expect(lin.matmul(new Float32Array(100))).rejects.toThrow(/not a multiple of cols = 128/);
     await expect(lin.matmul(new Float32Array(128), { dtype: 'fp8' as PackedActDType })).rejects.toThrow(/dtype must be fp16 or bf16/);
+    await expect(lin.matmul(new Float32Array(128), { kernel: 'wmma' as PackedKernel })).rejects.toThrow(/kernel must be auto, mma or wgmma/);
     lin.free();
     await expect(lin.matmul(new Float32Array(128))).rejects.toThrow(/freed/);
   });

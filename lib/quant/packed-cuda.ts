@@ -9,6 +9,13 @@ import type { AnyPackedWeight } from './packed';
 /** Activation type the packed kernels round x to (fp32 accumulation either way); int8 weights ignore it. */
 export type PackedActDType = 'fp16' | 'bf16';
 
+/**
+ * Which packed kernel runs: 'auto' picks per batch (the Hopper wgmma GEMM from `gemmFrom` tokens on where the GPU
+ * and build have it, else the mma.sync kernel); 'mma' and 'wgmma' force one (to compare them; 'wgmma' is an error
+ * where it does not exist).
+ */
+export type PackedKernel = 'auto' | 'mma' | 'wgmma';
+
 export interface GpuPackedInfo {
   device: number;
   bits: number;
@@ -20,6 +27,12 @@ export interface GpuPackedInfo {
   deviceBytes: number;
   /** K splits of the last packed launch */
   lastSplits: number;
+  /** the kernel of the last launch */
+  lastKernel: 'mma' | 'wgmma' | 'int8';
+  /** whether the wgmma GEMM kernel exists for this GPU in this build (compute capability 9.0, built with sm_90a) */
+  wgmma: boolean;
+  /** the batch from which 'auto' runs the wgmma kernel */
+  gemmFrom: number;
 }
 
 export interface GpuPackedBench {
@@ -36,6 +49,8 @@ export interface GpuPackedBench {
   /** ‖y_ours − y_cuBLAS‖ / ‖y_cuBLAS‖ */
   relErr: number;
   splits: number;
+  /** whether the packed path ran the wgmma kernel */
+  wgmma: boolean;
 }
 
 export class GpuPackedLinear {
@@ -55,15 +70,23 @@ export class GpuPackedLinear {
   }
 
   /** y [M, rows] = x [M, cols] · Wᵀ (x in the original column order). */
-  async matmul(x: Float32Array, opts: { dtype?: PackedActDType } = {}): Promise<Float32Array> {
-    return addon.gpuQLinearMatmul(this.live(), x, { dtype: opts.dtype ?? 'fp16' });
+  async matmul(x: Float32Array, opts: { dtype?: PackedActDType; kernel?: PackedKernel } = {}): Promise<Float32Array> {
+    return addon.gpuQLinearMatmul(this.live(), x, { dtype: opts.dtype ?? 'fp16', kernel: opts.kernel ?? 'auto' });
   }
 
   /**
    * Times the packed path against cuBLAS dense and the copy bandwidth, in one call (bench/cuda-packed.ts).
-   * stages / warpsPerSm override the launch tuning (cp.async stages; warps per SM the K split aims for) for it.
+   * stages / warpsPerSm override the launch tuning (copy stages; warps per SM the mma.sync kernel's K split aims for)
+   * for it.
    */
-  async bench(opts: { batch: number; dtype?: PackedActDType; iters?: number; stages?: number; warpsPerSm?: number }): Promise<GpuPackedBench> {
+  async bench(opts: {
+    batch: number;
+    dtype?: PackedActDType;
+    kernel?: PackedKernel;
+    iters?: number;
+    stages?: number;
+    warpsPerSm?: number;
+  }): Promise<GpuPackedBench> {
     return addon.gpuQLinearBench(this.live(), { dtype: 'fp16', iters: 50, ...opts });
   }
 

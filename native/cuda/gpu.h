@@ -156,26 +156,32 @@ struct QLinearInfo {
   int64_t rows = 0, cols = 0, kpad = 0, ntiles = 0, nkb = 0, nsub = 1;
   float oscale = 1.f;
   uint64_t device_bytes = 0;
-  int last_splits = 1;  // K splits of the last packed launch
-  // Launch tuning of the packed kernel: copy stages in flight; K is split to fill the GPU with blocks, at most
-  // warps_per_sm warps per SM when > 0.
-  int stages = 2, warps_per_sm = 0;
+  int last_splits = 1;      // K splits of the last packed launch
+  bool last_wgmma = false;  // and whether it ran the wgmma kernel
+  // The Hopper wgmma kernel (qgemm.cu) is in this build for this device; it runs batches from gemm_from tokens on.
+  bool wgmma = false;
+  int gemm_from = 17;
+  // Launch tuning: copy stages in flight (mma.sync kernel, wgmma kernel); K is split to fill the GPU with blocks, at
+  // most warps_per_sm warps per SM (mma.sync kernel) when > 0.
+  int stages = 2, gemm_stages = 4, warps_per_sm = 0;
 };
 class GpuQLinear;
 std::shared_ptr<GpuQLinear> qlinear_create(const QLayout& l, int device);
 std::shared_ptr<GpuQLinear> qlinear_create_int8(const Int8Host& h, int device);
 const QLinearInfo& qlinear_info(const GpuQLinear& q);
 // y [M, rows] = x [M, cols] · Wᵀ (host fp32 in and out; original column order). act: activations rounded to
-// 1 bf16 or 2 fp16 for the packed kernels (int8 weights quantize them to int8 per token instead).
-void qlinear_matmul(GpuQLinear& q, const float* x, int64_t M, int act, float* y);
+// 1 bf16 or 2 fp16 for the packed kernels (int8 weights quantize them to int8 per token instead). kernel: 0 the
+// one that serves M, 1 the mma.sync kernel, 2 the wgmma kernel (an error where there is none).
+void qlinear_matmul(GpuQLinear& q, const float* x, int64_t M, int act, float* y, int kernel = 0);
 // Kernel time (median of `iters`, L2 flushed before each) vs cuBLAS on the same weights dense in fp16/bf16, and
 // the device-to-device copy bandwidth (bytes read + written), all in the same call.
 struct QBench {
   double ours_us = 0, kernel_us = 0, dense_us = 0, copy_gbs = 0, ours_bytes = 0, dense_bytes = 0, rel_err = 0;
   int splits = 1;
+  bool wgmma = false;
 };
-// stages / warps_per_sm > 0 override the launch tuning for this call (to compare settings).
-QBench qlinear_bench(GpuQLinear& q, int64_t M, int act, int iters, int stages = 0, int warps_per_sm = 0);
+// kernel as for qlinear_matmul; stages / warps_per_sm > 0 override the launch tuning for this call (to compare settings).
+QBench qlinear_bench(GpuQLinear& q, int64_t M, int act, int iters, int kernel = 0, int stages = 0, int warps_per_sm = 0);
 
 }  // namespace cuda
 }  // namespace lowbit

@@ -1,6 +1,7 @@
 // Tensor-core and async-copy primitives (sm_80+), shared by the attention and packed-matmul kernels.
 #pragma once
 #include <type_traits>
+#include <utility>
 
 #include "common.cuh"
 
@@ -83,6 +84,39 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, uint32_t by
                "l"(src), "r"(bytes), "r"(smem_addr(bar))
                : "memory");
 #endif
+}
+
+// ---- Programmatic dependent launch (sm_90+; no-ops elsewhere and for grids launched without it) ----
+// The next grid in the stream, launched with launch_pdl(..., true), may start once every block of this one has
+// called this (or exited): its prologue then overlaps this grid's tail.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+// Waits until the previous grid in the stream has completed and its writes are visible: a grid launched with
+// launch_pdl(..., true) calls it before reading anything that grid wrote.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+// Launches kernel<<<grid, block, smem, st>>>(args...), allowed to start before the previous grid in the stream
+// completes when pdl is true (the kernel must call pdl_wait before reading that grid's output).
+template <class... Params, class... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, bool pdl, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = st;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  LB_CK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 
 }  // namespace cuda

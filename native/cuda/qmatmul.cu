@@ -10,7 +10,10 @@
 // accumulation. The integers go in as exact values; a sub-group's sums Σ q·x become Σ s·(q − z)·x with the group
 // sums Σx precomputed per token (acc += s·(Σ q·x − z·Σx)), so scales and zeros are applied in fp32 once per group
 // rather than rounded into every weight. Partial sums of a K split go to their own slice and a second launch adds
-// them in a fixed order (deterministic). Batch 1 and batch 128 run the same kernel with different WN.
+// them in a fixed order (deterministic). Any batch runs here on sm_80+; on Hopper, batches from
+// QLinearInfo::gemm_from tokens on run the wgmma GEMM of qgemm.cu instead (same records, same arithmetic), whose
+// larger tiles read each x tile once per 128 rows rather than once per warp. On Hopper the three launches (x
+// conversion, kernel, split sum) are chained with programmatic dependent launch where the grid fills the GPU.
 //
 // W8A8: activations quantized per token on the device exactly as the CPU's quantize_rows_u8 (absmax/127, IEEE
 // division, round half to even), cuBLAS int8 GEMM into int32, scaled by sx·sw as the CPU's int8_matmul: the
@@ -23,6 +26,8 @@
 
 #include "gpu.h"
 #include "mma.cuh"
+#include "qdequant.cuh"
+#include "qgemm.h"
 #include "qlayout.h"
 
 namespace lowbit {
@@ -31,111 +36,6 @@ namespace cuda {
 namespace {
 
 constexpr int kWarps = 4;
-
-// 16-bit pair constants as bit patterns (T2 of (v, v)); fp16 | bf16.
-template <class T> struct K2;
-template <> struct K2<f16> {
-  static constexpr uint32_t magic = 0x64006400u;  // 1024: or-ing q into the mantissa gives 1024 + q
-  static constexpr uint32_t base = 0x64006400u, inv4 = 0x34003400u, inv16 = 0x2C002C00u, inv64 = 0x24002400u,
-                            nb4 = 0xDC00DC00u /* -256 */, nb16 = 0xD400D400u /* -64 */, nb64 = 0xCC00CC00u /* -16 */;
-};
-template <> struct K2<bf16> {
-  static constexpr uint32_t magic = 0x43004300u;  // 128
-  static constexpr uint32_t base = 0x43004300u, inv4 = 0x3E803E80u, inv16 = 0x3D803D80u, nb4 = 0xC200C200u /* -32 */,
-                            nb16 = 0xC100C100u /* -8 */;
-};
-
-template <class T> __device__ __forceinline__ uint32_t sub2(uint32_t a, uint32_t b);
-template <> __device__ __forceinline__ uint32_t sub2<f16>(uint32_t a, uint32_t b) {
-  __half2 r = __hsub2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b));
-  return *reinterpret_cast<uint32_t*>(&r);
-}
-template <> __device__ __forceinline__ uint32_t sub2<bf16>(uint32_t a, uint32_t b) {
-  __nv_bfloat162 r = __hsub2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
-  return *reinterpret_cast<uint32_t*>(&r);
-}
-template <class T> __device__ __forceinline__ uint32_t fma2(uint32_t a, uint32_t m, uint32_t c);
-template <> __device__ __forceinline__ uint32_t fma2<f16>(uint32_t a, uint32_t m, uint32_t c) {
-  __half2 r = __hfma2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&m), *reinterpret_cast<__half2*>(&c));
-  return *reinterpret_cast<uint32_t*>(&r);
-}
-template <> __device__ __forceinline__ uint32_t fma2<bf16>(uint32_t a, uint32_t m, uint32_t c) {
-  __nv_bfloat162 r = __hfma2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&m),
-                             *reinterpret_cast<__nv_bfloat162*>(&c));
-  return *reinterpret_cast<uint32_t*>(&r);
-}
-
-// Bytes lo and hi of w as an exact bfloat162 (8-bit q does not fit 128 + q in bf16's mantissa): via fp32
-// 2^23 + q.
-__device__ __forceinline__ uint32_t bytes_bf162(uint32_t w, int lo, int hi) {
-  const float f0 = __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7540 | lo)) - 8388608.f;
-  const float f1 = __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7540 | hi)) - 8388608.f;
-  return pack2<bf16>(f0, f1);
-}
-
-// The A registers (exact integers q as T pairs) of mma step st from this lane's words of the record.
-template <int BITS, class T>
-__device__ __forceinline__ void dq_step(const uint32_t* w, int st, uint32_t (&a)[4]) {
-  using K = K2<T>;
-  // A field may sit at mantissa bits 0..9 of an fp16 (1024 + m·q) but only 0..6 of a bf16 (bit 7 is the
-  // exponent's lowest): there the high fields are shifted down first.
-  constexpr bool F16 = std::is_same<T, f16>::value;
-  if constexpr (BITS == 4) {
-    const uint32_t u = w[st], v = u >> 8;
-    a[0] = sub2<T>((u & 0x000F000Fu) | K::magic, K::base);
-    a[2] = sub2<T>((v & 0x000F000Fu) | K::magic, K::base);
-    if constexpr (F16) {
-      a[1] = fma2<T>((u & 0x00F000F0u) | K::magic, K::inv16, K::nb16);
-      a[3] = fma2<T>((v & 0x00F000F0u) | K::magic, K::inv16, K::nb16);
-    } else {
-      a[1] = sub2<T>(((u >> 4) & 0x000F000Fu) | K::magic, K::base);
-      a[3] = sub2<T>(((v >> 4) & 0x000F000Fu) | K::magic, K::base);
-    }
-  } else if constexpr (BITS == 2) {
-    const uint32_t u = w[st / 2] >> (8 * (st % 2));
-    a[0] = sub2<T>((u & 0x00030003u) | K::magic, K::base);
-    a[1] = fma2<T>((u & 0x000C000Cu) | K::magic, K::inv4, K::nb4);
-    a[2] = fma2<T>((u & 0x00300030u) | K::magic, K::inv16, K::nb16);
-    if constexpr (F16) a[3] = fma2<T>((u & 0x00C000C0u) | K::magic, K::inv64, K::nb64);
-    else a[3] = sub2<T>(((u >> 6) & 0x00030003u) | K::magic, K::base);
-  } else if constexpr (BITS == 3) {
-    const uint32_t lo = w[st / 2] >> (8 * (st % 2)), hw = w[4 + st / 4] >> (4 * (st % 4));
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      a[j] = sub2<T>(((lo >> (2 * j)) & 0x00030003u) | (((hw >> j) & 0x00010001u) << 2) | K::magic, K::base);
-  } else {  // 8 bits
-    const uint32_t w0 = w[2 * st], w1 = w[2 * st + 1];
-    if constexpr (F16) {
-      a[0] = sub2<T>((w0 & 0x00FF00FFu) | K::magic, K::base);
-      a[1] = sub2<T>(((w0 >> 8) & 0x00FF00FFu) | K::magic, K::base);
-      a[2] = sub2<T>((w1 & 0x00FF00FFu) | K::magic, K::base);
-      a[3] = sub2<T>(((w1 >> 8) & 0x00FF00FFu) | K::magic, K::base);
-    } else {
-      a[0] = bytes_bf162(w0, 0, 2);
-      a[1] = bytes_bf162(w0, 1, 3);
-      a[2] = bytes_bf162(w1, 0, 2);
-      a[3] = bytes_bf162(w1, 1, 3);
-    }
-  }
-}
-
-// This lane's words of a record (in shared memory) into registers, one LDS.128 (LDS.64 for 3 bits) per vector.
-template <int BITS>
-__device__ __forceinline__ void load_words(const uint8_t* rec, int lane, uint32_t (&w)[q_words(BITS)]) {
-  if constexpr (q_vec_words(BITS) == 4) {
-#pragma unroll
-    for (int v = 0; v < q_words(BITS) / 4; ++v) {
-      const uint4 u = reinterpret_cast<const uint4*>(rec)[v * 32 + lane];
-      w[4 * v] = u.x, w[4 * v + 1] = u.y, w[4 * v + 2] = u.z, w[4 * v + 3] = u.w;
-    }
-  } else {
-#pragma unroll
-    for (int v = 0; v < q_words(BITS) / 2; ++v) {
-      const uint2 u = reinterpret_cast<const uint2*>(rec)[v * 32 + lane];
-      w[2 * v] = u.x, w[2 * v + 1] = u.y;
-    }
-  }
-}
 
 struct QmmArgs {
   const uint8_t* w;   // records
@@ -162,6 +62,7 @@ __host__ __device__ constexpr int qmm_stage_bytes() {
   return kWarps * WM * q_record_bytes(BITS, NSUB) + 8 * WN * kXStride * 2;
 }
 
+#if !LB_QMM_BULK
 // cp.async.wait_group takes an immediate: at most n (0..6, stages 2..8) groups left pending.
 __device__ __forceinline__ void cp_async_wait_n(int n) {
   switch (n) {
@@ -174,6 +75,7 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
     default: cp_async_wait<6>(); break;
   }
 }
+#endif
 
 // NSUB sub-groups (of 128 / NSUB columns) per 128-column block.
 template <int BITS, class T, int WM, int WN, int NSUB>
@@ -189,6 +91,7 @@ __global__ void __launch_bounds__(kWarps * 32) qmm_kernel(QmmArgs a) {
   const int kb1 = static_cast<int>(static_cast<int64_t>(a.nkb) * (blockIdx.y + 1) / S);
   const int tok0 = blockIdx.z * 8 * WN;
   const T* x = static_cast<const T*>(a.x);
+  pdl_launch_dependents();
 
 #if LB_QMM_BULK
   // Hopper: lane 0 of warp 0 hands each stage to the bulk-copy engine (the block's records of block kb are one
@@ -206,17 +109,28 @@ __global__ void __launch_bounds__(kWarps * 32) qmm_kernel(QmmArgs a) {
     *reinterpret_cast<uint4*>(smem + sl * SB + XOFF + r * kXStride * 2 + c * 16) = make_uint4(0, 0, 0, 0);
   }
   __syncthreads();
-  auto issue = [&](int kb, int slot) {
+  // A stage's records (which the previous grid does not write) and its x rows (which it does) are issued apart,
+  // so that the prologue's records are on their way before pdl_wait.
+  auto issue_w = [&](int kb, int slot) {
+    if (kb >= kb1 || threadIdx.x != 0) return;
+    uint8_t* st = smem + slot * SB;
+    mbar_expect_tx(bars + slot, static_cast<uint32_t>(ntile_blk * R + xrows * 256));
+    bulk_g2s(st, a.w + q_record_offset(blk_tile0, kb, a.ntiles, BITS, NSUB), static_cast<uint32_t>(ntile_blk * R), bars + slot);
+  };
+  auto issue_x = [&](int kb, int slot) {
     if (kb >= kb1 || wid != 0) return;
     uint8_t* st = smem + slot * SB;
-    if (lane == 0) {
-      mbar_expect_tx(bars + slot, static_cast<uint32_t>(ntile_blk * R + xrows * 256));
-      bulk_g2s(st, a.w + q_record_offset(blk_tile0, kb, a.ntiles, BITS, NSUB), static_cast<uint32_t>(ntile_blk * R), bars + slot);
-    }
-    __syncwarp();
     for (int r = lane; r < xrows; r += 32)
       bulk_g2s(st + XOFF + r * kXStride * 2, x + static_cast<int64_t>(tok0 + r) * a.kpad + kb * 128, 256, bars + slot);
   };
+  auto issue = [&](int kb, int slot) {
+    issue_w(kb, slot);
+    __syncwarp();
+    issue_x(kb, slot);
+  };
+  for (int i = 0; i < stages - 1; ++i) issue_w(kb0 + i, i);
+  pdl_wait();
+  for (int i = 0; i < stages - 1; ++i) issue_x(kb0 + i, i);
 #else
   // sm_80..89: cp.async, 16 bytes per thread; this warp copies its records, all threads the x tile.
   auto issue = [&](int kb, int slot) {
@@ -240,8 +154,8 @@ __global__ void __launch_bounds__(kWarps * 32) qmm_kernel(QmmArgs a) {
     }
     cp_async_commit();  // empty groups keep the count uniform
   };
-#endif
   for (int i = 0; i < stages - 1; ++i) issue(kb0 + i, i);
+#endif
 
   float acc[WM][WN][4];
 #pragma unroll
@@ -352,6 +266,7 @@ __global__ void __launch_bounds__(kWarps * 32) qmm_kernel(QmmArgs a) {
 template <class T>
 __global__ void qmm_prep_kernel(const float* __restrict__ x, const int32_t* __restrict__ perm, T* __restrict__ xT,
                                 float* __restrict__ xs, int M, int Mpad, int cols, int kpad, int sub, int nsubtot) {
+  pdl_launch_dependents();
   const int64_t wg = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
   if (wg >= static_cast<int64_t>(nsubtot) * Mpad) return;
@@ -371,6 +286,7 @@ __global__ void qmm_prep_kernel(const float* __restrict__ x, const int32_t* __re
 }
 
 __global__ void sum_splits_kernel(const float* __restrict__ parts, float* __restrict__ y, int64_t n, int S) {
+  pdl_wait();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float v = 0.f;
     for (int s = 0; s < S; ++s) v += parts[s * n + i];
@@ -470,6 +386,7 @@ class GpuQLinear {
   DevBuf x32, xq, xs, parts, y, acc, sx;
   cudaStream_t st = nullptr;
   cublasHandle_t blas = nullptr;
+  bool pdl = false;  // programmatic dependent launch between the packed path's kernels (compute capability ≥ 9)
   std::mutex mu;  // one call at a time uses the workspace
   ~GpuQLinear() {
     if (blas) cublasDestroy(blas);
@@ -484,6 +401,10 @@ void init_common(GpuQLinear& q, int device) {
   if (cudaGetDeviceCount(&n) != cudaSuccess || device < 0 || device >= n)
     throw std::runtime_error("cuda:" + std::to_string(device) + " does not exist (" + std::to_string(n) + " CUDA devices)");
   q.info.device = device;
+  // Only where the kernels run sm_90 code: an sm_80 build on a Hopper GPU would skip griddepcontrol.wait.
+  cudaFuncAttributes fa{};
+  LB_CK(cudaFuncGetAttributes(&fa, sum_splits_kernel));
+  q.pdl = fa.binaryVersion >= 90;
   LB_CK(cudaStreamCreateWithFlags(&q.st, cudaStreamNonBlocking));
 }
 
@@ -545,11 +466,10 @@ void with_qmm(int bits, int act, Shape sh, int nsub, int stages, F&& f) {
   }
 }
 
-void launch_qmm(int bits, int act, const QmmArgs& a, Shape sh, dim3 grid, cudaStream_t st) {
+void launch_qmm(int bits, int act, const QmmArgs& a, Shape sh, dim3 grid, cudaStream_t st, bool pdl) {
   with_qmm(bits, act, sh, a.nsub, a.stages, [&](auto k, int smem) {
     LB_CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    k<<<grid, kWarps * 32, smem, st>>>(a);
-    LB_LAUNCHED();
+    launch_pdl(k, grid, dim3(kWarps * 32), smem, st, pdl, a);
   });
 }
 
@@ -570,67 +490,109 @@ int sm_count(int device) {
   return n;
 }
 
-// A packed launch: x converted, the grid and where the partial sums go.
+// The K split for `base` blocks when `cap` fit on the GPU at once: as many as fill it in one wave (the kernels are
+// latency-bound at small batches: every resident block keeps its stages of bytes in flight, and a partial second
+// wave would double the time of its blocks), at least 4 column blocks per split, at most 64 splits.
+int choose_splits(int64_t base, int64_t cap, int64_t nkb) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({cap / base, nkb / 4, 64})));
+}
+
+// A packed launch: x converted, the kernel, its grid and where the partial sums go.
 struct PackedPlan {
-  Shape sh;
+  bool gemm = false;  // the Hopper wgmma kernel (qgemm.cu), else the mma.sync kernel
+  bool pdl = false;   // the main kernel may start while the x conversion finishes
+  Shape sh;           // mma.sync: warp tile
+  int bn = 0;         // wgmma: tokens per block
   dim3 grid;
   QmmArgs args;
+  QgemmArgs gargs;
 };
 
-// x_dev [M, cols] fp32 → q.xq (T, packed order) and q.xs (group sums); the plan of the main kernel writing y.
-PackedPlan packed_prep(GpuQLinear& q, const float* x, int64_t M, int act, float* y) {
+// Which kernel runs a batch of M: kernel 1 forces the mma.sync one, 2 the wgmma one (an error where this device
+// or build has none), 0 picks wgmma from info.gemm_from tokens on where it exists.
+bool use_gemm(const QLinearInfo& L, int64_t M, int kernel) {
+  if (kernel == 2 && !L.wgmma)
+    throw std::invalid_argument("the wgmma packed kernel needs a compute-capability-9.0 GPU (H100/H200) and a build with sm_90a");
+  return kernel == 2 || (kernel == 0 && L.wgmma && L.gemm_from > 0 && M >= L.gemm_from);
+}
+
+// x_dev [M, cols] fp32 → q.xq (T, the kernel's order) and q.xs (group sums); the plan of the main kernel writing y.
+PackedPlan packed_prep(GpuQLinear& q, const float* x, int64_t M, int act, float* y, int kernel) {
   const QLinearInfo& L = q.info;
   PackedPlan p;
-  p.sh = shape_for(M);
-  const int Mpad = static_cast<int>((M + 7) / 8 * 8);
-  const int sub = 128 / static_cast<int>(L.nsub), nsubtot = static_cast<int>(L.nkb * L.nsub);
-  q.xq.alloc(static_cast<size_t>(M) * L.kpad * 2);
-  q.xs.alloc(static_cast<size_t>(nsubtot) * Mpad * 4);
-  const int64_t warps = static_cast<int64_t>(nsubtot) * Mpad;
-  const unsigned pb = static_cast<unsigned>((warps * 32 + 255) / 256);
-  if (act == 1)
-    qmm_prep_kernel<bf16><<<pb, 256, 0, q.st>>>(x, q.perm.as<int32_t>(), q.xq.as<bf16>(), q.xs.as<float>(), static_cast<int>(M), Mpad,
-                                                static_cast<int>(L.cols), static_cast<int>(L.kpad), sub, nsubtot);
-  else
-    qmm_prep_kernel<f16><<<pb, 256, 0, q.st>>>(x, q.perm.as<int32_t>(), q.xq.as<f16>(), q.xs.as<float>(), static_cast<int>(M), Mpad,
-                                               static_cast<int>(L.cols), static_cast<int>(L.kpad), sub, nsubtot);
-  LB_LAUNCHED();
-
-  // Split K so that the grid fills the GPU in one wave (a partial second wave would double the time of its
-  // blocks), ≥ 4 blocks per split; warps_per_sm > 0 caps the resident warps aimed for.
-  const int64_t row_blocks = (L.ntiles + kWarps * p.sh.wm - 1) / (kWarps * p.sh.wm);
-  const int zc = static_cast<int>((M + 8 * p.sh.wn - 1) / (8 * p.sh.wn));
-  int64_t per_sm = qmm_blocks_per_sm(L.bits, act, p.sh, static_cast<int>(L.nsub), L.stages);
-  if (L.warps_per_sm > 0) per_sm = std::max<int64_t>(1, std::min<int64_t>(per_sm, L.warps_per_sm / kWarps));
-  const int64_t base = row_blocks * zc;
-  int S = static_cast<int>(std::max<int64_t>(1, per_sm * sm_count(L.device) / base));
-  S = static_cast<int>(std::min<int64_t>({static_cast<int64_t>(S), std::max<int64_t>(1, L.nkb / 4), 64}));
+  p.gemm = use_gemm(L, M, kernel);
+  const int nsubtot = static_cast<int>(L.nkb * L.nsub);
+  const int64_t sms = sm_count(L.device);
+  int64_t row_blocks, zc, per_sm;
+  if (p.gemm) {
+    p.bn = qgemm_bn(M);
+    zc = (M + p.bn - 1) / p.bn;
+    q.xq.alloc(static_cast<size_t>(zc) * p.bn * L.kpad * 2);
+    q.xs.alloc(static_cast<size_t>(nsubtot) * zc * p.bn * 4);
+    qgemm_prep(x, q.perm.as<int32_t>(), q.xq.p, q.xs.as<float>(), static_cast<int>(M), static_cast<int>(L.cols), static_cast<int>(L.nkb),
+               static_cast<int>(L.nsub), p.bn, static_cast<int>(zc), act, q.st);
+    row_blocks = (L.ntiles + kQgemmTiles - 1) / kQgemmTiles;
+    per_sm = qgemm_blocks_per_sm(L.bits, act, p.bn, static_cast<int>(L.nsub), L.gemm_stages);
+  } else {
+    p.sh = shape_for(M);
+    const int Mpad = static_cast<int>((M + 7) / 8 * 8);
+    const int sub = 128 / static_cast<int>(L.nsub);
+    q.xq.alloc(static_cast<size_t>(M) * L.kpad * 2);
+    q.xs.alloc(static_cast<size_t>(nsubtot) * Mpad * 4);
+    const int64_t warps = static_cast<int64_t>(nsubtot) * Mpad;
+    const unsigned pb = static_cast<unsigned>((warps * 32 + 255) / 256);
+    if (act == 1)
+      qmm_prep_kernel<bf16><<<pb, 256, 0, q.st>>>(x, q.perm.as<int32_t>(), q.xq.as<bf16>(), q.xs.as<float>(), static_cast<int>(M), Mpad,
+                                                  static_cast<int>(L.cols), static_cast<int>(L.kpad), sub, nsubtot);
+    else
+      qmm_prep_kernel<f16><<<pb, 256, 0, q.st>>>(x, q.perm.as<int32_t>(), q.xq.as<f16>(), q.xs.as<float>(), static_cast<int>(M), Mpad,
+                                                 static_cast<int>(L.cols), static_cast<int>(L.kpad), sub, nsubtot);
+    LB_LAUNCHED();
+    row_blocks = (L.ntiles + kWarps * p.sh.wm - 1) / (kWarps * p.sh.wm);
+    zc = (M + 8 * p.sh.wn - 1) / (8 * p.sh.wn);
+    per_sm = qmm_blocks_per_sm(L.bits, act, p.sh, static_cast<int>(L.nsub), L.stages);
+    if (L.warps_per_sm > 0) per_sm = std::max<int64_t>(1, std::min<int64_t>(per_sm, L.warps_per_sm / kWarps));
+  }
+  const int S = choose_splits(row_blocks * zc, per_sm * sms, L.nkb);
+  // Programmatic launch only when the grid fills ≥ 90% of the GPU's block slots: blocks placed while the x
+  // conversion still holds SMs pile up on the free ones, which costs a grid that leaves slots empty anyway more
+  // than the launch latency it hides (H200: +20 µs at 224 blocks for 396 slots).
+  p.pdl = q.pdl && 10 * row_blocks * zc * S >= 9 * per_sm * sms;
   q.info.last_splits = S;
+  q.info.last_wgmma = p.gemm;
   float* out = y;
   if (S > 1) {
     q.parts.alloc(static_cast<size_t>(S) * M * L.rows * 4);
     out = q.parts.as<float>();
   }
-  p.args = QmmArgs{q.w.as<uint8_t>(), q.xq.p, q.xs.as<float>(), out, static_cast<int>(M), Mpad, static_cast<int>(L.rows),
-                   static_cast<int>(L.ntiles), static_cast<int>(L.nkb), static_cast<int>(L.nsub), static_cast<int>(L.kpad),
-                   L.stages, M * L.rows, L.oscale};
-  p.grid = dim3(static_cast<unsigned>(row_blocks), S, zc);
+  if (p.gemm)
+    p.gargs = QgemmArgs{q.w.as<uint8_t>(), q.xq.p, q.xs.as<float>(), out, static_cast<int>(M), static_cast<int>(L.rows),
+                        static_cast<int>(L.ntiles), static_cast<int>(L.nkb), static_cast<int>(zc), L.gemm_stages, M * L.rows, L.oscale};
+  else
+    p.args = QmmArgs{q.w.as<uint8_t>(), q.xq.p, q.xs.as<float>(), out, static_cast<int>(M), static_cast<int>((M + 7) / 8 * 8),
+                     static_cast<int>(L.rows), static_cast<int>(L.ntiles), static_cast<int>(L.nkb), static_cast<int>(L.nsub),
+                     static_cast<int>(L.kpad), L.stages, M * L.rows, L.oscale};
+  p.grid = dim3(static_cast<unsigned>(row_blocks), S, static_cast<unsigned>(zc));
   return p;
 }
 
-void packed_main(GpuQLinear& q, const PackedPlan& p, int act) { launch_qmm(q.info.bits, act, p.args, p.sh, p.grid, q.st); }
+// The main kernel; pdl: it may start while the x conversion finishes (the bench times it alone without).
+void packed_main(GpuQLinear& q, const PackedPlan& p, int act, bool pdl) {
+  if (p.gemm) qgemm_launch(q.info.bits, act, p.bn, static_cast<int>(q.info.nsub), p.gargs, p.grid, q.st, pdl);
+  else launch_qmm(q.info.bits, act, p.args, p.sh, p.grid, q.st, pdl);
+}
 
 void packed_finish(GpuQLinear& q, const PackedPlan& p, float* y) {
   if (p.grid.y == 1) return;
-  const int64_t n = static_cast<int64_t>(p.args.M) * p.args.N;
-  sum_splits_kernel<<<blocks_for(n, 256, 4096), 256, 0, q.st>>>(q.parts.as<float>(), y, n, static_cast<int>(p.grid.y));
-  LB_LAUNCHED();
+  const int64_t n = static_cast<int64_t>(p.gemm ? p.gargs.M : p.args.M) * q.info.rows;
+  launch_pdl(sum_splits_kernel, dim3(blocks_for(n, 256, 4096)), dim3(256), 0, q.st, q.pdl, static_cast<const float*>(q.parts.as<float>()), y, n,
+             static_cast<int>(p.grid.y));
 }
 
 // y_dev [M, rows] = x_dev [M, cols] · Wᵀ on q.st.
-void packed_forward(GpuQLinear& q, const float* x, int64_t M, int act, float* y) {
-  const PackedPlan p = packed_prep(q, x, M, act, y);
-  packed_main(q, p, act);
+void packed_forward(GpuQLinear& q, const float* x, int64_t M, int act, float* y, int kernel) {
+  const PackedPlan p = packed_prep(q, x, M, act, y, kernel);
+  packed_main(q, p, act, p.pdl);
   packed_finish(q, p, y);
 }
 
@@ -651,9 +613,9 @@ void int8_forward(GpuQLinear& q, const float* x, int64_t M, float* y) {
   LB_LAUNCHED();
 }
 
-void forward(GpuQLinear& q, const float* x, int64_t M, int act, float* y) {
+void forward(GpuQLinear& q, const float* x, int64_t M, int act, float* y, int kernel) {
   if (q.info.int8) int8_forward(q, x, M, y);
-  else packed_forward(q, x, M, act, y);
+  else packed_forward(q, x, M, act, y, kernel);
 }
 
 }  // namespace
@@ -672,6 +634,7 @@ std::shared_ptr<GpuQLinear> qlinear_create(const QLayout& l, int device) {
   L.nkb = l.nkb;
   L.nsub = l.nsub;
   L.oscale = l.oscale;
+  L.wgmma = qgemm_available(device);
   const uint64_t need = l.records.size() + l.perm.size() * 4;
   fits(need, "packed weights");
   q->w.alloc(l.records.size());
@@ -708,7 +671,7 @@ std::shared_ptr<GpuQLinear> qlinear_create_int8(const Int8Host& h, int device) {
 
 const QLinearInfo& qlinear_info(const GpuQLinear& q) { return q.info; }
 
-void qlinear_matmul(GpuQLinear& q, const float* x, int64_t M, int act, float* y) {
+void qlinear_matmul(GpuQLinear& q, const float* x, int64_t M, int act, float* y, int kernel) {
   if (M <= 0) return;
   std::lock_guard<std::mutex> lock(q.mu);
   DeviceGuard dg(q.info.device);
@@ -716,25 +679,29 @@ void qlinear_matmul(GpuQLinear& q, const float* x, int64_t M, int act, float* y)
   q.x32.alloc(static_cast<size_t>(M) * L.cols * 4);
   q.y.alloc(static_cast<size_t>(M) * L.rows * 4);
   LB_CK(cudaMemcpyAsync(q.x32.p, x, static_cast<size_t>(M) * L.cols * 4, cudaMemcpyHostToDevice, q.st));
-  forward(q, q.x32.as<float>(), M, act, q.y.as<float>());
+  forward(q, q.x32.as<float>(), M, act, q.y.as<float>(), kernel);
   LB_CK(cudaMemcpyAsync(y, q.y.p, static_cast<size_t>(M) * L.rows * 4, cudaMemcpyDeviceToHost, q.st));
   LB_CK(cudaStreamSynchronize(q.st));
 }
 
-QBench qlinear_bench(GpuQLinear& q, int64_t M, int act, int iters, int stages, int warps_per_sm) {
+QBench qlinear_bench(GpuQLinear& q, int64_t M, int act, int iters, int kernel, int stages, int warps_per_sm) {
   std::lock_guard<std::mutex> lock(q.mu);
   DeviceGuard dg(q.info.device);
-  const int stages0 = q.info.stages, wps0 = q.info.warps_per_sm;
-  if (stages > 0) q.info.stages = std::max(2, std::min(8, stages));
-  if (warps_per_sm > 0) q.info.warps_per_sm = warps_per_sm;
+  const QLinearInfo saved = q.info;
   struct Restore {
     GpuQLinear& q;
-    int s, w;
+    const QLinearInfo& s;
     ~Restore() {
-      q.info.stages = s;
-      q.info.warps_per_sm = w;
+      q.info.stages = s.stages;
+      q.info.gemm_stages = s.gemm_stages;
+      q.info.warps_per_sm = s.warps_per_sm;
     }
-  } restore{q, stages0, wps0};
+  } restore{q, saved};
+  if (stages > 0) {
+    if (use_gemm(q.info, M, kernel)) q.info.gemm_stages = std::max(2, std::min(8, stages));
+    else q.info.stages = std::max(2, std::min(8, stages));
+  }
+  if (warps_per_sm > 0) q.info.warps_per_sm = warps_per_sm;
   const QLinearInfo& L = q.info;
   QBench r;
   if (!q.blas) {
@@ -782,7 +749,7 @@ QBench qlinear_bench(GpuQLinear& q, int64_t M, int act, int iters, int stages, i
                         static_cast<int>(L.cols), xd.p, dt, static_cast<int>(L.cols), &zero, yd.p, CUDA_R_32F, static_cast<int>(L.rows),
                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   };
-  auto ours_run = [&] { forward(q, q.x32.as<float>(), M, act, q.y.as<float>()); };
+  auto ours_run = [&] { forward(q, q.x32.as<float>(), M, act, q.y.as<float>(), kernel); };
   cudaEvent_t e0, e1;
   LB_CK(cudaEventCreate(&e0));
   LB_CK(cudaEventCreate(&e1));
@@ -808,11 +775,12 @@ QBench qlinear_bench(GpuQLinear& q, int64_t M, int act, int iters, int stages, i
   r.ours_us = time_it(ours_run);
   r.dense_us = time_it(dense_run);
   if (!L.int8) {  // the main kernel alone (x conversion and split sum excluded)
-    const PackedPlan p = packed_prep(q, q.x32.as<float>(), M, act, q.y.as<float>());
-    r.kernel_us = time_it([&] { packed_main(q, p, act); });
+    const PackedPlan p = packed_prep(q, q.x32.as<float>(), M, act, q.y.as<float>(), kernel);
+    r.kernel_us = time_it([&] { packed_main(q, p, act, false); });
     packed_finish(q, p, q.y.as<float>());
   }
   r.splits = q.info.last_splits;
+  r.wgmma = q.info.last_wgmma;
   // Agreement of the two on the same weights.
   std::vector<float> ya(static_cast<size_t>(M) * L.rows), yb(ya.size());
   LB_CK(cudaMemcpyAsync(ya.data(), q.y.p, ya.size() * 4, cudaMemcpyDeviceToHost, q.st));

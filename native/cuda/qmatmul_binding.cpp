@@ -1,10 +1,12 @@
 // N-API bindings of the packed low-bit linears on the GPU (built only with LOWBIT_CUDA; the host-side repack
 // into the device layout is qlayout_pack.cpp, in every build):
 //   gpuQLinearCreate(weight: PackedWeight | Int8Weight, {device}) → Promise<handle>
-//   gpuQLinearMatmul(handle, x: Float32Array [M·cols], {dtype: 'fp16'|'bf16'}) → Promise<Float32Array [M·rows]>
-//   gpuQLinearBench(handle, {batch, dtype, iters, stages?, warpsPerSm?}) → Promise<{oursUs, kernelUs, denseUs, copyGBs, oursBytes,
-//                   denseBytes, relErr, splits}>
-//   gpuQLinearInfo(handle) → {device, bits, int8, rows, cols, deviceBytes, lastSplits};  gpuQLinearFree(handle)
+//   gpuQLinearMatmul(handle, x: Float32Array [M·cols], {dtype: 'fp16'|'bf16', kernel?: 'auto'|'mma'|'wgmma'})
+//                   → Promise<Float32Array [M·rows]>
+//   gpuQLinearBench(handle, {batch, dtype, iters, kernel?, stages?, warpsPerSm?}) → Promise<{oursUs, kernelUs, denseUs, copyGBs,
+//                   oursBytes, denseBytes, relErr, splits, wgmma}>
+//   gpuQLinearInfo(handle) → {device, bits, int8, rows, cols, deviceBytes, lastSplits, lastKernel, wgmma, gemmFrom}
+//   gpuQLinearFree(handle)
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -35,6 +37,16 @@ int act_dtype(const Napi::Object& o) {
   if (d == "fp16" || d == "f16" || d == "float16") return 2;
   if (d == "bf16" || d == "bfloat16") return 1;
   throw std::invalid_argument("dtype must be fp16 or bf16, got '" + d + "'");
+}
+
+// 'auto' (default): the kernel that serves the batch; 'mma' / 'wgmma' force one (qlinear_matmul's kernel).
+int kernel_of(const Napi::Object& o) {
+  if (!o.Has("kernel") || o.Get("kernel").IsUndefined()) return 0;
+  const std::string k = o.Get("kernel").ToString().Utf8Value();
+  if (k == "auto") return 0;
+  if (k == "mma") return 1;
+  if (k == "wgmma") return 2;
+  throw std::invalid_argument("kernel must be auto, mma or wgmma, got '" + k + "'");
 }
 
 Napi::Object opts_of(const Napi::CallbackInfo& info, size_t i) {
@@ -84,10 +96,11 @@ Napi::Value GpuQLinearMatmul(const Napi::CallbackInfo& info) {
     const int64_t n = static_cast<int64_t>(x.ElementLength());
     if (n == 0 || n % L.cols) throw std::invalid_argument("x has " + std::to_string(n) + " floats, not a multiple of cols = " + std::to_string(L.cols));
     const int64_t M = n / L.cols;
-    const int act = act_dtype(opts_of(info, 2));
+    const Napi::Object o = opts_of(info, 2);
+    const int act = act_dtype(o), kernel = kernel_of(o);
     auto y = std::make_shared<std::vector<float>>(static_cast<size_t>(M * L.rows));
     const float* xp = x.Data();
-    return run_async(info.Env(), [=] { cuda::qlinear_matmul(*q, xp, M, act, y->data()); },
+    return run_async(info.Env(), [=] { cuda::qlinear_matmul(*q, xp, M, act, y->data(), kernel); },
                      [y](Napi::Env env) -> Napi::Value {
                        auto a = Napi::Float32Array::New(env, y->size());
                        std::memcpy(a.Data(), y->data(), y->size() * 4);
@@ -104,11 +117,11 @@ Napi::Value GpuQLinearBench(const Napi::CallbackInfo& info) {
     const int64_t M = o.Has("batch") ? o.Get("batch").As<Napi::Number>().Int64Value() : 1;
     const int iters = o.Has("iters") ? o.Get("iters").As<Napi::Number>().Int32Value() : 50;
     if (M < 1 || iters < 1) throw std::invalid_argument("gpuQLinearBench: batch and iters must be positive");
-    const int act = act_dtype(o);
+    const int act = act_dtype(o), kernel = kernel_of(o);
     const int stages = o.Has("stages") ? o.Get("stages").As<Napi::Number>().Int32Value() : 0;
     const int wps = o.Has("warpsPerSm") ? o.Get("warpsPerSm").As<Napi::Number>().Int32Value() : 0;
     auto r = std::make_shared<cuda::QBench>();
-    return run_async(info.Env(), [=] { *r = cuda::qlinear_bench(*q, M, act, iters, stages, wps); },
+    return run_async(info.Env(), [=] { *r = cuda::qlinear_bench(*q, M, act, iters, kernel, stages, wps); },
                      [r](Napi::Env env) -> Napi::Value {
                        Napi::Object b = Napi::Object::New(env);
                        b.Set("oursUs", r->ours_us);
@@ -119,6 +132,7 @@ Napi::Value GpuQLinearBench(const Napi::CallbackInfo& info) {
                        b.Set("denseBytes", r->dense_bytes);
                        b.Set("relErr", r->rel_err);
                        b.Set("splits", r->splits);
+                       b.Set("wgmma", r->wgmma);
                        return b;
                      },
                      {});
@@ -136,6 +150,9 @@ Napi::Value GpuQLinearInfo(const Napi::CallbackInfo& info) {
     r.Set("cols", static_cast<double>(L.cols));
     r.Set("deviceBytes", static_cast<double>(L.device_bytes));
     r.Set("lastSplits", L.last_splits);
+    r.Set("lastKernel", L.int8 ? "int8" : L.last_wgmma ? "wgmma" : "mma");
+    r.Set("wgmma", L.wgmma);
+    r.Set("gemmFrom", L.gemm_from);
     return r;
   });
 }

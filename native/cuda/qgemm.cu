@@ -1,0 +1,267 @@
+// Packed low-bit GEMM on Hopper (batch 16 and up): y[M, rows] = x[M, cols] · Wᵀ with the weights' exact integers
+// as wgmma's A operand from registers and the tokens as B from shared memory.
+//
+// A block is two warpgroups, 8 warps, one 16-row tile of qlayout.h's records each (128 rows), and bn tokens (16, 32,
+// 64 or 128; grid z walks larger batches). Per 128-column block, one thread hands the block's records, the x tile and
+// its group sums to the bulk-copy engine (a ring of `stages` shared-memory slots, each completing on an mbarrier).
+// Each warp makes the A fragments of its tile exactly as the mma.sync kernel does (qdequant.cuh) — the wgmma A
+// fragment of warp w is rows 16w..16w+15 in mma.sync's layout — and its warpgroup multiplies them with the whole x
+// tile: one m64n{bn}k16 wgmma per 16 columns. The sums of a sub-group land in a scratch accumulator and are scaled
+// into the result in fp32 as in qmatmul.cu (acc += s·(Σ q·x − z·Σx)): scales and zeros are never rounded into the
+// weights, so both kernels compute the same quantities and differ only in the order of fp32 additions.
+//
+// The x tile is stored as wgmma's K-major B without swizzle: for each step of 16 columns two 8-column chunks, each
+// bn/8 core matrices of 8 tokens × 8 values (128 bytes). Which column a k index stands for follows the A side
+// (qlayout.h: k indices 2t, 2t+1 of step st are columns 32(st/2) + 8t + 4(st%2) + {0,1}, k indices 2t+8, 2t+9 the
+// next two), so qgemm_prep writes x in that order and the bulk copy lands it ready for the descriptors.
+#include <algorithm>
+#include <mutex>
+#include <vector>
+
+#include "qdequant.cuh"
+#include "qgemm.h"
+#include "wgmma.cuh"
+
+namespace lowbit {
+namespace cuda {
+
+namespace {
+
+constexpr int kThreads = kQgemmTiles * 32;
+
+// One ring slot: the block's records, the x tile, its sub-group sums.
+__host__ __device__ constexpr int stage_bytes(int bits, int bn, int nsub) {
+  return kQgemmTiles * q_record_bytes(bits, nsub) + bn * 256 + nsub * bn * 4;
+}
+
+template <int BITS, class T, int BN, int NSUB>
+__global__ void __launch_bounds__(kThreads, 1) qgemm_kernel(QgemmArgs a) {
+#if LB_WGMMA
+  extern __shared__ __align__(128) uint8_t smem[];
+  constexpr int WORDS = q_words(BITS), R = q_record_bytes(BITS, NSUB), SB = stage_bytes(BITS, BN, NSUB);
+  constexpr int XOFF = kQgemmTiles * R, SOFF = XOFF + BN * 256, STEPS = 8 / NSUB, NR = BN / 2;
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int blk_tile0 = blockIdx.x * kQgemmTiles, tile = blk_tile0 + wid;
+  const bool active = tile < a.ntiles;  // a warp past the last tile still takes part in its warpgroup's wgmma
+  const int ntile_blk = min(kQgemmTiles, a.ntiles - blk_tile0);
+  const int S = gridDim.y, stages = a.stages, zb = blockIdx.z;
+  const int kb0 = static_cast<int>(static_cast<int64_t>(a.nkb) * blockIdx.y / S);
+  const int kb1 = static_cast<int>(static_cast<int64_t>(a.nkb) * (blockIdx.y + 1) / S);
+  const T* xt = static_cast<const T*>(a.x);
+  pdl_launch_dependents();
+
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + stages * SB);
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < stages; ++i) mbar_init(bars + i, 1);
+    fence_mbar_init();
+  }
+  __syncthreads();
+  auto slot_of = [&](int kb) { return (kb - kb0) % stages; };
+  // A stage's weights (which the previous grid does not write) and its x tile and sums (which it does) are
+  // issued apart, so that the prologue's weights are on their way before pdl_wait.
+  auto issue_w = [&](int kb) {
+    if (kb >= kb1 || threadIdx.x != 0) return;
+    uint8_t* st = smem + slot_of(kb) * SB;
+    mbar_expect_tx(bars + slot_of(kb), static_cast<uint32_t>(ntile_blk * R + BN * 256 + NSUB * BN * 4));
+    bulk_g2s(st, a.w + q_record_offset(blk_tile0, kb, a.ntiles, BITS, NSUB), static_cast<uint32_t>(ntile_blk * R), bars + slot_of(kb));
+  };
+  auto issue_x = [&](int kb) {
+    if (kb >= kb1 || threadIdx.x != 0) return;
+    uint8_t* st = smem + slot_of(kb) * SB;
+    const int64_t xi = static_cast<int64_t>(kb) * a.nzb + zb;
+    bulk_g2s(st + XOFF, xt + xi * BN * 128, BN * 256, bars + slot_of(kb));
+    bulk_g2s(st + SOFF, a.xs + xi * NSUB * BN, NSUB * BN * 4, bars + slot_of(kb));
+  };
+  for (int i = 0; i < stages - 1; ++i) issue_w(kb0 + i);
+  pdl_wait();
+  for (int i = 0; i < stages - 1; ++i) issue_x(kb0 + i);
+
+  float acc[NR], tmp[NR];
+#pragma unroll
+  for (int i = 0; i < NR; ++i) acc[i] = tmp[i] = 0.f;
+  for (int kb = kb0; kb < kb1; ++kb) {
+    __syncthreads();  // everyone is done with block kb − 1's slot, which block kb + stages − 1 refills
+    issue_w(kb + stages - 1);
+    issue_x(kb + stages - 1);
+    mbar_wait(bars + slot_of(kb), static_cast<uint32_t>(((kb - kb0) / stages) & 1));
+    const uint8_t* st = smem + slot_of(kb) * SB;
+    const uint8_t* rec = st + wid * R;
+    uint32_t w[WORDS];
+    if (active) load_words<BITS>(rec, lane, w);
+    else
+#pragma unroll
+      for (int i = 0; i < WORDS; ++i) w[i] = 0u;  // q = 0: an exact zero A
+#pragma unroll
+    for (int j = 0; j < NSUB; ++j) {
+      uint32_t af[STEPS][4];
+#pragma unroll
+      for (int u = 0; u < STEPS; ++u) dq_step<BITS, T>(w, j * STEPS + u, af[u]);
+      wgmma_fence();
+#pragma unroll
+      for (int u = 0; u < STEPS; ++u)
+        wgmma_rs<T, BN>(tmp, af[u], wgmma_desc(st + XOFF + (j * STEPS + u) * 2 * BN * 16, BN * 16, 128), u > 0);
+      wgmma_commit();
+      wgmma_wait<0>();
+      wgmma_touch(tmp);
+#pragma unroll
+      for (int u = 0; u < STEPS; ++u) wgmma_touch(af[u]);  // af stays in its registers until the wgmma read it
+      if (active) {  // acc += s·(Σ q·x − z·Σx) for rows g and g + 8
+        const uint2 szw = *reinterpret_cast<const uint2*>(rec + 128 * WORDS + (j * 8 + g) * 8);
+        const float2 sz0 = __half22float2(*reinterpret_cast<const __half2*>(&szw.x));
+        const float2 sz8 = __half22float2(*reinterpret_cast<const __half2*>(&szw.y));
+        const float* xs = reinterpret_cast<const float*>(st + SOFF) + j * BN;
+#pragma unroll
+        for (int i = 0; i < BN / 8; ++i) {
+          const float2 xv = *reinterpret_cast<const float2*>(xs + 8 * i + 2 * t);
+          acc[4 * i + 0] += sz0.x * (tmp[4 * i + 0] - sz0.y * xv.x);
+          acc[4 * i + 1] += sz0.x * (tmp[4 * i + 1] - sz0.y * xv.y);
+          acc[4 * i + 2] += sz8.x * (tmp[4 * i + 2] - sz8.y * xv.x);
+          acc[4 * i + 3] += sz8.x * (tmp[4 * i + 3] - sz8.y * xv.y);
+        }
+      }
+    }
+  }
+  if (!active) return;
+  float* o = a.out + blockIdx.y * a.split_stride;
+  const int row = tile * 16 + g, tok0 = zb * BN;
+#pragma unroll
+  for (int i = 0; i < BN / 8; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = row + (e >= 2 ? 8 : 0), k = tok0 + 8 * i + 2 * t + (e & 1);
+      if (r < a.N && k < a.M) o[static_cast<int64_t>(k) * a.N + r] = acc[4 * i + e] * a.oscale;
+    }
+#endif
+}
+
+// One thread per (column block, token, 8-column chunk): the chunk's columns rounded to T, stored as one 16-byte
+// row of a core matrix (chunk c holds k indices 8(c%2)..8(c%2)+7 of step c/2; the file comment gives their
+// columns), and its sum. The 16 chunks of a token are 16 consecutive lanes and a sub-group's chunks are
+// consecutive among them (16/nsub per sub-group), so shuffles add the sub-group sums.
+template <class T>
+__global__ void qgemm_prep_kernel(const float* __restrict__ x, const int32_t* __restrict__ perm, T* __restrict__ xt,
+                                  float* __restrict__ xs, int M, int cols, int nkb, int nsub, int bn, int nzb) {
+  pdl_launch_dependents();
+  const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int Mpad = nzb * bn;
+  const bool ok = id < static_cast<int64_t>(nkb) * Mpad * 16;  // no early return: every lane shuffles
+  const int c = static_cast<int>(id % 16), m = static_cast<int>((id / 16) % Mpad), kb = static_cast<int>(id / 16 / Mpad);
+  const int zb = m / bn, mr = m % bn;
+  float sum = 0.f;
+  if (ok) {
+    const int st = c / 2, base = kb * 128 + 32 * (st / 2) + 4 * (st % 2) + 2 * (c % 2);
+    alignas(16) T v[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int col = base + 8 * (i / 2) + (i % 2);
+      float f = 0.f;
+      if (m < M && col < cols) f = x[static_cast<int64_t>(m) * cols + (perm ? perm[col] : col)];
+      v[i] = from_f<T>(f);
+      sum += to_f(v[i]);
+    }
+    T* dst = xt + (static_cast<int64_t>(kb) * nzb + zb) * bn * 128 + c * bn * 8 + (mr / 8) * 64 + (mr % 8) * 8;
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(v);
+  }
+  const int per = 16 / nsub;
+  for (int o = 1; o < per; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if (ok && c % per == 0) xs[((static_cast<int64_t>(kb) * nzb + zb) * nsub + c / per) * bn + mr] = sum;
+}
+
+__global__ void qgemm_probe_kernel(int* out) { *out = LB_WGMMA; }
+
+template <int V>
+using IC = std::integral_constant<int, V>;
+template <class T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls f(kernel, dynamic shared memory bytes) with the instantiation for (bits, activation type, bn, sub-groups).
+template <class F>
+void with_qgemm(int bits, int act, int bn, int nsub, int stages, F&& f) {
+  auto go = [&](auto b, auto tt, auto n, auto ns) {
+    constexpr int B = decltype(b)::value, N = decltype(n)::value, NS = decltype(ns)::value;
+    using T = typename decltype(tt)::type;
+    f(qgemm_kernel<B, T, N, NS>, stages * (stage_bytes(B, N, NS) + 8));  // + the stages' mbarriers
+  };
+  auto by_nsub = [&](auto b, auto tt, auto n) {
+    if (nsub == 1) go(b, tt, n, IC<1>{});
+    else if (nsub == 2) go(b, tt, n, IC<2>{});
+    else go(b, tt, n, IC<4>{});
+  };
+  auto by_bn = [&](auto b, auto tt) {
+    if (bn == 16) by_nsub(b, tt, IC<16>{});
+    else if (bn == 32) by_nsub(b, tt, IC<32>{});
+    else if (bn == 64) by_nsub(b, tt, IC<64>{});
+    else by_nsub(b, tt, IC<128>{});
+  };
+  auto by_type = [&](auto b) {
+    if (act == 1) by_bn(b, TypeTag<bf16>{});
+    else by_bn(b, TypeTag<f16>{});
+  };
+  switch (bits) {
+    case 2: return by_type(IC<2>{});
+    case 3: return by_type(IC<3>{});
+    case 4: return by_type(IC<4>{});
+    default: return by_type(IC<8>{});
+  }
+}
+
+}  // namespace
+
+bool qgemm_available(int device) {
+  static std::mutex mu;
+  static std::vector<int> known;  // −1 not asked yet, else 0/1
+  std::lock_guard<std::mutex> lock(mu);
+  if (device >= static_cast<int>(known.size())) known.resize(device + 1, -1);
+  if (known[device] < 0) {
+    int prev = 0, major = 0, minor = 0, yes = 0;
+    LB_CK(cudaGetDevice(&prev));
+    LB_CK(cudaSetDevice(device));
+    LB_CK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    LB_CK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    if (major == 9 && minor == 0) {
+      int* d = nullptr;
+      LB_CK(cudaMalloc(&d, sizeof(int)));
+      qgemm_probe_kernel<<<1, 1>>>(d);
+      const cudaError_t e = cudaGetLastError();
+      if (e == cudaSuccess) LB_CK(cudaMemcpy(&yes, d, sizeof(int), cudaMemcpyDeviceToHost));
+      cudaFree(d);
+      if (e != cudaSuccess && e != cudaErrorNoKernelImageForDevice) throw_cuda(e, "qgemm probe", __FILE__, __LINE__);
+    }
+    LB_CK(cudaSetDevice(prev));
+    known[device] = yes ? 1 : 0;
+  }
+  return known[device] == 1;
+}
+
+int qgemm_bn(int64_t M) { return M <= 16 ? 16 : M <= 32 ? 32 : M <= 64 ? 64 : 128; }
+
+int qgemm_blocks_per_sm(int bits, int act, int bn, int nsub, int stages) {
+  int nb = 0;
+  with_qgemm(bits, act, bn, nsub, stages, [&](auto k, int smem) {
+    LB_CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    LB_CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, k, kThreads, smem));
+  });
+  if (nb < 1) throw std::runtime_error("the packed GEMM kernel does not fit on an SM (" + std::to_string(stages) + " stages)");
+  return nb;
+}
+
+void qgemm_prep(const float* x, const int32_t* perm, void* xt, float* xs, int M, int cols, int nkb, int nsub, int bn, int nzb,
+                int act, cudaStream_t st) {
+  const int64_t threads = static_cast<int64_t>(nkb) * nzb * bn * 16;
+  const unsigned blocks = static_cast<unsigned>((threads + 255) / 256);
+  if (act == 1) qgemm_prep_kernel<bf16><<<blocks, 256, 0, st>>>(x, perm, static_cast<bf16*>(xt), xs, M, cols, nkb, nsub, bn, nzb);
+  else qgemm_prep_kernel<f16><<<blocks, 256, 0, st>>>(x, perm, static_cast<f16*>(xt), xs, M, cols, nkb, nsub, bn, nzb);
+  LB_LAUNCHED();
+}
+
+void qgemm_launch(int bits, int act, int bn, int nsub, const QgemmArgs& a, dim3 grid, cudaStream_t st, bool pdl) {
+  with_qgemm(bits, act, bn, nsub, a.stages, [&](auto k, int smem) {
+    LB_CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    launch_pdl(k, grid, dim3(kThreads), smem, st, pdl, a);
+  });
+}
+
+}  // namespace cuda
+}  // namespace lowbit
