@@ -115,5 +115,32 @@ __device__ __forceinline__ void load_words(const uint8_t* rec, int lane, uint32_
   }
 }
 
+// Host-side dispatch to the compile-time parameters both packed kernels take: f(IC<bits>, TypeTag<f16 | bf16>,
+// IC<sub-groups per 128-column block>) for bits 2/3/4/8, act 2 (fp16) or 1 (bf16), nsub 1/2/4.
+template <int V>
+using IC = std::integral_constant<int, V>;
+template <class T>
+struct TypeTag {
+  using type = T;
+};
+template <class F>
+void dispatch_packed(int bits, int act, int nsub, F&& f) {
+  auto by_nsub = [&](auto b, auto tt) {
+    if (nsub == 1) f(b, tt, IC<1>{});
+    else if (nsub == 2) f(b, tt, IC<2>{});
+    else f(b, tt, IC<4>{});
+  };
+  auto by_type = [&](auto b) {
+    if (act == 1) by_nsub(b, TypeTag<bf16>{});
+    else by_nsub(b, TypeTag<f16>{});
+  };
+  switch (bits) {
+    case 2: return by_type(IC<2>{});
+    case 3: return by_type(IC<3>{});
+    case 4: return by_type(IC<4>{});
+    default: return by_type(IC<8>{});
+  }
+}
+
 }  // namespace cuda
 }  // namespace lowbit

@@ -169,42 +169,20 @@ __global__ void qgemm_prep_kernel(const float* __restrict__ x, const int32_t* __
 
 __global__ void qgemm_probe_kernel(int* out) { *out = LB_WGMMA; }
 
-template <int V>
-using IC = std::integral_constant<int, V>;
-template <class T>
-struct TypeTag {
-  using type = T;
-};
-
 // Calls f(kernel, dynamic shared memory bytes) with the instantiation for (bits, activation type, bn, sub-groups).
 template <class F>
 void with_qgemm(int bits, int act, int bn, int nsub, int stages, F&& f) {
-  auto go = [&](auto b, auto tt, auto n, auto ns) {
-    constexpr int B = decltype(b)::value, N = decltype(n)::value, NS = decltype(ns)::value;
-    using T = typename decltype(tt)::type;
-    f(qgemm_kernel<B, T, N, NS>, stages * (stage_bytes(B, N, NS) + 8));  // + the stages' mbarriers
-  };
-  auto by_nsub = [&](auto b, auto tt, auto n) {
-    if (nsub == 1) go(b, tt, n, IC<1>{});
-    else if (nsub == 2) go(b, tt, n, IC<2>{});
-    else go(b, tt, n, IC<4>{});
-  };
-  auto by_bn = [&](auto b, auto tt) {
-    if (bn == 16) by_nsub(b, tt, IC<16>{});
-    else if (bn == 32) by_nsub(b, tt, IC<32>{});
-    else if (bn == 64) by_nsub(b, tt, IC<64>{});
-    else by_nsub(b, tt, IC<128>{});
-  };
-  auto by_type = [&](auto b) {
-    if (act == 1) by_bn(b, TypeTag<bf16>{});
-    else by_bn(b, TypeTag<f16>{});
-  };
-  switch (bits) {
-    case 2: return by_type(IC<2>{});
-    case 3: return by_type(IC<3>{});
-    case 4: return by_type(IC<4>{});
-    default: return by_type(IC<8>{});
-  }
+  dispatch_packed(bits, act, nsub, [&](auto b, auto tt, auto ns) {
+    auto go = [&](auto n) {
+      constexpr int B = decltype(b)::value, N = decltype(n)::value, NS = decltype(ns)::value;
+      using T = typename decltype(tt)::type;
+      f(qgemm_kernel<B, T, N, NS>, stages * (stage_bytes(B, N, NS) + 8));  // + the stages' mbarriers
+    };
+    if (bn == 16) go(IC<16>{});
+    else if (bn == 32) go(IC<32>{});
+    else if (bn == 64) go(IC<64>{});
+    else go(IC<128>{});
+  });
 }
 
 }  // namespace

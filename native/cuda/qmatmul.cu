@@ -427,43 +427,21 @@ Shape shape_for(int64_t M) {
   return {1, 8};
 }
 
-template <int V>
-using IC = std::integral_constant<int, V>;
-template <class T>
-struct TypeTag {
-  using type = T;
-};
-
 // Calls f(kernel, dynamic shared memory bytes) with the instantiation that serves (bits, activation type, warp
 // tile, sub-groups per block, stages).
 template <class F>
 void with_qmm(int bits, int act, Shape sh, int nsub, int stages, F&& f) {
-  auto go = [&](auto b, auto tt, auto wm, auto wn, auto ns) {
-    constexpr int B = decltype(b)::value, WM = decltype(wm)::value, WN = decltype(wn)::value, NS = decltype(ns)::value;
-    using T = typename decltype(tt)::type;
-    f(qmm_kernel<B, T, WM, WN, NS>, stages * (qmm_stage_bytes<B, WM, WN, NS>() + 8));  // + the stages' mbarriers
-  };
-  auto by_nsub = [&](auto b, auto tt, auto wm, auto wn) {
-    if (nsub == 1) go(b, tt, wm, wn, IC<1>{});
-    else if (nsub == 2) go(b, tt, wm, wn, IC<2>{});
-    else go(b, tt, wm, wn, IC<4>{});
-  };
-  auto by_shape = [&](auto b, auto tt) {
-    if (sh.wn == 1) by_nsub(b, tt, IC<2>{}, IC<1>{});
-    else if (sh.wn == 2) by_nsub(b, tt, IC<2>{}, IC<2>{});
-    else if (sh.wn == 4) by_nsub(b, tt, IC<2>{}, IC<4>{});
-    else by_nsub(b, tt, IC<1>{}, IC<8>{});
-  };
-  auto by_type = [&](auto b) {
-    if (act == 1) by_shape(b, TypeTag<bf16>{});
-    else by_shape(b, TypeTag<f16>{});
-  };
-  switch (bits) {
-    case 2: return by_type(IC<2>{});
-    case 3: return by_type(IC<3>{});
-    case 4: return by_type(IC<4>{});
-    default: return by_type(IC<8>{});
-  }
+  dispatch_packed(bits, act, nsub, [&](auto b, auto tt, auto ns) {
+    auto go = [&](auto wm, auto wn) {
+      constexpr int B = decltype(b)::value, WM = decltype(wm)::value, WN = decltype(wn)::value, NS = decltype(ns)::value;
+      using T = typename decltype(tt)::type;
+      f(qmm_kernel<B, T, WM, WN, NS>, stages * (qmm_stage_bytes<B, WM, WN, NS>() + 8));  // + the stages' mbarriers
+    };
+    if (sh.wn == 1) go(IC<2>{}, IC<1>{});
+    else if (sh.wn == 2) go(IC<2>{}, IC<2>{});
+    else if (sh.wn == 4) go(IC<2>{}, IC<4>{});
+    else go(IC<1>{}, IC<8>{});
+  });
 }
 
 void launch_qmm(int bits, int act, const QmmArgs& a, Shape sh, dim3 grid, cudaStream_t st, bool pdl) {
