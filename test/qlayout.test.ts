@@ -2,7 +2,8 @@
 // native/cuda/qlayout_pack.cpp — in every build, so it is checked here without a GPU. Each record is read back
 // with a reading of the layout's definition written in this file and compared with the quantized tensor it came
 // from: every integer (in act-order's packed column order), every fp16 scale (times the power of two P) and zero,
-// the zero padding past the last row and column. The GPU tests (test/cuda-packed.test.ts) check the kernels on it.
+// the zero padding past the last row and column; and the Hopper GEMM's x-tile column order against the A fragments'
+// k indices. The GPU tests (test/cuda-packed.test.ts) check the kernels on it.
 import { f32ToF16Bits } from '../lib/export/pack';
 import { addon } from '../lib/native/addon';
 import { packLinear } from '../lib/quant/packed';
@@ -101,4 +102,21 @@ describe('device layout of packed weights (host repack for the CUDA kernels)', (
     const q = randomQuantized(4, 16, 96, 48, false, 3);
     expect(() => addon.qlayoutPack(packLinear(q, 16, 96))).toThrow(/group sizes 32, 64 or multiples of 128 .*got 48/);
   });
+});
+
+test("the wgmma GEMM's x tiles take each step's columns in the A fragments' k order (qlayout.h q_wgmma_col)", () => {
+  const order = addon.qgemmColumnOrder() as Int32Array;
+  const seen = new Set<number>();
+  for (let st = 0; st < 8; st++)
+    for (let kap = 0; kap < 16; kap++) {
+      const c = order[st * 16 + kap];
+      seen.add(c);
+      // mma.sync/wgmma A fragment: a0/a1 hold k indices 2t, 2t + 1 (t = lane % 4), a2/a3 hold 2t + 8, 2t + 9
+      for (const row of [0, 5, 8, 15]) {
+        const s = slot(row, c);
+        expect(s.st).toBe(st);
+        expect(2 * (s.lane & 3) + s.e + (s.j >= 2 ? 8 : 0)).toBe(kap);
+      }
+    }
+  expect(seen.size).toBe(128); // every column of the block once
 });

@@ -135,8 +135,7 @@ __global__ void __launch_bounds__(kThreads, 1) qgemm_kernel(QgemmArgs a) {
 }
 
 // One thread per (column block, token, 8-column chunk): the chunk's columns rounded to T, stored as one 16-byte
-// row of a core matrix (chunk c holds k indices 8(c%2)..8(c%2)+7 of step c/2; the file comment gives their
-// columns), and its sum. The 16 chunks of a token are 16 consecutive lanes and a sub-group's chunks are
+// row of a core matrix (chunk c holds k indices 8(c%2)..8(c%2)+7 of step c/2: q_wgmma_col), and its sum. The 16 chunks of a token are 16 consecutive lanes and a sub-group's chunks are
 // consecutive among them (16/nsub per sub-group), so shuffles add the sub-group sums.
 template <class T>
 __global__ void qgemm_prep_kernel(const float* __restrict__ x, const int32_t* __restrict__ perm, T* __restrict__ xt,
@@ -149,11 +148,10 @@ __global__ void qgemm_prep_kernel(const float* __restrict__ x, const int32_t* __
   const int zb = m / bn, mr = m % bn;
   float sum = 0.f;
   if (ok) {
-    const int st = c / 2, base = kb * 128 + 32 * (st / 2) + 4 * (st % 2) + 2 * (c % 2);
     alignas(16) T v[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      const int col = base + 8 * (i / 2) + (i % 2);
+      const int col = kb * 128 + q_wgmma_col(c / 2, 8 * (c % 2) + i);
       float f = 0.f;
       if (m < M && col < cols) f = x[static_cast<int64_t>(m) * cols + (perm ? perm[col] : col)];
       v[i] = from_f<T>(f);

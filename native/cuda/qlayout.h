@@ -70,5 +70,14 @@ LB_QHD QBits q_bitpos(int bits, int st, int j, int e) {
                      : QBits{st / 2, 8 * (st % 2) + 2 * j + 16 * e, 4 + st / 4, 4 * (st % 4) + j + 16 * e};
 }
 
+// The Hopper GEMM (qgemm.cu) takes the tokens as wgmma's B operand from shared memory, so its x tiles must hold a
+// block's columns in the order the A fragments above take them: k index kap (0..15) of mma step st is
+//   kap = 2t + e      (a0/a1: columns c0, c0 + 1)     kap = 8 + 2t + e  (a2/a3: columns c0 + 2, c0 + 3)
+// with c0 = 32(st/2) + 8t + 4(st%2). Its x tile stores step st's 16 values as chunks 2st and 2st + 1 of 8 (one
+// 16-byte core-matrix row per token each).
+LB_QHD int q_wgmma_col(int st, int kap) {
+  return 32 * (st / 2) + 8 * ((kap % 8) / 2) + 4 * (st % 2) + 2 * (kap / 8) + kap % 2;
+}
+
 }  // namespace cuda
 }  // namespace lowbit

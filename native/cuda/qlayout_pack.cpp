@@ -1,6 +1,7 @@
 // The repack of a CPU PackedView into the device layout (qlayout.h), and qlayoutPack(packedWeight) → {records,
-// ntiles, nkb, nsub, oscale, perm?} for tests of the layout on machines without a GPU. In every build: the CUDA
-// binding (qmatmul_binding.cpp) uses device_layout to upload.
+// ntiles, nkb, nsub, oscale, perm?} and qgemmColumnOrder() → Int32Array [st·16 + kap] = column (q_wgmma_col) for
+// tests of the layout on machines without a GPU. In every build: the CUDA binding (qmatmul_binding.cpp) uses
+// device_layout to upload.
 #include "cuda/qlayout_pack.h"
 
 #include <cmath>
@@ -98,8 +99,18 @@ Napi::Value QlayoutPack(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value QgemmColumnOrder(const Napi::CallbackInfo& info) {
+  auto r = Napi::Int32Array::New(info.Env(), 128);
+  for (int st = 0; st < 8; ++st)
+    for (int kap = 0; kap < 16; ++kap) r[st * 16 + kap] = cuda::q_wgmma_col(st, kap);
+  return r;
+}
+
 }  // namespace
 
-LOWBIT_EXPORTS { exports.Set("qlayoutPack", Napi::Function::New(env, QlayoutPack)); }
+LOWBIT_EXPORTS {
+  exports.Set("qlayoutPack", Napi::Function::New(env, QlayoutPack));
+  exports.Set("qgemmColumnOrder", Napi::Function::New(env, QgemmColumnOrder));
+}
 
 }  // namespace lowbit
