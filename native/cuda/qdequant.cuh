@@ -115,6 +115,26 @@ __device__ __forceinline__ void load_words(const uint8_t* rec, int lane, uint32_
   }
 }
 
+// Scale and zero (fp32, (s, z)) of rows g and g + 8 for sub-group j of a record in shared memory (qlayout.h).
+struct GroupSz {
+  float2 r0, r8;
+};
+template <int BITS>
+__device__ __forceinline__ GroupSz group_sz(const uint8_t* rec, int j, int g) {
+  const uint2 w = *reinterpret_cast<const uint2*>(rec + 128 * q_words(BITS) + (j * 8 + g) * 8);
+  return GroupSz{__half22float2(*reinterpret_cast<const __half2*>(&w.x)), __half22float2(*reinterpret_cast<const __half2*>(&w.y))};
+}
+
+// One mma C fragment (rows g, g + 8 × tokens 2t, 2t + 1) of a sub-group's integer sums Σq·x scaled into the result:
+// acc += s·(Σq·x − z·Σx), xs = the two tokens' Σx over the sub-group. Both packed kernels end each sub-group here,
+// so scales and zeros are applied in fp32 and never rounded into the weights.
+__device__ __forceinline__ void scale_group(float* acc, const float* tmp, const GroupSz& sz, float2 xs) {
+  acc[0] += sz.r0.x * (tmp[0] - sz.r0.y * xs.x);
+  acc[1] += sz.r0.x * (tmp[1] - sz.r0.y * xs.y);
+  acc[2] += sz.r8.x * (tmp[2] - sz.r8.y * xs.x);
+  acc[3] += sz.r8.x * (tmp[3] - sz.r8.y * xs.y);
+}
+
 // Host-side dispatch to the compile-time parameters both packed kernels take: f(IC<bits>, TypeTag<f16 | bf16>,
 // IC<sub-groups per 128-column block>) for bits 2/3/4/8, act 2 (fp16) or 1 (bf16), nsub 1/2/4.
 template <int V>

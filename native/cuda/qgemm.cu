@@ -105,19 +105,12 @@ __global__ void __launch_bounds__(kThreads, 1) qgemm_kernel(QgemmArgs a) {
       wgmma_touch(tmp);
 #pragma unroll
       for (int u = 0; u < STEPS; ++u) wgmma_touch(af[u]);  // af stays in its registers until the wgmma read it
-      if (active) {  // acc += s·(Σ q·x − z·Σx) for rows g and g + 8
-        const uint2 szw = *reinterpret_cast<const uint2*>(rec + 128 * WORDS + (j * 8 + g) * 8);
-        const float2 sz0 = __half22float2(*reinterpret_cast<const __half2*>(&szw.x));
-        const float2 sz8 = __half22float2(*reinterpret_cast<const __half2*>(&szw.y));
+      if (active) {
+        const GroupSz sz = group_sz<BITS>(rec, j, g);
         const float* xs = reinterpret_cast<const float*>(st + SOFF) + j * BN;
 #pragma unroll
-        for (int i = 0; i < BN / 8; ++i) {
-          const float2 xv = *reinterpret_cast<const float2*>(xs + 8 * i + 2 * t);
-          acc[4 * i + 0] += sz0.x * (tmp[4 * i + 0] - sz0.y * xv.x);
-          acc[4 * i + 1] += sz0.x * (tmp[4 * i + 1] - sz0.y * xv.y);
-          acc[4 * i + 2] += sz8.x * (tmp[4 * i + 2] - sz8.y * xv.x);
-          acc[4 * i + 3] += sz8.x * (tmp[4 * i + 3] - sz8.y * xv.y);
-        }
+        for (int i = 0; i < BN / 8; ++i)
+          scale_group(acc + 4 * i, tmp + 4 * i, sz, *reinterpret_cast<const float2*>(xs + 8 * i + 2 * t));
       }
     }
   }

@@ -220,16 +220,9 @@ __global__ void __launch_bounds__(kWarps * 32) qmm_kernel(QmmArgs a) {
           const int j = s / SPS;
 #pragma unroll
           for (int m = 0; m < WM; ++m) {
-            const uint2 szw = *reinterpret_cast<const uint2*>(rec + m * R + 128 * WORDS + (j * 8 + g) * 8);
-            const float2 sz0 = __half22float2(*reinterpret_cast<const __half2*>(&szw.x));
-            const float2 sz8 = __half22float2(*reinterpret_cast<const __half2*>(&szw.y));
+            const GroupSz sz = group_sz<BITS>(rec + m * R, j, g);
 #pragma unroll
-            for (int n = 0; n < WN; ++n) {
-              acc[m][n][0] += sz0.x * (tmp[m][n][0] - sz0.y * xs[j][n].x);
-              acc[m][n][1] += sz0.x * (tmp[m][n][1] - sz0.y * xs[j][n].y);
-              acc[m][n][2] += sz8.x * (tmp[m][n][2] - sz8.y * xs[j][n].x);
-              acc[m][n][3] += sz8.x * (tmp[m][n][3] - sz8.y * xs[j][n].y);
-            }
+            for (int n = 0; n < WN; ++n) scale_group(acc[m][n], tmp[m][n], sz, xs[j][n]);
           }
         }
       }
