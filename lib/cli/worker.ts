@@ -1,8 +1,9 @@
 // `lowbit worker`: serves a distributed study's cells. On a host with several GPUs (--device cuda, the
 // default there) it starts one worker process per GPU (or per --gpus-per-worker GPUs, for models that must be
-// split by layers) — separate processes, so each has its own CPU thread pool (the pool runs one parallel region at a time) and a crash takes down one GPU's worker only — and
-// waits for them. Those children run in their own process group, so a Ctrl-C reaches them once, through
-// this process; they stop by themselves if it dies (their IPC channel closes).
+// split by layers) — separate processes, so each has its own CPU thread pool (the pool runs one parallel region
+// at a time) and a crash takes down one GPU's worker only — and waits for them. Those children run in their own
+// process group, so a Ctrl-C reaches them once, through this process; they stop by themselves if it dies (their IPC
+// channel closes).
 import { ChildProcess, spawn } from 'child_process';
 import * as os from 'os';
 import * as path from 'path';
