@@ -1,9 +1,10 @@
-// GPTQ on the GPU (native/cuda/gptq.cu, quant.cu) against the CPU path and float64: the Hessian
+// GPTQ and AWQ on the GPU (native/cuda/gptq.cu, awq.cu, quant.cu) against the CPU path and float64: the Hessian
 // accumulation against float64, the solver against the CPU solver on fresh random correlated problems
 // (every option: groups, act-order, static groups, per channel, symmetric, 2..4 bits, dead columns, groups
-// wider than a block), and the whole pipeline on qwen3-tiny against the CPU pipeline. Without a GPU (or in
+// wider than a block), and the whole pipelines (GPTQ, AWQ, SmoothQuant statistics) against the CPU ones. Without a GPU (or in
 // a CPU-only build) only the device-selection checks run.
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import { readCalibIds } from '../lib/calibrate/calibration';
 import { cudaDevices, cudaInfo, toDevice } from '../lib/eval/cuda';
@@ -13,11 +14,13 @@ import { loadModel } from '../lib/load/model';
 import { loadTokenizer } from '../lib/load/tokenizer';
 import { LINEAR_NAMES, LoadedModel } from '../lib/load/types';
 import { addon } from '../lib/native/addon';
-import { quantize } from '../lib/quant/pipeline';
+import { quantize, QuantizeReport } from '../lib/quant/pipeline';
+import { rtnQuantize } from '../lib/quant/rtn';
 import { parseSpec } from '../lib/quant/spec';
 import type { QuantizedLinear } from '../lib/quant/weights';
 import { gauss } from './helpers/random';
 import { denseWeight } from './helpers/fake-quant';
+import { writeRandomQwen3 } from './helpers/random-model';
 
 function packageRoot(): string {
   for (let d = __dirname; ; d = path.dirname(d)) {
@@ -282,5 +285,143 @@ gpuDescribe('SmoothQuant statistics on the GPU (qwen3-tiny)', () => {
     console.log(`[cuda-quant] smoothquant w8a8 stats on GPU: max norm diff ${worst.toExponential(2)}, identical integers ${(100 * same / total).toFixed(3)}%, CPU ${rc.seconds.toFixed(1)} s, GPU ${rg.seconds.toFixed(1)} s`);
     expect(worst).toBeLessThan(1e-5);
     expect(same / total).toBeGreaterThan(0.999);
+  });
+});
+
+gpuDescribe('AWQ on the GPU', () => {
+  const calibFile = path.join(ROOT, 'data', 'calib_c4_128x2048.i16');
+
+  /** The two paths' runs compared: chosen scale ratios, integers, norms. Both are fp32 with the same grid
+   *  arithmetic; only summation orders differ (cuBLAS vs the CPU GEMM), so a choice differs only where two
+   *  candidates' losses are within rounding of each other. */
+  function compare(cpu: LoadedModel, dev: LoadedModel, rc: QuantizeReport, rg: QuantizeReport) {
+    const a = rc.awqGroups!;
+    const b = rg.awqGroups!;
+    expect(b.map((g) => `${g.layer}:${g.label}`)).toEqual(a.map((g) => `${g.layer}:${g.label}`));
+    const sameRatio = a.filter((g, i) => g.ratio === b[i].ratio).length / a.length;
+    let worstLoss = 0;
+    a.forEach((g, i) => g.ratio === b[i].ratio && (worstLoss = Math.max(worstLoss, Math.abs(b[i].loss / g.loss - 1))));
+    let same = 0;
+    let total = 0;
+    let worstNorm = 0;
+    dev.weights.layers.forEach((layer, l) => {
+      for (const k of ['inputNorm', 'postAttnNorm'] as const) {
+        const x = cpu.weights.layers[l][k];
+        for (let j = 0; j < x.length; j++) worstNorm = Math.max(worstNorm, Math.abs(layer[k][j] / x[j] - 1));
+      }
+      for (const n of LINEAR_NAMES) {
+        const qa = (cpu.weights.layers[l].linears[n] as QuantizedLinear).quantized!;
+        const qb = (layer.linears[n] as QuantizedLinear).quantized!;
+        expect(qb.bits).toBe(qa.bits);
+        expect(qb.scales.length).toBe(qa.scales.length);
+        for (let i = 0; i < qa.qweight.length; i++) if (qa.qweight[i] === qb.qweight[i]) same++;
+        total += qa.qweight.length;
+      }
+    });
+    return { sameRatio, worstLoss, sameInts: same / total, worstNorm };
+  }
+
+  test('awq:w4g128 on qwen3-tiny: the CPU path\'s scales, integers and perplexity', async () => {
+    const spec = parseSpec('awq:w4g128,nsamples=32');
+    const calib = readCalibIds(calibFile, spec.nsamples, spec.calibSeqLen);
+    const cpu = loadModel(TINY);
+    const dev = loadModel(TINY);
+    const rc = await quantize(cpu, spec, { calibration: calib, device: 'cpu' });
+    const stages: string[] = [];
+    const rg = await quantize(dev, spec, { calibration: calib, device: 'cuda', onProgress: (p) => stages.push(p.stage) });
+    expect(rc.device).toBe('cpu');
+    expect(rg.device).toBe('cuda:0');
+    expect(stages).toContain('awq search');
+    expect(rg.gpuPeakBytes).toBeGreaterThan(0);
+    const c = compare(cpu, dev, rc, rg);
+    const tok = loadTokenizer(TINY);
+    const ppl = async (m: LoadedModel) => {
+      await toDevice(m, 'cuda', { dtype: 'fp32' });
+      const out: Record<string, number> = {};
+      for (const task of ['wikitext2', 'c4'] as const) out[task] = (await perplexity(m, tok.encode(pplText(task, path.join(ROOT, 'data'))), { seqLen: 2048, maxWindows: 40 })).ppl;
+      await toDevice(m, 'cpu');
+      return out;
+    };
+    const [pc, pg] = [await ppl(cpu), await ppl(dev)];
+    console.log(`[cuda-quant] tiny awq w4g128 (32×512): same ratio ${(100 * c.sameRatio).toFixed(1)}% of ${rc.awqGroups!.length} groups, ` +
+      `loss rel diff ≤ ${c.worstLoss.toExponential(2)}, norms ≤ ${c.worstNorm.toExponential(2)}, identical integers ${(100 * c.sameInts).toFixed(2)}%; ` +
+      `CPU ${rc.seconds.toFixed(1)} s, GPU ${rg.seconds.toFixed(1)} s; ppl wikitext2 ${pc.wikitext2.toFixed(3)} / ${pg.wikitext2.toFixed(3)}, c4 ${pc.c4.toFixed(3)} / ${pg.c4.toFixed(3)} (CPU / GPU)`);
+    expect(c.sameRatio).toBeGreaterThanOrEqual(0.9);
+    expect(c.worstLoss).toBeLessThan(1e-3);
+    expect(c.sameInts).toBeGreaterThan(0.98);
+    expect(Math.abs(pg.wikitext2 / pc.wikitext2 - 1)).toBeLessThan(0.01);
+    expect(Math.abs(pg.c4 / pc.c4 - 1)).toBeLessThan(0.01);
+  });
+
+  test('multi-head attention (the v → o scale group) and per-channel w3: the CPU path\'s choices', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lowbit-awq-mha-'));
+    try {
+      writeRandomQwen3(dir, { layers: 2, hidden: 256, inter: 512, heads: 4, kvHeads: 4, headDim: 64, vocab: 8192 }, TINY, 7);
+      const spec = parseSpec('awq:w3perchannel,nsamples=8');
+      const calib = readCalibIds(calibFile, spec.nsamples, spec.calibSeqLen);
+      const cpu = loadModel(dir);
+      const dev = loadModel(dir);
+      const rc = await quantize(cpu, spec, { calibration: calib, device: 'cpu' });
+      const rg = await quantize(dev, spec, { calibration: calib, device: 'cuda' });
+      expect(rg.awqGroups!.map((g) => g.label)).toEqual(['q,k,v', 'gate,up', 'o', 'down', 'q,k,v', 'gate,up', 'o', 'down']);
+      const c = compare(cpu, dev, rc, rg);
+      console.log(`[cuda-quant] random MHA awq w3perchannel: same ratio ${(100 * c.sameRatio).toFixed(1)}%, loss rel diff ≤ ${c.worstLoss.toExponential(2)}, ` +
+        `norms ≤ ${c.worstNorm.toExponential(2)}, identical integers ${(100 * c.sameInts).toFixed(2)}%`);
+      expect(c.sameRatio).toBeGreaterThanOrEqual(0.75);
+      expect(c.worstLoss).toBeLessThan(1e-3);
+      expect(c.sameInts).toBeGreaterThan(0.95);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('the final integers are rtnQuantize (grid awq) of the scaled, clipped weights, bit for bit', async () => {
+    const model = loadModel(TINY);
+    const calib = readCalibIds(calibFile, 2, 512);
+    const session = await addon.gpuQuantCreate({ cfg: model.config, embed: model.weights.embed }, calib.ids, calib.seqLen, 0);
+    try {
+      for (const [l, bits, groupSize] of [[0, 3, 64], [1, 4, -1]]) {
+        await addon.gpuQuantLoadLayer(session, model.weights.layers[l]);
+        const r = await addon.gpuQuantAwq(session, { bits, groupSize, weights: true });
+        for (const n of LINEAR_NAMES) {
+          const lin = model.weights.layers[l].linears[n]!;
+          const o = r.linears[n];
+          expect(o.weight.length).toBe(lin.outFeatures * lin.inFeatures);
+          const { q } = await rtnQuantize(o.weight, lin.outFeatures, lin.inFeatures, bits, groupSize, { grid: 'awq' });
+          expect(Buffer.from(o.qweight).equals(Buffer.from(q!.qweight))).toBe(true);
+          expect(Buffer.from(o.scales.buffer).equals(Buffer.from(q!.scales.buffer))).toBe(true);
+          expect(Buffer.from(o.zeros.buffer).equals(Buffer.from(q!.zeros.buffer))).toBe(true);
+        }
+      }
+    } finally {
+      addon.gpuQuantFree(session);
+    }
+  });
+
+  test('a layer whose output overflows stops the run, naming the layer, sequence and token (as the CPU path)', async () => {
+    const model = loadModel(TINY);
+    model.weights.layers[0].postAttnNorm = new Float32Array(model.config.hiddenSize).fill(3e38);
+    const spec = parseSpec('awq:w4g128,nsamples=2');
+    await expect(quantize(model, spec, { calibration: readCalibIds(calibFile, 2, spec.calibSeqLen), device: 'cuda' })).rejects.toThrow(
+      /calibration activations are not finite: the output of model\.layers\.0 for sequence 0, token 0 \(value /,
+    );
+  });
+
+  test('repeatable bit for bit; an AbortSignal stops it with an AbortError', async () => {
+    const spec = parseSpec('awq:w4g128,nsamples=4');
+    const calib = readCalibIds(calibFile, spec.nsamples, spec.calibSeqLen);
+    const [a, b] = [loadModel(TINY), loadModel(TINY)];
+    await quantize(a, spec, { calibration: calib, device: 'cuda' });
+    await quantize(b, spec, { calibration: calib, device: 'cuda' });
+    for (let l = 0; l < a.config.numLayers; l++) {
+      expect(Buffer.from(b.weights.layers[l].inputNorm.buffer).equals(Buffer.from(a.weights.layers[l].inputNorm.buffer))).toBe(true);
+      for (const n of LINEAR_NAMES) {
+        const [wa, wb] = [a, b].map((m) => denseWeight(m.weights.layers[l].linears[n]!));
+        expect(Buffer.from(wa.buffer).equals(Buffer.from(wb.buffer))).toBe(true);
+      }
+    }
+    const ac = new AbortController();
+    const p = quantize(loadModel(TINY), spec, { calibration: calib, device: 'cuda', signal: ac.signal, onProgress: (s) => s.stage === 'awq search' && ac.abort() });
+    await expect(p).rejects.toMatchObject({ name: 'AbortError' });
   });
 });

@@ -85,14 +85,17 @@ export class LayerInputs {
 function checkFinite(b: Float32Array, firstSeq: number, seqLen: number, hidden: number, what: string): void {
   for (let i = 0; i < b.length; i++) {
     const v = b[i];
-    if (v - v !== 0) {
-      const tok = Math.floor(i / hidden);
-      throw new LowbitError(
-        'BAD_DATA',
-        `calibration activations are not finite: ${what} sequence ${firstSeq + Math.floor(tok / seqLen)}, token ${tok % seqLen} (value ${v})`,
-      );
-    }
+    if (v - v !== 0) throw nonFiniteActivations(what, firstSeq * seqLen * hidden + i, v, seqLen, hidden);
   }
+}
+
+/** The error for a non-finite value at element `index` of calibration states [nseq·seqLen, hidden]. */
+export function nonFiniteActivations(what: string, index: number, value: number, seqLen: number, hidden: number): LowbitError {
+  const tok = Math.floor(index / hidden);
+  return new LowbitError(
+    'BAD_DATA',
+    `calibration activations are not finite: ${what} sequence ${Math.floor(tok / seqLen)}, token ${tok % seqLen} (value ${value})`,
+  );
 }
 
 /** Sequences per calibration batch: its transient activations in one layer call (≈ 8 floats per token per

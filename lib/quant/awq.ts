@@ -14,8 +14,9 @@ import { rtnQuantize } from './rtn';
 import type { QuantSpec } from './spec';
 import { install, scaleColumns, toF32 } from './weights';
 
-const GRID = 20;
-const CLIP_TOKENS = 512;
+/** Scale ratios r/GRID searched per group (the clip search tries GRID/2 ranges); tokens the clip search samples. */
+export const GRID = 20;
+export const CLIP_TOKENS = 512;
 
 type Feats = Record<keyof LayerCaptures, Float32Array>;
 
@@ -48,7 +49,15 @@ interface ScaleGroup {
   block: (x: Float32Array) => Promise<Float32Array>;
 }
 
-/** AWQ of layer l; in a sparse layer also returns the experts' calibration coverage. */
+/** The scale ratio AWQ chose for one group of a layer (s = mean|x|^(ratio/GRID)) and the block output's MSE with it. */
+export interface AwqGroupReport {
+  layer: number;
+  label: string;
+  ratio: number;
+  loss: number;
+}
+
+/** AWQ of layer l: the scales it chose; in a sparse layer also the experts' calibration coverage. */
 export async function awqLayer(
   model: LoadedModel,
   l: number,
@@ -57,7 +66,7 @@ export async function awqLayer(
   cancel: Int32Array,
   signal?: AbortSignal,
   onStage?: (s: string) => void,
-): Promise<ExpertCoverage | undefined> {
+): Promise<{ groups: AwqGroupReport[]; coverage?: ExpertCoverage }> {
   const layer: LayerWeights = model.weights.layers[l];
   const lins = layer.linears;
   const cfg = model.config;
@@ -108,6 +117,7 @@ export async function awqLayer(
     );
   }
 
+  const chosen: AwqGroupReport[] = [];
   for (const g of groups) {
     onStage?.(`scale ${g.label}`);
     const x = await g.input();
@@ -118,6 +128,7 @@ export async function awqLayer(
     const ws = g.lins.map((lin) => lin.weight as Float32Array);
     let best = Infinity;
     let bestS: Float32Array | undefined;
+    let bestR = -1;
     for (let r = 0; r < GRID; r++) {
       if (signal?.aborted) break;
       const s = new Float32Array(cols);
@@ -138,9 +149,11 @@ export async function awqLayer(
       if (loss < best) {
         best = loss;
         bestS = s;
+        bestR = r;
       }
     }
     if (!bestS) throw Object.assign(new Error('The operation was aborted'), { name: 'AbortError' });
+    chosen.push({ layer: l, label: g.label, ratio: bestR, loss: best });
     g.lins.forEach((lin, i) => (lin.weight = scaleColumns(ws[i], cols, bestS!)));
     if (g.router) g.router.router = scaleColumns(toF32(g.router.router), cols, bestS);
     if (isF32Array(g.prev)) {
@@ -181,7 +194,7 @@ export async function awqLayer(
     const { weight, q } = await rtnQuantize(lin.weight, lin.outFeatures, lin.inFeatures, spec.wbits, spec.groupSize, { grid: 'awq' });
     install(lin, weight, q);
   }
-  return experts?.coverage.report();
+  return { groups: chosen, coverage: experts?.coverage.report() };
 }
 
 /** Which rows of the layer's MLP input each expert's AWQ statistics use (llm-awq's own hooks see the routed ones). */

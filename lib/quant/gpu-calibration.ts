@@ -1,14 +1,19 @@
 // Layer-by-layer calibration on a CUDA device: the calibration windows' hidden states stay on the GPU and each
 // layer's weights go up one layer at a time. GPTQ accumulates and solves its Hessians there with the CPU path's
 // schedule (true-sequential subsets) and semantics; SmoothQuant takes its activation maxima on the way through
-// the full-precision layer. Results come back into the same structures as the CPU path's.
+// the full-precision layer; AWQ searches its scales and clip ranges there (awq.cu) and the host quantizes the
+// weights that come back. Results come back into the same structures as the CPU path's.
+import { nonFiniteActivations } from '../calibrate/activations';
+import { dequantize } from '../export/pack';
 import type { CalibrationSet } from '../calibrate/calibration';
 import { throwIfAborted } from '../eval/forward';
-import type { LinearName, LoadedModel } from '../load/types';
+import { LINEAR_NAMES, LinearName, LoadedModel } from '../load/types';
 import { addon } from '../native/addon';
+import { AwqGroupReport, CLIP_TOKENS, GRID } from './awq';
 import { ALL_AT_ONCE, GptqResult, gptqOptions, INPUT_OF, installGptq, LinearReport, SEQUENTIAL_SUBSETS } from './gptq';
 import { isPackableGrid } from './packed';
 import type { QuantSpec } from './spec';
+import { install, installDequantizedOnAccess } from './weights';
 
 export interface GpuQuantInfo {
   device: number;
@@ -17,17 +22,27 @@ export interface GpuQuantInfo {
   peakBytes: number;
 }
 
+interface GpuAwqResult {
+  linears?: Record<LinearName, { qweight: Uint8Array; scales: Float32Array; zeros: Float32Array; bias?: Float32Array }>;
+  inputNorm?: Float32Array;
+  postAttnNorm?: Float32Array;
+  groups?: { label: string; ratio: number; loss: number }[];
+  /** the layer's output is not finite from this element of [nseq·seqLen, hidden] on (nothing else comes back) */
+  nonFinite?: { index: number; value: number };
+}
+
 export class GpuCalibration {
   private constructor(
     private handle: unknown,
     private readonly model: LoadedModel,
+    private readonly seqLen: number,
   ) {}
 
   /** Embeds the calibration windows on device `device` (they stay there until free()). */
   static async create(model: LoadedModel, calib: CalibrationSet, device: number): Promise<GpuCalibration> {
     const w = model.weights;
     const handle = await addon.gpuQuantCreate({ cfg: model.config, embed: w.embed }, calib.ids, calib.seqLen, device);
-    return new GpuCalibration(handle, model);
+    return new GpuCalibration(handle, model, calib.seqLen);
   }
 
   /** GPTQ of layer l in place (its linears get the integers and the dequantized weights); propagate() then
@@ -53,6 +68,33 @@ export class GpuCalibration {
   /** Moves the calibration states through the quantized layer (on the GPU; the host is free meanwhile). */
   propagate(cancel: Int32Array): Promise<void> {
     return addon.gpuQuantPropagate(this.handle, cancel);
+  }
+
+  /** AWQ of layer l (awq.ts's semantics): the device captures the layer's inputs while moving the calibration
+   *  states through it unmodified, searches and folds the scales, searches the clip ranges and quantizes on the
+   *  grid of awq.ts's final rtnQuantize (grid 'awq'), with the same arithmetic; the integers, norms and biases
+   *  come back. */
+  async awqLayer(l: number, spec: QuantSpec, cancel: Int32Array, onStage?: (s: string) => void): Promise<AwqGroupReport[]> {
+    const layer = this.model.weights.layers[l];
+    onStage?.('upload');
+    await addon.gpuQuantLoadLayer(this.handle, layer);
+    onStage?.('awq search');
+    const r: GpuAwqResult = await addon.gpuQuantAwq(this.handle, { bits: spec.wbits, groupSize: spec.groupSize, grid: GRID, clipTokens: CLIP_TOKENS, cancel });
+    if (r.nonFinite) {
+      throw nonFiniteActivations(`the output of model.layers.${l} for`, r.nonFinite.index, r.nonFinite.value, this.seqLen, this.model.config.hiddenSize);
+    }
+    layer.inputNorm = r.inputNorm!;
+    layer.postAttnNorm = r.postAttnNorm!;
+    for (const name of LINEAR_NAMES) {
+      const lin = layer.linears[name]!;
+      const o = r.linears![name];
+      if (o.bias) lin.bias = o.bias;
+      const q = { bits: spec.wbits, groupSize: spec.groupSize, sym: false, qweight: o.qweight, scales: o.scales, zeros: o.zeros };
+      // A packable result is packed with the layer and needs no fp32 copy (recomputed on access, bit for bit).
+      if (isPackableGrid(spec.wbits, spec.groupSize, lin.inFeatures)) installDequantizedOnAccess(lin, q);
+      else install(lin, dequantize(q, lin.inFeatures), q);
+    }
+    return r.groups!.map((g) => ({ layer: l, ...g }));
   }
 
   /** SmoothQuant's statistics of layer l: the states go through the layer as it is (full precision) and the

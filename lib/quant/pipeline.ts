@@ -2,14 +2,14 @@
 // the method's statistics from that layer's inputs → quantize → push the inputs through the layer.
 import { LayerInputs } from '../calibrate/activations';
 import type { CalibrationSet } from '../calibrate/calibration';
-import { DeviceSpec, deviceName, resolveDevice } from '../eval/cuda';
+import { cudaAttentionSupports, DeviceSpec, deviceName, resolveDevice } from '../eval/cuda';
 import { throwIfAborted } from '../eval/forward';
 import { LowbitError } from '../load/errors';
 import type { ExpertCoverage, MoeCalib } from '../calibrate/experts';
 import { layerLinears } from '../load/linears';
 import { scanNonFinite } from '../load/model';
 import type { LoadedModel } from '../load/types';
-import { awqLayer } from './awq';
+import { AwqGroupReport, awqLayer } from './awq';
 import { billmQuantize } from './billm';
 import { gptqSolver, hessianLayer, LinearReport } from './gptq';
 import { GpuCalibration } from './gpu-calibration';
@@ -31,8 +31,8 @@ export interface QuantizeOptions {
   calibration?: CalibrationSet;
   signal?: AbortSignal;
   onProgress?: (p: QuantizeProgress) => void;
-  /** Where GPTQ's calibration and solver run: cpu, cuda or cuda:N (default: cuda when a GPU and a CUDA
-   *  build are there, else cpu). The other methods run on the CPU. */
+  /** Where GPTQ, AWQ and SmoothQuant's statistics run: cpu, cuda or cuda:N (default: cuda when a GPU and a
+   *  CUDA build are there, else cpu). RTN and BiLLM run on the CPU. */
   device?: DeviceSpec | string;
   /** Round each finished layer's scales to fp16, as GPTQ/AWQ checkpoints store them, so that the model in
    *  memory is exactly what the checkpoint will load as. */
@@ -50,6 +50,8 @@ export interface QuantizeReport {
   seconds: number;
   calibration?: string;
   linears: LinearReport[];
+  /** AWQ: the scale ratio chosen for each group of each layer, and its block output MSE. */
+  awqGroups?: AwqGroupReport[];
   /** BiLLM: weighted mean bits per weight over all quantized linears. */
   avgBits?: number;
   /** where the quantization ran ("cpu", "cuda:0") */
@@ -105,15 +107,20 @@ export function checkSpecForModel(model: LoadedModel, spec: QuantSpec): void {
   });
 }
 
-/** The methods whose calibration runs on the GPU (GPTQ; SmoothQuant's statistics); the others stay on the CPU. */
+/** The methods whose calibration runs on the GPU (GPTQ, AWQ; SmoothQuant's statistics); the others stay on the CPU. */
 function onGpuWhenAsked(spec: QuantSpec): boolean {
-  return spec.method === 'gptq' || (spec.method === 'smoothquant' && spec.alpha > 0);
+  return spec.method === 'gptq' || spec.method === 'awq' || (spec.method === 'smoothquant' && spec.alpha > 0);
 }
 
-/** The GPU calibration session has no sparse (MoE) layers: those models quantize on the CPU (the report's device says so). */
+/** The GPU calibration session has no sparse (MoE) layers: those models quantize on the CPU (the report's device
+ *  says so). Nor does an automatic choice send it a head size its attention kernels lack; `--device cuda` does,
+ *  and gets the kernel's error. */
 function calibrationDevice(model: LoadedModel, requested: QuantizeOptions['device']): DeviceSpec {
   if (model.config.moe) return { type: 'cpu' };
-  return typeof requested === 'object' ? requested : resolveDevice(requested);
+  if (typeof requested === 'object') return requested;
+  const d = resolveDevice(requested);
+  const auto = requested === undefined || requested === '' || requested === 'auto';
+  return auto && !cudaAttentionSupports(model.config.headDim) ? { type: 'cpu' } : d;
 }
 
 /**
@@ -140,6 +147,7 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
     await m;
   };
   const coverage: ExpertCoverage[] = [];
+  const awqGroups: AwqGroupReport[] = [];
   const covered = (c: ExpertCoverage | undefined) => c && coverage.push(c);
   let bitsWeighted = 0;
   let weights = 0;
@@ -206,9 +214,13 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
           await inputs!.propagate(model, l, signal);
           break;
         }
-        case 'awq':
-          covered(await awqLayer(model, l, inputs!, spec, cancel, signal, stage));
+        case 'awq': {
+          // On the GPU the layer's capture also moves the calibration states on (from the unmodified layer).
+          const r = gpu ? { groups: await gpu.awqLayer(l, spec, cancel, stage) } : await awqLayer(model, l, inputs!, spec, cancel, signal, stage);
+          awqGroups.push(...r.groups);
+          covered(r.coverage);
           break;
+        }
         case 'smoothquant':
         case 'naive':
           if (gpu) {
@@ -244,6 +256,7 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
     seconds: (performance.now() - t0) / 1000,
     calibration: needsCalibration(spec) ? opts.calibration?.source : undefined,
     linears,
+    awqGroups: spec.method === 'awq' ? awqGroups : undefined,
     avgBits: weights ? bitsWeighted / weights : undefined,
     device: deviceName(device),
     gpuPeakBytes,

@@ -124,6 +124,32 @@ void quant_session_propagate(QuantSession& s, const CancelCheck& cancel);
 // The same, recording SmoothQuant's statistics on the way: per-channel max |x| of the attention input (after
 // input_layernorm) and of the MLP input (after post_attention_layernorm), hidden floats each (NaN/Inf → +Inf).
 void quant_session_absmax_propagate(QuantSession& s, float* attn_max, float* mlp_max, const CancelCheck& cancel);
+// AWQ (lib/quant/awq.ts's semantics) of the loaded layer: captures its four linear inputs over every window
+// while moving the states through it (full precision, as llm-awq), searches each scale group's scales and
+// folds them, searches the clip ranges of v, o, gate, up and down, and quantizes every linear (llm-awq's grid).
+// The device weights become the scaled, clipped ones. Not followed by propagate.
+struct AwqOpts {
+  int bits = 4;
+  int64_t group_size = 128;  // ≤ 0: one group per row
+  int grid = 20;             // scale ratios r/grid, r < grid; the clip search tries grid/2 ranges
+  int64_t clip_tokens = 512;
+  bool weights = false;      // also return the scaled, clipped fp32 weights that were quantized
+};
+struct AwqOut {
+  // by linear index: q [rows, cols], scales/zeros [rows, ngroups], w [rows, cols] (only with opts.weights), bias
+  // (empty where the linear has none)
+  std::vector<uint8_t> q[7];
+  std::vector<float> scales[7], zeros[7], w[7], bias[7];
+  std::vector<float> in_norm, post_norm;
+  // per scale group (0 q,k,v; 1 o; 2 gate,up; 3 down): the chosen r and its loss; -1 where the group was skipped
+  int best_ratio[4] = {-1, -1, -1, -1};
+  double loss[4] = {-1, -1, -1, -1};
+  // ≥ 0: the layer's output (the next layer's states) is not finite from this element on ([nseq·L, hidden]
+  // row-major); nothing was searched and the weights are unchanged.
+  int64_t nonfinite_at = -1;
+  float nonfinite_value = 0;
+};
+void quant_session_awq(QuantSession& s, const AwqOpts& o, AwqOut& out, const CancelCheck& cancel);
 struct QuantSessionInfo {
   int device = 0;
   int64_t batch_seqs = 0;

@@ -5,6 +5,10 @@
 //   gpuQuantGptq(session, linear: 'q'|…|'down', opts) → Promise<result>   (opts and result as gptqQuantize's)
 //   gpuQuantPropagate(session, cancel?) → Promise<void>
 //   gpuQuantAbsmaxPropagate(session, cancel?) → Promise<{attnMax, mlpMax}>   (SmoothQuant statistics on the way)
+//   gpuQuantAwq(session, {bits, groupSize, grid?, clipTokens?, weights?, cancel?}) → Promise<{linears: {q: {qweight,
+//     scales, zeros, weight?, bias?}, …}, inputNorm, postAttnNorm, groups} | {nonFinite: {index, value}}>   (AWQ
+//     over the loaded layer; the states move on through it; nonFinite: its output is not finite from that element
+//     on, nothing was searched)
 //   gpuQuantInfo(session) → {device, batchSeqs, peakBytes};  gpuQuantFree(session)
 //   gpuGptqQuantize(W, H, opts & {device?}) → Promise<result>   (standalone, as gptqQuantize)
 //   gpuHessianAccumulate(H, X, alpha, device?) → Promise<void>   (as hessianAccumulate)
@@ -154,6 +158,60 @@ Napi::Value GpuQuantAbsmaxPropagate(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value GpuQuantAwq(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    auto s = unbox(info[0]);
+    Napi::Object o = info[1].As<Napi::Object>();
+    cuda::AwqOpts opt;
+    opt.bits = o.Get("bits").As<Napi::Number>().Int32Value();
+    opt.group_size = o.Get("groupSize").As<Napi::Number>().Int64Value();
+    if (o.Get("grid").IsNumber()) opt.grid = o.Get("grid").As<Napi::Number>().Int32Value();
+    if (o.Get("clipTokens").IsNumber()) opt.clip_tokens = o.Get("clipTokens").As<Napi::Number>().Int64Value();
+    if (o.Get("weights").IsBoolean()) opt.weights = o.Get("weights").As<Napi::Boolean>().Value();
+    auto cancel = cancel_check(o.Get("cancel"));
+    auto r = std::make_shared<cuda::AwqOut>();
+    return run_async(info.Env(), [=] { cuda::quant_session_awq(*s, opt, *r, cancel); },
+                     [r](Napi::Env env) -> Napi::Value {
+                       static const char* names[7] = {"q", "k", "v", "o", "gate", "up", "down"};
+                       static const char* groups[4] = {"q,k,v", "o", "gate,up", "down"};
+                       Napi::Object lins = Napi::Object::New(env);
+                       for (int i = 0; i < 7; ++i) {
+                         Napi::Object e = Napi::Object::New(env);
+                         e.Set("qweight", copy_out<uint8_t, Napi::Uint8Array>(env, r->q[i]));
+                         e.Set("scales", copy_out<float, Napi::Float32Array>(env, r->scales[i]));
+                         e.Set("zeros", copy_out<float, Napi::Float32Array>(env, r->zeros[i]));
+                         if (!r->w[i].empty()) e.Set("weight", copy_out<float, Napi::Float32Array>(env, r->w[i]));
+                         if (!r->bias[i].empty()) e.Set("bias", copy_out<float, Napi::Float32Array>(env, r->bias[i]));
+                         lins.Set(names[i], e);
+                       }
+                       Napi::Array g = Napi::Array::New(env);
+                       int n = 0;
+                       for (int k : {0, 2, 1, 3}) {  // the order they were searched in (awq.ts's)
+                         if (r->best_ratio[k] < 0) continue;
+                         Napi::Object e = Napi::Object::New(env);
+                         e.Set("label", groups[k]);
+                         e.Set("ratio", r->best_ratio[k]);
+                         e.Set("loss", r->loss[k]);
+                         g.Set(static_cast<uint32_t>(n++), e);
+                       }
+                       Napi::Object out = Napi::Object::New(env);
+                       if (r->nonfinite_at >= 0) {
+                         Napi::Object nf = Napi::Object::New(env);
+                         nf.Set("index", static_cast<double>(r->nonfinite_at));
+                         nf.Set("value", r->nonfinite_value);
+                         out.Set("nonFinite", nf);
+                         return out;
+                       }
+                       out.Set("linears", lins);
+                       out.Set("inputNorm", copy_out<float, Napi::Float32Array>(env, r->in_norm));
+                       out.Set("postAttnNorm", copy_out<float, Napi::Float32Array>(env, r->post_norm));
+                       out.Set("groups", g);
+                       return out;
+                     },
+                     {info[1]});
+  });
+}
+
 Napi::Value GpuQuantInfo(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const cuda::QuantSessionInfo i = cuda::quant_session_info(*unbox(info[0]));
@@ -213,6 +271,7 @@ LOWBIT_EXPORTS {
   exports.Set("gpuQuantGptq", Napi::Function::New(env, GpuQuantGptq));
   exports.Set("gpuQuantPropagate", Napi::Function::New(env, GpuQuantPropagate));
   exports.Set("gpuQuantAbsmaxPropagate", Napi::Function::New(env, GpuQuantAbsmaxPropagate));
+  exports.Set("gpuQuantAwq", Napi::Function::New(env, GpuQuantAwq));
   exports.Set("gpuQuantInfo", Napi::Function::New(env, GpuQuantInfo));
   exports.Set("gpuQuantFree", Napi::Function::New(env, GpuQuantFree));
   exports.Set("gpuGptqQuantize", Napi::Function::New(env, GpuGptqQuantize));

@@ -1,8 +1,9 @@
-// GPTQ wall time per layer on the GPU (calibration + Hessians + solve + propagate), and the device memory
-// it needed. Usage (compile with tsc first, as bench/anchors.ts):
-//   node DIST/bench/cuda-gptq.js MODEL_DIR CALIB_IDS [SPEC=gptq:w4g128] [--device cuda:N]
-// Prints one JSON line: {model, spec, device, seconds, perLayer: [s…], stages: {kind: s}, peakGiB}. bench/cuda-gptq.sh runs it
-// beside reference_ptq.py's GPTQ on the same card.
+// Quantization wall time per layer on the GPU (GPTQ: calibration + Hessians + solve + propagate; AWQ: capture +
+// scale and clip searches + host quantization), and the device memory it needed. Usage (compile with tsc first,
+// as bench/anchors.ts):
+//   node DIST/bench/cuda-quant.js MODEL_DIR CALIB_IDS [SPEC=gptq:w4g128] [--device cuda:N]
+// Prints one JSON line: {model, spec, device, seconds, perLayer: [s…], stages: {kind: s}, peakGiB}. bench/cuda-quant.sh runs it
+// beside reference_ptq.py's same method on the same card.
 import { readCalibIds } from '../lib/calibrate/calibration';
 import { loadModel } from '../lib/load/model';
 import { quantize } from '../lib/quant/pipeline';
@@ -17,7 +18,7 @@ async function main() {
   const model = loadModel(dir);
   const calibration = readCalibIds(calibFile, spec.nsamples, spec.calibSeqLen);
   const starts: number[] = [];
-  // Seconds per kind of stage (the first word of the progress stage: embed, upload, hessian, solve,
+  // Seconds per kind of stage (the first word of the progress stage: embed, upload, hessian, solve, awq, quantize,
   // propagate), summed over layers: each stage lasts until the next progress event.
   const stages: Record<string, number> = {};
   let last: { kind: string; t: number } | undefined;
