@@ -254,6 +254,29 @@ gpuDescribe('GPU GPTQ pipeline on qwen3-tiny', () => {
   });
 });
 
+/** A model quantized on the GPU vs the same on the CPU: the largest relative difference of the (folded) norms and
+ *  the fraction of identical integers (each linear's format checked equal). */
+function agreement(cpu: LoadedModel, dev: LoadedModel): { worstNorm: number; sameInts: number } {
+  let worstNorm = 0;
+  let same = 0;
+  let total = 0;
+  dev.weights.layers.forEach((layer, l) => {
+    for (const k of ['inputNorm', 'postAttnNorm'] as const) {
+      const a = cpu.weights.layers[l][k];
+      for (let j = 0; j < a.length; j++) worstNorm = Math.max(worstNorm, Math.abs(layer[k][j] - a[j]) / Math.abs(a[j]));
+    }
+    for (const n of LINEAR_NAMES) {
+      const qa = (cpu.weights.layers[l].linears[n] as QuantizedLinear).quantized!;
+      const qb = (layer.linears[n] as QuantizedLinear).quantized!;
+      expect(qb.bits).toBe(qa.bits);
+      expect(qb.scales.length).toBe(qa.scales.length);
+      for (let i = 0; i < qa.qweight.length; i++) if (qa.qweight[i] === qb.qweight[i]) same++;
+      total += qa.qweight.length;
+    }
+  });
+  return { worstNorm, sameInts: same / total };
+}
+
 gpuDescribe('SmoothQuant statistics on the GPU (qwen3-tiny)', () => {
   test('smoothquant:w8a8 with --device cuda folds the same scales as the CPU path and gives the same model', async () => {
     const spec = parseSpec('smoothquant:w8a8,nsamples=16');
@@ -266,25 +289,10 @@ gpuDescribe('SmoothQuant statistics on the GPU (qwen3-tiny)', () => {
     expect(rg.device).toBe('cuda:0');
     // The folded norms are norm / s with s = max|X|^α / max|W|^(1−α): the activation maxima of both paths
     // (fp32 forwards in different summation orders) agree to ~1e-6, so the norms do to 1e-5.
-    let worst = 0;
-    let same = 0;
-    let total = 0;
-    dev.weights.layers.forEach((layer, l) => {
-      for (const k of ['inputNorm', 'postAttnNorm'] as const) {
-        const a = cpu.weights.layers[l][k];
-        const b = layer[k];
-        for (let j = 0; j < a.length; j++) worst = Math.max(worst, Math.abs(a[j] - b[j]) / Math.abs(a[j]));
-      }
-      for (const n of LINEAR_NAMES) {
-        const qa = (cpu.weights.layers[l].linears[n] as QuantizedLinear).quantized!.qweight;
-        const qb = (layer.linears[n] as QuantizedLinear).quantized!.qweight;
-        for (let i = 0; i < qa.length; i++) if (qa[i] === qb[i]) same++;
-        total += qa.length;
-      }
-    });
-    console.log(`[cuda-quant] smoothquant w8a8 stats on GPU: max norm diff ${worst.toExponential(2)}, identical integers ${(100 * same / total).toFixed(3)}%, CPU ${rc.seconds.toFixed(1)} s, GPU ${rg.seconds.toFixed(1)} s`);
+    const { worstNorm: worst, sameInts } = agreement(cpu, dev);
+    console.log(`[cuda-quant] smoothquant w8a8 stats on GPU: max norm diff ${worst.toExponential(2)}, identical integers ${(100 * sameInts).toFixed(3)}%, CPU ${rc.seconds.toFixed(1)} s, GPU ${rg.seconds.toFixed(1)} s`);
     expect(worst).toBeLessThan(1e-5);
-    expect(same / total).toBeGreaterThan(0.999);
+    expect(sameInts).toBeGreaterThan(0.999);
   });
 });
 
@@ -301,24 +309,7 @@ gpuDescribe('AWQ on the GPU', () => {
     const sameRatio = a.filter((g, i) => g.ratio === b[i].ratio).length / a.length;
     let worstLoss = 0;
     a.forEach((g, i) => g.ratio === b[i].ratio && (worstLoss = Math.max(worstLoss, Math.abs(b[i].loss / g.loss - 1))));
-    let same = 0;
-    let total = 0;
-    let worstNorm = 0;
-    dev.weights.layers.forEach((layer, l) => {
-      for (const k of ['inputNorm', 'postAttnNorm'] as const) {
-        const x = cpu.weights.layers[l][k];
-        for (let j = 0; j < x.length; j++) worstNorm = Math.max(worstNorm, Math.abs(layer[k][j] / x[j] - 1));
-      }
-      for (const n of LINEAR_NAMES) {
-        const qa = (cpu.weights.layers[l].linears[n] as QuantizedLinear).quantized!;
-        const qb = (layer.linears[n] as QuantizedLinear).quantized!;
-        expect(qb.bits).toBe(qa.bits);
-        expect(qb.scales.length).toBe(qa.scales.length);
-        for (let i = 0; i < qa.qweight.length; i++) if (qa.qweight[i] === qb.qweight[i]) same++;
-        total += qa.qweight.length;
-      }
-    });
-    return { sameRatio, worstLoss, sameInts: same / total, worstNorm };
+    return { sameRatio, worstLoss, ...agreement(cpu, dev) };
   }
 
   test('awq:w4g128 on qwen3-tiny: the CPU path\'s scales, integers and perplexity', async () => {

@@ -121,7 +121,7 @@ export function studyCommand(): Command {
     .option('--no-png', 'plots as SVG only')
     .option('--threads <n>', 'worker threads (default: one per core)', intOption('--threads', 1, 1024))
     .option('--json', 'print one JSON document on stdout (the records) instead of the tables')
-    .option('--device <dev>', 'evaluate on cpu, or cuda[:N[,M…]] (a GPU: part of each cell\'s fingerprint, as GPU numbers differ slightly)', 'cpu')
+    .option('--device <dev>', 'evaluate (and run GPTQ/AWQ/SmoothQuant calibration) on cpu, or cuda[:N[,M…]] (a GPU: part of each cell\'s fingerprint, as GPU numbers differ slightly)', 'cpu')
     .option('--dtype <t>', `with --device cuda: ${GPU_DTYPES.join(', ')}`, gpuDtypeOption, 'bf16')
     .option('--fp32-activations', 'with --device cuda and --dtype bf16/fp16: keep activations fp32')
     .option('--redis <url>', 'distributed: queue the cells in this Redis for `lowbit worker`s and collect their results here')

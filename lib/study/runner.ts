@@ -233,7 +233,10 @@ export async function runCell(cell: Cell, fp: string, contexts: ModelContexts, r
       const calib = needsCalibration(cell.spec) ? calibration(model, cell.spec, calibrationSource(run)) : undefined;
       const layers = model.config.numLayers;
       progress.start(`${run.tag} quantize`, layers, 'layers');
-      const rep = await quantize(model, cell.spec, { calibration: calib, signal: run.signal, onProgress: (p) => progress.update(p.layer, 0) });
+      // Calibrated methods run where the cell is evaluated (the fingerprint names that backend, and GPU calibration
+      // differs from the CPU's in rounding), not wherever a GPU happens to be.
+      const device = backend?.type === 'cuda' ? (run.gpu ?? { type: 'cuda', index: 0 }) : ({ type: 'cpu' } as const);
+      const rep = await quantize(model, cell.spec, { calibration: calib, device, signal: run.signal, onProgress: (p) => progress.update(p.layer, 0) });
       progress.update(layers, 0);
       progress.stop();
       quant = { seconds: rep.seconds, calibration: rep.calibration ? path.basename(rep.calibration) : null, avgBits: rep.avgBits ?? null };
