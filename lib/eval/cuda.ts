@@ -65,12 +65,12 @@ export function parseDevice(s: string): DeviceSpec {
   return ids.length === 1 ? { type: 'cuda', index: ids[0] } : { type: 'cuda', index: ids[0], group: ids };
 }
 
-/** The device to run on: the requested one, checked; by default cuda:0 when a GPU is there, else cpu. */
 /** Head sizes the CUDA attention kernels take (native/cuda/attention.cu). */
 export function cudaAttentionSupports(headDim: number): boolean {
   return headDim % 32 === 0 && headDim <= 256;
 }
 
+/** The device to run on: the requested one, checked; by default cuda:0 when a GPU is there, else cpu. */
 export function resolveDevice(requested?: string): DeviceSpec {
   if (requested === undefined || requested === '' || requested === 'auto') {
     return cudaInfo().built && cudaDevices().length > 0 ? { type: 'cuda', index: 0 } : { type: 'cpu' };

@@ -1,8 +1,8 @@
 // Layer-by-layer calibration on a CUDA device: the calibration windows' hidden states stay on the GPU and each
 // layer's weights go up one layer at a time. GPTQ accumulates and solves its Hessians there with the CPU path's
 // schedule (true-sequential subsets) and semantics; SmoothQuant takes its activation maxima on the way through
-// the full-precision layer; AWQ searches its scales and clip ranges there (awq.cu) and the host quantizes the
-// weights that come back. Results come back into the same structures as the CPU path's.
+// the full-precision layer; AWQ searches its scales and clip ranges and quantizes there (awq.cu). Results come
+// back into the same structures as the CPU path's.
 import { nonFiniteActivations } from '../calibrate/activations';
 import { dequantize } from '../export/pack';
 import type { CalibrationSet } from '../calibrate/calibration';
