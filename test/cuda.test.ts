@@ -83,7 +83,7 @@ describe('device selection', () => {
     expect(() => splitLayers(2, 3)).toThrow(/cannot split 2 layers across 3 GPUs/);
   });
 
-  test('packed checkpoints go to the GPU; BiLLM binary and W8A8 int8 linears are named as CPU only', async () => {
+  test('packed and BiLLM binary checkpoints go to the GPU; W8A8 int8 linears are named as CPU only', async () => {
     const model = loadModel(TINY);
     expect(firstCpuOnlyLinear(model)).toBeUndefined();
     const report = await quantize(model, parseSpec('rtn:w4g128'));
@@ -95,8 +95,10 @@ describe('device selection', () => {
       expect(firstCpuOnlyLinear(packed)).toBeUndefined();
       const lin = packed.weights.layers[1].linears.down as PackedLinear;
       lin.packed = { kind: 'binary' } as unknown as PackedLinear['packed'];
-      expect(firstCpuOnlyLinear(packed)).toEqual({ name: 'model.layers.1.down', kind: 'BiLLM binary' });
-      if (cudaInfo().built) await expect(GpuModel.create(packed, { dtype: 'fp32' })).rejects.toThrow(/model\.layers\.1\.down holds BiLLM binary weights, which run on the CPU only; .*--device cpu/);
+      expect(firstCpuOnlyLinear(packed)).toBeUndefined();
+      lin.packed = { kind: 'int8' } as unknown as PackedLinear['packed'];
+      expect(firstCpuOnlyLinear(packed)).toEqual({ name: 'model.layers.1.down', kind: 'W8A8 int8' });
+      if (cudaInfo().built) await expect(GpuModel.create(packed, { dtype: 'fp32' })).rejects.toThrow(/model\.layers\.1\.down holds W8A8 int8 weights, which run on the CPU only; .*--device cpu/);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

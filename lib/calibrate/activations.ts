@@ -110,6 +110,11 @@ function calibBatch(model: LoadedModel, seqLen: number, maxMemory = Infinity): n
 export function checkFiniteStatistic(stat: Float32Array | Float64Array, inputsOf: string): void {
   for (let i = 0; i < stat.length; i++) {
     const v = stat[i];
-    if (v - v !== 0) throw new LowbitError('BAD_DATA', `calibration activations are not finite: the inputs of ${inputsOf} (an overflow in this layer, or non-finite weights)`);
+    if (v - v !== 0) throw new LowbitError('BAD_DATA', nonFiniteInputs(inputsOf));
   }
+}
+
+/** The message for linear inputs whose statistics are not finite (shared with the GPU calibration's check). */
+export function nonFiniteInputs(inputsOf: string): string {
+  return `calibration activations are not finite: the inputs of ${inputsOf} (an overflow in this layer, or non-finite weights)`;
 }

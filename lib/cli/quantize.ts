@@ -148,7 +148,7 @@ export function quantizeCommand(): Command {
     .option('--eval <tasks>', 'also evaluate perplexity on these tasks', listOption)
     .option('--max-windows <n>', 'with --eval: at most N windows per task', intOption('--max-windows', 1))
     .option('--threads <n>', 'worker threads (default: one per core)', intOption('--threads', 1, 1024))
-    .option('--device <dev>', 'where GPTQ, AWQ and SmoothQuant\'s statistics run: cpu, cuda or cuda:N (default: cuda when a GPU and a CUDA build are there, else cpu); RTN and BiLLM run on the CPU')
+    .option('--device <dev>', 'where GPTQ, AWQ, BiLLM and SmoothQuant\'s statistics run: cpu, cuda or cuda:N (default: cuda when a GPU and a CUDA build are there, else cpu); RTN runs on the CPU')
     .addOption(
       new Option('--format <f>', 'checkpoint format: gptq (default when the quantization fits it: 2/3/4/8-bit weight-only), gptq_v2, awq (4-bit, no act-order), lowbit (anything, e.g. BiLLM, SmoothQuant), dequant (fp32 weights)')
         .choices(EXPORT_FORMATS as string[]),

@@ -215,15 +215,15 @@ export class GpuModel {
 }
 
 /**
- * The first linear the CUDA backend cannot upload, and what it holds: BiLLM binary or W8A8 int8 weights (those
- * run on the CPU). Dense weights upload as they are; packed 2/3/4/8-bit ones are expanded to the GPU's dtype a
- * run of rows at a time during the upload (native/cuda/napi_host.h), the host keeping only the packed copy.
+ * The first linear the CUDA backend cannot upload, and what it holds: W8A8 int8 weights (those run on the CPU).
+ * Dense weights upload as they are; packed 2/3/4/8-bit and BiLLM binary ones are expanded to the GPU's dtype a run
+ * of rows at a time during the upload (native/cuda/napi_host.h), the host keeping only the packed copy.
  */
 export function firstCpuOnlyLinear(model: LoadedModel): { name: string; kind: string } | undefined {
   for (const [l, layer] of model.weights.layers.entries()) {
     for (const [n, lin] of Object.entries(layer.linears) as [string, PackedLinear | undefined][]) {
-      if (!lin || lin.weight || lin.packed?.kind === 'packed') continue;
-      return { name: `model.layers.${l}.${n}`, kind: lin.packed?.kind === 'int8' ? 'W8A8 int8' : lin.packed?.kind === 'binary' || lin.binary ? 'BiLLM binary' : 'no dense' };
+      if (!lin || lin.weight || lin.packed?.kind === 'packed' || lin.packed?.kind === 'binary') continue;
+      return { name: `model.layers.${l}.${n}`, kind: lin.packed?.kind === 'int8' ? 'W8A8 int8' : 'no dense' };
     }
   }
   return undefined;

@@ -1,19 +1,24 @@
 // Layer-by-layer calibration on a CUDA device: the calibration windows' hidden states stay on the GPU and each
-// layer's weights go up one layer at a time. GPTQ accumulates and solves its Hessians there with the CPU path's
-// schedule (true-sequential subsets) and semantics; SmoothQuant takes its activation maxima on the way through
+// layer's weights go up one layer at a time. GPTQ and BiLLM accumulate and solve their Hessians there with the CPU
+// path's schedule (true-sequential subsets) and semantics; SmoothQuant takes its activation maxima on the way through
 // the full-precision layer; AWQ searches its scales and clip ranges and quantizes there (awq.cu). Results come
 // back into the same structures as the CPU path's.
-import { nonFiniteActivations } from '../calibrate/activations';
+import { nonFiniteActivations, nonFiniteInputs } from '../calibrate/activations';
+import { LowbitError } from '../load/errors';
 import { dequantize } from '../export/pack';
 import type { CalibrationSet } from '../calibrate/calibration';
 import { throwIfAborted } from '../eval/forward';
 import { LINEAR_NAMES, LinearName, LoadedModel } from '../load/types';
 import { addon } from '../native/addon';
 import { AwqGroupReport, CLIP_TOKENS, GRID } from './awq';
+import { BillmResult, billmOptions, installBillm } from './billm';
 import { ALL_AT_ONCE, GptqResult, gptqOptions, INPUT_OF, installGptq, LinearReport, SEQUENTIAL_SUBSETS } from './gptq';
 import { isPackableGrid } from './packed';
 import type { QuantSpec } from './spec';
 import { install, installDequantizedOnAccess } from './weights';
+
+/** The widest BiLLM block (group size) the GPU kernels take (8 columns per lane of a warp). */
+export const GPU_BILLM_MAX_BLOCK = 256;
 
 export interface GpuQuantInfo {
   device: number;
@@ -45,8 +50,8 @@ export class GpuCalibration {
     return new GpuCalibration(handle, model, calib.seqLen);
   }
 
-  /** GPTQ of layer l in place (its linears get the integers and the dequantized weights); propagate() then
-   *  moves the calibration states through the quantized layer. */
+  /** GPTQ or BiLLM of layer l in place (its linears get the integers or binary codes and the dequantized
+   *  weights); propagate() then moves the calibration states through the quantized layer. */
   async layer(l: number, spec: QuantSpec, cancel: Int32Array, signal?: AbortSignal, onStage?: (s: string) => void): Promise<LinearReport[]> {
     const layer = this.model.weights.layers[l];
     onStage?.('upload');
@@ -55,11 +60,15 @@ export class GpuCalibration {
     for (const subset of spec.trueSequential ? SEQUENTIAL_SUBSETS : ALL_AT_ONCE) {
       throwIfAborted(signal);
       onStage?.(`hessian ${subset.join(',')}`);
-      await addon.gpuQuantHessians(this.handle, [...new Set(subset.map((n) => INPUT_OF[n]))], cancel);
+      const bad: string[] = await addon.gpuQuantHessians(this.handle, [...new Set(subset.map((n) => INPUT_OF[n]))], cancel);
+      // The CPU path's check and message (gptq.ts collectHessians), in the same order.
+      for (const k of new Set(subset.map((n) => INPUT_OF[n]))) {
+        if (bad.includes(k)) throw new LowbitError('BAD_DATA', nonFiniteInputs(`model.layers.${l}.${subset.filter((n) => INPUT_OF[n] === k).join('/')}`));
+      }
       for (const name of subset) {
         throwIfAborted(signal);
         onStage?.(`solve ${name}`);
-        reports.push(await this.solve(l, name, spec, cancel));
+        reports.push(await (spec.method === 'billm' ? this.billm(l, name, spec, cancel) : this.solve(l, name, spec, cancel)));
       }
     }
     return reports;
@@ -113,6 +122,12 @@ export class GpuCalibration {
     const r: GptqResult = await addon.gpuQuantGptq(this.handle, name, { ...gptqOptions(spec, cancel), weight });
     installGptq(lin, spec, r);
     return { layer: l, name, loss: r.loss, deadColumns: r.deadColumns };
+  }
+
+  private async billm(l: number, name: LinearName, spec: QuantSpec, cancel: Int32Array): Promise<LinearReport> {
+    const lin = this.model.weights.layers[l].linears[name]!;
+    const r: BillmResult = await addon.gpuQuantBillm(this.handle, name, billmOptions(spec, cancel));
+    return { layer: l, name, avgBits: installBillm(lin, r), loss: r.loss, deadColumns: r.deadColumns };
   }
 
   info(): GpuQuantInfo {

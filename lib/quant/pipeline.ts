@@ -10,13 +10,12 @@ import { layerLinears } from '../load/linears';
 import { scanNonFinite } from '../load/model';
 import type { LoadedModel } from '../load/types';
 import { AwqGroupReport, awqLayer } from './awq';
-import { billmQuantize } from './billm';
+import { billmSolver } from './billm';
 import { gptqSolver, hessianLayer, LinearReport } from './gptq';
-import { GpuCalibration } from './gpu-calibration';
+import { GPU_BILLM_MAX_BLOCK, GpuCalibration } from './gpu-calibration';
 import { rtnLinear } from './rtn';
 import { foldSmoothing, quantizeLayerWeightsSym, smoothLayer } from './smoothquant';
 import { QuantSpec, specName, validateSpec } from './spec';
-import { install } from './weights';
 import { packLayer } from './packed';
 import { roundLayerScales } from '../export/checkpoint';
 import { adviseWeight, MemoryOptions } from '../eval/stream';
@@ -31,8 +30,8 @@ export interface QuantizeOptions {
   calibration?: CalibrationSet;
   signal?: AbortSignal;
   onProgress?: (p: QuantizeProgress) => void;
-  /** Where GPTQ, AWQ and SmoothQuant's statistics run: cpu, cuda or cuda:N (default: cuda when a GPU and a
-   *  CUDA build are there, else cpu). RTN and BiLLM run on the CPU. */
+  /** Where GPTQ, AWQ, BiLLM and SmoothQuant's statistics run: cpu, cuda or cuda:N (default: cuda when a GPU and a
+   *  CUDA build are there, else cpu). RTN runs on the CPU. */
   device?: DeviceSpec | string;
   /** Round each finished layer's scales to fp16, as GPTQ/AWQ checkpoints store them, so that the model in
    *  memory is exactly what the checkpoint will load as. */
@@ -63,15 +62,6 @@ export interface QuantizeReport {
   experts?: { mode: MoeCalib; layers: ExpertCoverage[] };
   /** Where the calibration activations waited between layers (CPU calibration only). */
   activations?: 'memory' | 'disk';
-}
-
-/**
- * The salient-column search limit per block. The reference searches 1..49 of 128 columns; on the bundled
- * models that picks ~19% salient columns (1.19 bits/weight), above the paper's ~1.1. Capping the search at
- * 15% of the block keeps the average at most 1.15 bits (salient columns cost 2 bits, the rest 1).
- */
-export function billmMaxSalient(block: number): number {
-  return Math.max(2, Math.floor(0.15 * block) + 1);
 }
 
 /** Quantizing NaN/Inf weights yields garbage that looks like a model; checked a layer at a time as the pass reaches it. */
@@ -107,20 +97,21 @@ export function checkSpecForModel(model: LoadedModel, spec: QuantSpec): void {
   });
 }
 
-/** The methods whose calibration runs on the GPU (GPTQ, AWQ; SmoothQuant's statistics); the others stay on the CPU. */
+/** The methods whose calibration runs on the GPU (GPTQ, AWQ, BiLLM; SmoothQuant's statistics); RTN stays on the CPU. */
 function onGpuWhenAsked(spec: QuantSpec): boolean {
-  return spec.method === 'gptq' || spec.method === 'awq' || (spec.method === 'smoothquant' && spec.alpha > 0);
+  return spec.method === 'gptq' || spec.method === 'awq' || spec.method === 'billm' || (spec.method === 'smoothquant' && spec.alpha > 0);
 }
 
 /** The GPU calibration session has no sparse (MoE) layers: those models quantize on the CPU (the report's device
- *  says so). Nor does an automatic choice send it a head size its attention kernels lack; `--device cuda` does,
- *  and gets the kernel's error. */
-function calibrationDevice(model: LoadedModel, requested: QuantizeOptions['device']): DeviceSpec {
+ *  says so). Nor does an automatic choice send it a head size its attention kernels lack, or a BiLLM block wider
+ *  than its kernels take; `--device cuda` does, and gets the kernel's error. */
+function calibrationDevice(model: LoadedModel, spec: QuantSpec, requested: QuantizeOptions['device']): DeviceSpec {
   if (model.config.moe) return { type: 'cpu' };
   if (typeof requested === 'object') return requested;
   const d = resolveDevice(requested);
   const auto = requested === undefined || requested === '' || requested === 'auto';
-  return auto && !cudaAttentionSupports(model.config.headDim) ? { type: 'cpu' } : d;
+  const unsupported = !cudaAttentionSupports(model.config.headDim) || (spec.method === 'billm' && spec.groupSize > GPU_BILLM_MAX_BLOCK);
+  return auto && unsupported ? { type: 'cpu' } : d;
 }
 
 /**
@@ -136,7 +127,7 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
   const cancel = new Int32Array(1);
   const onAbort = () => (cancel[0] = 1);
   signal?.addEventListener('abort', onAbort);
-  const device = onGpuWhenAsked(spec) ? calibrationDevice(model, opts.device) : ({ type: 'cpu' } as const);
+  const device = onGpuWhenAsked(spec) ? calibrationDevice(model, spec, opts.device) : ({ type: 'cpu' } as const);
   const linears: LinearReport[] = [];
   let gpu: GpuCalibration | undefined;
   let gpuPeakBytes: number | undefined;
@@ -176,42 +167,31 @@ export async function quantize(model: LoadedModel, spec: QuantSpec, opts: Quanti
           stage('rtn');
           for (const { lin } of layerLinears(layer)) await rtnLinear(lin, spec);
           break;
-        case 'gptq': {
+        case 'gptq':
+        case 'billm': {
+          let reports: LinearReport[];
           if (gpu) {
-            linears.push(...(await gpu.layer(l, spec, cancel, signal, stage)));
+            reports = await gpu.layer(l, spec, cancel, signal, stage);
             stage('propagate');
             // The GPU moves the calibration states on while the host packs (and writes) this layer and checks
             // the next one; settle() waits for it before the GPU is used again.
             moving = gpu.propagate(cancel);
             moving.catch(() => undefined); // a failure surfaces at settle(), not as an unhandled rejection
-            break;
+          } else {
+            const solver = spec.method === 'gptq' ? gptqSolver(l, spec, cancel) : billmSolver(l, spec, cancel);
+            const r = await hessianLayer(model, l, inputs!, spec, solver, signal, stage);
+            reports = r.linears;
+            covered(r.coverage);
+            stage('propagate');
+            await inputs!.propagate(model, l, signal);
           }
-          const r = await hessianLayer(model, l, inputs!, spec, gptqSolver(l, spec, cancel), signal, stage);
-          linears.push(...r.linears);
-          covered(r.coverage);
-          stage('propagate');
-          await inputs!.propagate(model, l, signal);
-          break;
-        }
-        case 'billm': {
-          const res = await hessianLayer(model, l, inputs!, spec, async ({ lin, kind: name, expert }, H) => {
-              const r = await billmQuantize(lin.weight, H, {
-                rows: lin.outFeatures,
-                cols: lin.inFeatures,
-                blockSize: spec.groupSize,
-                damp: spec.damp,
-                maxSalient: billmMaxSalient(spec.groupSize),
-                cancel,
-              });
-              install(lin, r.weight, undefined, r.binary);
-              bitsWeighted += r.avgBits * lin.outFeatures * lin.inFeatures;
-              weights += lin.outFeatures * lin.inFeatures;
-              return { layer: l, name, expert, avgBits: r.avgBits };
-            }, signal, stage);
-          linears.push(...res.linears);
-          covered(res.coverage);
-          stage('propagate');
-          await inputs!.propagate(model, l, signal);
+          linears.push(...reports);
+          for (const r of reports) {
+            if (r.avgBits === undefined) continue;
+            const { lin } = layerLinears(layer).find((x) => x.kind === r.name && x.expert === r.expert)!;
+            bitsWeighted += r.avgBits * lin.outFeatures * lin.inFeatures;
+            weights += lin.outFeatures * lin.inFeatures;
+          }
           break;
         }
         case 'awq': {

@@ -243,7 +243,7 @@ export async function runCell(cell: Cell, fp: string, contexts: ModelContexts, r
     }
     // Activation-quantized models run on the CPU path (as lowbit eval does), whatever the backend.
     if (backend?.type === 'cuda' && !model.quantization?.actBits) {
-      // BiLLM's binary linears have no CUDA path: they are evaluated on the CPU.
+      // W8A8 int8 linears have no CUDA path: they are evaluated on the CPU.
       if (!firstCpuOnlyLinear(model)) await toDevice(model, run.gpu ?? { type: 'cuda', index: 0 }, { dtype: backend.dtype, actFp32: backend.actFp32 });
     }
     const evalOpts = {

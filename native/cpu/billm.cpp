@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "async.h"
+#include "billm_options.h"
 #include "gemm.h"
 #include "linalg.h"
 #include "registry.h"
@@ -50,32 +51,9 @@
 namespace lowbit {
 namespace {
 
-struct BillmOpts {
-  int64_t block = 128;
-  double damp = 0.01;
-  bool saliency_search = true;  // search the salient-column count per block; off: `fixed_salient` columns
-  int64_t fixed_salient = 0;
-  int64_t max_salient = 50;     // the reference's up_lim (counts searched: 1 .. up_lim-1)
-  bool hessian_metric = true;   // false: the reference's "magnitude" metric (s_j = Σ|W_rj|)
-  bool search_on_saliency = false;
-  bool feedback = true;         // false: the reference's disable_gptq path (plain blockwise binarization)
-  bool exact_feedback = false;
-  bool centered = true;
-};
+using BillmOpts = BillmOptions;
 
-// Scales per row and block, in this order (docs/formats.md, lowbit "binary" layout).
-enum : int { kA1 = 0, kM1, kA2, kM2, kAc, kMc, kAs, kMs, kNScales };
-
-struct BillmResult {
-  std::vector<float> w;                // [rows, cols] dequantized
-  std::vector<uint8_t> salient_bits;   // [ceil(cols/8)] bit c%8 of byte c/8: column c is salient
-  std::vector<uint32_t> codes;         // [rows, ceil(cols/16)] bits 2(c%16), 2(c%16)+1 of word c/16: the code of column c
-  std::vector<uint16_t> scales;        // [rows, nblocks, kNScales] fp16
-  std::vector<int32_t> block_salient;  // salient columns per block
-  std::vector<uint8_t> salient_mask;   // [cols] 1 where the column is salient
-  int64_t salient = 0, dead = 0;
-  double avg_bits = 0, storing_bits = 0, loss = 0;
-};
+enum : int { kA1 = kBillmA1, kAc = kBillmAc, kAs = kBillmAs, kNScales = kBillmScales };
 
 enum : uint8_t { kConc = 0, kSparse = 1, kSal = 2 };
 
@@ -361,18 +339,8 @@ void billm(const MatView& Win, int64_t rows, int64_t cols, const float* Hin, con
   }
   if (overflow.load())
     throw std::invalid_argument("billmQuantize: a binarization scale exceeds the fp16 range (|w| > 65504) and cannot be stored");
-  res.salient_bits.assign((cols + 7) / 8, 0);
-  for (int64_t c = 0; c < cols; ++c) res.salient_bits[c / 8] |= static_cast<uint8_t>(res.salient_mask[c] << (c % 8));
   res.loss = std::accumulate(row_loss.begin(), row_loss.end(), 0.0);
-  // Bits, as the paper counts them (Sec. 4.1 / "extra storing bits"): salient weights take 2 bits (two binary
-  // residual planes), the rest 1 bit, so N_param = 2·r_salient + 1·(1 − r_salient) = 1 + r_salient, where
-  // r_salient = salient columns / cols. That is the 1.08–1.11 "W-bits" the paper reports. The masks are counted
-  // separately as N_storing = 1 + 1/b_size: 1 bit per non-salient weight for the concentrated/sparse group
-  // bitmap, plus the per-block salient-column bitmap (b_size bits per block, 1/b_size per weight as the paper
-  // amortises it). Scales (fp16 α/μ per row and group) are not counted, as in the paper.
-  const double r_sal = static_cast<double>(res.salient) / static_cast<double>(cols);
-  res.avg_bits = 2.0 * r_sal + 1.0 * (1.0 - r_sal);
-  res.storing_bits = 1.0 + 1.0 / static_cast<double>(o.block);
+  billm_finish(res, cols, o.block);
 }
 
 template <class T, class A>
@@ -400,10 +368,8 @@ bool get_bool(const Napi::Object& o, const char* key, bool def) {
   return (v.IsUndefined() || v.IsNull()) ? def : v.ToBoolean().Value();
 }
 
-// billmQuantize(W, H: Float32Array [cols, cols], {rows, cols, blockSize, damp, saliencySearch, fixedSalient,
-//   maxSalient, salientMetric: 'hessian'|'magnitude', searchOnSaliency, errorFeedback, exactFeedback, centered,
-//   cancel}) → Promise<{weight, avgBits, storingBits, salientColumns, blockSalient, salientMask, loss, deadColumns,
-//   binary: {block, salient, codes, scales}}>
+// billmQuantize(W, H: Float32Array [cols, cols], {rows, cols, ...billm_options_from_js's, cancel}) →
+//   Promise<billm_result_js's object>
 Napi::Value BillmQuantize(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     if (info.Length() < 3 || !info[2].IsObject())
@@ -413,61 +379,81 @@ Napi::Value BillmQuantize(const Napi::CallbackInfo& info) {
     if (rows < 1 || cols < 1)
       throw std::invalid_argument("billmQuantize: rows and cols must be positive, got " + std::to_string(rows) + "x" +
                                   std::to_string(cols));
-    BillmOpts opt;
-    opt.block = get_int(o, "blockSize", false, 128);
-    if (opt.block < 1) throw std::invalid_argument("billmQuantize: blockSize must be >= 1, got " + std::to_string(opt.block));
-    Napi::Value dv = o.Get("damp");
-    if (!dv.IsUndefined() && !dv.IsNull()) {
-      if (!dv.IsNumber()) throw std::invalid_argument("billmQuantize: options.damp must be a number");
-      opt.damp = dv.As<Napi::Number>().DoubleValue();
-      if (!std::isfinite(opt.damp) || opt.damp < 0)
-        throw std::invalid_argument("billmQuantize: damp must be a finite number >= 0");
-    }
-    opt.saliency_search = get_bool(o, "saliencySearch", true);
-    opt.fixed_salient = get_int(o, "fixedSalient", false, 0);
-    opt.max_salient = get_int(o, "maxSalient", false, 50);
-    if (opt.fixed_salient < 0 || opt.max_salient < 1)
-      throw std::invalid_argument("billmQuantize: fixedSalient must be >= 0 and maxSalient >= 1");
-    Napi::Value mv = o.Get("salientMetric");
-    if (!mv.IsUndefined() && !mv.IsNull()) {
-      const std::string m = mv.ToString().Utf8Value();
-      if (m == "hessian") opt.hessian_metric = true;
-      else if (m == "magnitude") opt.hessian_metric = false;
-      else throw std::invalid_argument("billmQuantize: salientMetric must be 'hessian' or 'magnitude', got '" + m + "'");
-    }
-    opt.search_on_saliency = get_bool(o, "searchOnSaliency", false);
-    opt.feedback = get_bool(o, "errorFeedback", true);
-    opt.exact_feedback = get_bool(o, "exactFeedback", false);
-    opt.centered = get_bool(o, "centered", true);
+    const BillmOpts opt = billm_options_from_js(o);
     MatView W = mat_from_js(info[0], rows, cols, "billmQuantize: weight");
     const float* H = cf32_from_js(info[1], cols * cols, "billmQuantize: hessian");
     CancelFlag cancel(o.Get("cancel"));
     auto r = std::make_shared<BillmResult>();
     return run_async(info.Env(), [=] { billm(W, rows, cols, H, opt, *r, cancel); },
-      [r, opt](Napi::Env env) -> Napi::Value {
-        Napi::Object out = Napi::Object::New(env);
-        out.Set("weight", copy_out<float, Napi::Float32Array>(env, r->w));
-        out.Set("avgBits", Napi::Number::New(env, r->avg_bits));
-        out.Set("storingBits", Napi::Number::New(env, r->storing_bits));
-        out.Set("salientColumns", Napi::Number::New(env, static_cast<double>(r->salient)));
-        out.Set("blockSalient", copy_out<int32_t, Napi::Int32Array>(env, r->block_salient));
-        out.Set("salientMask", copy_out<uint8_t, Napi::Uint8Array>(env, r->salient_mask));
-        out.Set("loss", Napi::Number::New(env, r->loss));
-        out.Set("deadColumns", Napi::Number::New(env, static_cast<double>(r->dead)));
-        Napi::Object b = Napi::Object::New(env);
-        b.Set("block", Napi::Number::New(env, static_cast<double>(opt.block)));
-        b.Set("salient", copy_out<uint8_t, Napi::Uint8Array>(env, r->salient_bits));
-        auto codes = Napi::Int32Array::New(env, r->codes.size());
-        std::memcpy(codes.Data(), r->codes.data(), r->codes.size() * 4);
-        b.Set("codes", codes);
-        b.Set("scales", copy_out<uint16_t, Napi::Uint16Array>(env, r->scales));
-        out.Set("binary", b);
-        return out;
-      }, {info[0], info[1], info[2]});
+      [r, opt](Napi::Env env) { return billm_result_js(env, *r, opt.block); }, {info[0], info[1], info[2]});
   });
 }
 
 }  // namespace
+
+BillmOptions billm_options_from_js(const Napi::Object& o) {
+  BillmOptions opt;
+  opt.block = get_int(o, "blockSize", false, 128);
+  if (opt.block < 1) throw std::invalid_argument("billmQuantize: blockSize must be >= 1, got " + std::to_string(opt.block));
+  Napi::Value dv = o.Get("damp");
+  if (!dv.IsUndefined() && !dv.IsNull()) {
+    if (!dv.IsNumber()) throw std::invalid_argument("billmQuantize: options.damp must be a number");
+    opt.damp = dv.As<Napi::Number>().DoubleValue();
+    if (!std::isfinite(opt.damp) || opt.damp < 0) throw std::invalid_argument("billmQuantize: damp must be a finite number >= 0");
+  }
+  opt.saliency_search = get_bool(o, "saliencySearch", true);
+  opt.fixed_salient = get_int(o, "fixedSalient", false, 0);
+  opt.max_salient = get_int(o, "maxSalient", false, 50);
+  if (opt.fixed_salient < 0 || opt.max_salient < 1)
+    throw std::invalid_argument("billmQuantize: fixedSalient must be >= 0 and maxSalient >= 1");
+  Napi::Value mv = o.Get("salientMetric");
+  if (!mv.IsUndefined() && !mv.IsNull()) {
+    const std::string m = mv.ToString().Utf8Value();
+    if (m == "hessian") opt.hessian_metric = true;
+    else if (m == "magnitude") opt.hessian_metric = false;
+    else throw std::invalid_argument("billmQuantize: salientMetric must be 'hessian' or 'magnitude', got '" + m + "'");
+  }
+  opt.search_on_saliency = get_bool(o, "searchOnSaliency", false);
+  opt.feedback = get_bool(o, "errorFeedback", true);
+  opt.exact_feedback = get_bool(o, "exactFeedback", false);
+  opt.centered = get_bool(o, "centered", true);
+  return opt;
+}
+
+void billm_finish(BillmResult& res, int64_t cols, int64_t block) {
+  res.salient_bits.assign((cols + 7) / 8, 0);
+  for (int64_t c = 0; c < cols; ++c) res.salient_bits[c / 8] |= static_cast<uint8_t>(res.salient_mask[c] << (c % 8));
+  // Bits, as the paper counts them (Sec. 4.1 / "extra storing bits"): salient weights take 2 bits (two binary
+  // residual planes), the rest 1 bit, so N_param = 2·r_salient + 1·(1 − r_salient) = 1 + r_salient, where
+  // r_salient = salient columns / cols. That is the 1.08–1.11 "W-bits" the paper reports. The masks are counted
+  // separately as N_storing = 1 + 1/b_size: 1 bit per non-salient weight for the concentrated/sparse group
+  // bitmap, plus the per-block salient-column bitmap (b_size bits per block, 1/b_size per weight as the paper
+  // amortises it). Scales (fp16 α/μ per row and group) are not counted, as in the paper.
+  const double r_sal = static_cast<double>(res.salient) / static_cast<double>(cols);
+  res.avg_bits = 2.0 * r_sal + 1.0 * (1.0 - r_sal);
+  res.storing_bits = 1.0 + 1.0 / static_cast<double>(block);
+}
+
+Napi::Value billm_result_js(Napi::Env env, const BillmResult& r, int64_t block) {
+  Napi::Object out = Napi::Object::New(env);
+  if (!r.w.empty()) out.Set("weight", copy_out<float, Napi::Float32Array>(env, r.w));
+  out.Set("avgBits", Napi::Number::New(env, r.avg_bits));
+  out.Set("storingBits", Napi::Number::New(env, r.storing_bits));
+  out.Set("salientColumns", Napi::Number::New(env, static_cast<double>(r.salient)));
+  out.Set("blockSalient", copy_out<int32_t, Napi::Int32Array>(env, r.block_salient));
+  out.Set("salientMask", copy_out<uint8_t, Napi::Uint8Array>(env, r.salient_mask));
+  out.Set("loss", Napi::Number::New(env, r.loss));
+  out.Set("deadColumns", Napi::Number::New(env, static_cast<double>(r.dead)));
+  Napi::Object b = Napi::Object::New(env);
+  b.Set("block", Napi::Number::New(env, static_cast<double>(block)));
+  b.Set("salient", copy_out<uint8_t, Napi::Uint8Array>(env, r.salient_bits));
+  auto codes = Napi::Int32Array::New(env, r.codes.size());
+  if (!r.codes.empty()) std::memcpy(codes.Data(), r.codes.data(), r.codes.size() * 4);
+  b.Set("codes", codes);
+  b.Set("scales", copy_out<uint16_t, Napi::Uint16Array>(env, r.scales));
+  out.Set("binary", b);
+  return out;
+}
 
 LOWBIT_EXPORTS { exports.Set("billmQuantize", Napi::Function::New(env, BillmQuantize)); }
 

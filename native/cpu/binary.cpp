@@ -128,6 +128,12 @@ void binary_matmul(const BinaryView& p, const float* x, int64_t M, float* y, boo
              [&](int64_t r0, int64_t n, int64_t k0, int64_t kc, float* out) { kr->dequant(p, cm.data(), r0, n, k0, kc, out); });
 }
 
+void binary_dense_rows(const BinaryView& p, int64_t r0, int64_t n, float* out) {
+  parallel_for(static_cast<std::size_t>(n), [&](std::size_t a, std::size_t b, int) {
+    dequant_scalar(p, nullptr, r0 + static_cast<int64_t>(a), static_cast<int64_t>(b - a), 0, p.cols, out + a * p.cols);
+  });
+}
+
 void binary_matmul_reference(const BinaryView& p, const float* x, int64_t M, float* y) {
   std::vector<float> w(p.cols);
   float lut[8];

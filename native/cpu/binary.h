@@ -77,6 +77,10 @@ inline int binary_code(const BinaryView& p, int64_t r, int64_t c) {
   return static_cast<int>(((p.codes[r * p.wpr + c / 16] >> (2 * (c % 16))) & 3u) | (((p.salient[c / 8] >> (c % 8)) & 1u) << 2));
 }
 
+// Rows [r0, r0 + n) decoded into out [n, cols] (the layout's scalar definition; the thread pool): what the CUDA
+// backend's upload expands a binary linear to.
+void binary_dense_rows(const BinaryView& p, int64_t r0, int64_t n, float* out);
+
 // y[M, rows] = x[M, cols] · Wᵀ. Uses the SIMD level in force and the thread pool (parallel = false: the
 // calling thread only).
 void binary_matmul(const BinaryView& p, const float* x, int64_t M, float* y, bool parallel = true);

@@ -36,6 +36,19 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// One (row, group)'s grid from its values v_j = w_j·s_j (w_j without s): min and max over the warp, llm-awq's rule.
+__device__ __forceinline__ void group_grid(const float* __restrict__ w, const float* __restrict__ s, int64_t gs, float maxq,
+                                           float& scale, float& zero) {
+  const int lane = threadIdx.x & 31;
+  float mn = INFINITY, mx = -INFINITY;
+  for (int64_t j = lane; j < gs; j += 32) {
+    const float v = s ? w[j] * s[j] : w[j];
+    mn = fminf(mn, v);
+    mx = fmaxf(mx, v);
+  }
+  awq_params(warp_min(mn), warp_max(mx), maxq, scale, zero);
+}
+
 // out = fake_quant(W ⊙ s) / s, each (row, group) on its own grid: one warp per (row, group).
 __global__ void fq_scaled_kernel(const float* __restrict__ W, const float* __restrict__ s, float* __restrict__ out,
                                  int64_t rows, int64_t cols, int64_t gs, float maxq) {
@@ -45,14 +58,8 @@ __global__ void fq_scaled_kernel(const float* __restrict__ W, const float* __res
   for (int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) >> 5; warp < rows * ng; warp += nwarps) {
     const int64_t off = (warp / ng) * cols + (warp % ng) * gs;
     const float* sg = s + (warp % ng) * gs;
-    float mn = INFINITY, mx = -INFINITY;
-    for (int64_t j = lane; j < gs; j += 32) {
-      const float v = W[off + j] * sg[j];
-      mn = fminf(mn, v);
-      mx = fmaxf(mx, v);
-    }
     float scale, zero;
-    awq_params(warp_min(mn), warp_max(mx), maxq, scale, zero);
+    group_grid(W + off, sg, gs, maxq, scale, zero);
     for (int64_t j = lane; j < gs; j += 32) out[off + j] = fake_quant(W[off + j] * sg[j], scale, zero, maxq) / sg[j];
   }
 }
@@ -65,13 +72,8 @@ __global__ void awq_quant_kernel(const float* __restrict__ W, uint8_t* __restric
   const int64_t ng = cols / gs, nwarps = gridDim.x * static_cast<int64_t>(blockDim.x) >> 5;
   for (int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) >> 5; warp < rows * ng; warp += nwarps) {
     const int64_t off = (warp / ng) * cols + (warp % ng) * gs;
-    float mn = INFINITY, mx = -INFINITY;
-    for (int64_t j = lane; j < gs; j += 32) {
-      mn = fminf(mn, W[off + j]);
-      mx = fmaxf(mx, W[off + j]);
-    }
     float scale, zero;
-    awq_params(warp_min(mn), warp_max(mx), maxq, scale, zero);
+    group_grid(W + off, nullptr, gs, maxq, scale, zero);
     for (int64_t j = lane; j < gs; j += 32)
       q[off + j] = static_cast<uint8_t>(fminf(fmaxf(rintf(W[off + j] / scale) + zero, 0.f), maxq));
     if (lane == 0) {
@@ -143,12 +145,6 @@ __global__ void sum_parts_kernel(const double* __restrict__ part, double* __rest
     __syncthreads();
   }
   if (threadIdx.x == 0) *acc += p[0];
-}
-
-// *first = min(*first, the index of every non-finite x[i]).
-__global__ void first_nonfinite_kernel(const float* __restrict__ x, int64_t n, unsigned long long* __restrict__ first) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<int64_t>(blockDim.x))
-    if (!isfinite(x[i])) atomicMin(first, static_cast<unsigned long long>(i));
 }
 
 // xt [ci, n] = rows 0, step, 2·step, … of x [*, ci], transposed so the clip search reads each column's tokens
@@ -392,17 +388,9 @@ class AwqLayer {
   }
 
   bool nonfinite_output(AwqOut& out) {
-    const int64_t n = Tn_ * c_.hidden;
-    DevBuf first;
-    first.alloc(8);
-    LB_CK(cudaMemsetAsync(first.p, 0xff, 8, st_));
-    first_nonfinite_kernel<<<blocks_for(n, 256, 4096), 256, 0, st_>>>(s_.hs.as<float>(), n, first.as<unsigned long long>());
-    LB_LAUNCHED();
-    unsigned long long i = 0;
-    LB_CK(cudaMemcpyAsync(&i, first.p, 8, cudaMemcpyDeviceToHost, st_));
-    LB_CK(cudaStreamSynchronize(st_));
-    if (i == ~0ull) return false;
-    out.nonfinite_at = static_cast<int64_t>(i);
+    const int64_t i = first_nonfinite(s_.cx, s_.hs.as<float>(), Tn_ * c_.hidden);
+    if (i < 0) return false;
+    out.nonfinite_at = i;
     LB_CK(cudaMemcpy(&out.nonfinite_value, s_.hs.as<float>() + i, 4, cudaMemcpyDeviceToHost));
     return true;
   }

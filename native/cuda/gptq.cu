@@ -63,13 +63,6 @@ __global__ void group_params_kernel(const float* __restrict__ W, int64_t rows, i
   if (lane == 0) gptq_params_dev(mn, mx, maxq, sym, s[wid], z[wid]);
 }
 
-__global__ void zero_cols_kernel(float* __restrict__ W, int64_t rows, int64_t cols, const int32_t* __restrict__ dead,
-                                 int64_t ndead) {
-  const int64_t n = rows * ndead;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<int64_t>(blockDim.x))
-    W[(i / ndead) * cols + dead[i % ndead]] = 0.f;
-}
-
 // dst[r, c] = src[r, perm[c]]
 __global__ void permute_cols_kernel(const float* __restrict__ src, float* __restrict__ dst, const int32_t* __restrict__ perm,
                                     int64_t rows, int64_t cols) {
@@ -78,30 +71,6 @@ __global__ void permute_cols_kernel(const float* __restrict__ src, float* __rest
     const int64_t r = i / cols, c = i - r * cols;
     dst[i] = src[r * cols + perm[c]];
   }
-}
-
-// Hd[i, j] = H[perm[i], perm[j]] in float64, dead diagonals set to 1, damp added to the diagonal.
-__global__ void permute_hessian_kernel(const float* __restrict__ H, double* __restrict__ Hd, const int32_t* __restrict__ perm,
-                                       const uint8_t* __restrict__ dead, int64_t n, double damp) {
-  const int64_t total = n * n;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total; i += gridDim.x * static_cast<int64_t>(blockDim.x)) {
-    const int64_t a = i / n, b = i - a * n;
-    const int64_t pa = perm[a], pb = perm[b];
-    double v = static_cast<double>(H[pa * n + pb]);
-    if (a == b) v = (dead[pa] ? 1.0 : v) + damp;
-    Hd[i] = v;
-  }
-}
-
-__global__ void identity_kernel(double* __restrict__ A, int64_t n) {
-  const int64_t total = n * n;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total; i += gridDim.x * static_cast<int64_t>(blockDim.x))
-    A[i] = (i / n == i % n) ? 1.0 : 0.0;
-}
-
-__global__ void to_float_kernel(const double* __restrict__ x, float* __restrict__ y, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += gridDim.x * static_cast<int64_t>(blockDim.x))
-    y[i] = static_cast<float>(x[i]);
 }
 
 // W[r, perm[c]] = Q[r, c]; q8[r, perm[c]] = Qi[r, c]
@@ -278,10 +247,7 @@ void gptq_device(QuantCtx& cx, float* W, int64_t rows, int64_t cols, const float
   const int64_t gs = o.group > 0 ? o.group : cols, ngroups = (cols + gs - 1) / gs;
 
   // Diagonal → dead columns and the act-order permutation (host: cols values).
-  std::vector<float> diag(cols);
-  LB_CK(cudaMemcpy2DAsync(diag.data(), sizeof(float), H, (cols + 1) * sizeof(float), sizeof(float), cols,
-                          cudaMemcpyDeviceToHost, st));
-  LB_CK(cudaStreamSynchronize(st));
+  const std::vector<float> diag = diagonal(cx, H, cols);
   std::vector<uint8_t> dead(cols, 0);
   std::vector<int32_t> dead_list;
   std::vector<double> d64(cols);
@@ -301,18 +267,12 @@ void gptq_device(QuantCtx& cx, float* W, int64_t rows, int64_t cols, const float
   for (int64_t i = 0; i < cols; ++i) mean_diag += d64[perm[i]];  // the CPU path's summation order
   mean_diag /= cols;
 
-  DevBuf d_dead, d_deadmask, d_perm, fixed_s, fixed_z;
+  DevBuf d_deadmask, d_perm, fixed_s, fixed_z;
   d_perm.alloc(cols * 4);
   LB_CK(cudaMemcpyAsync(d_perm.p, perm.data(), cols * 4, cudaMemcpyHostToDevice, st));
   d_deadmask.alloc(cols);
   LB_CK(cudaMemcpyAsync(d_deadmask.p, dead.data(), cols, cudaMemcpyHostToDevice, st));
-  if (!dead_list.empty()) {
-    d_dead.alloc(dead_list.size() * 4);
-    LB_CK(cudaMemcpyAsync(d_dead.p, dead_list.data(), dead_list.size() * 4, cudaMemcpyHostToDevice, st));
-    zero_cols_kernel<<<blocks_for(rows * static_cast<int64_t>(dead_list.size()), 256), 256, 0, st>>>(
-        W, rows, cols, d_dead.as<int32_t>(), static_cast<int64_t>(dead_list.size()));
-    launch_check();
-  }
+  zero_columns(cx, W, rows, cols, dead_list);
   const int mode = o.group <= 0 ? 0 : (o.static_groups ? 2 : 1);
   if (mode != 1) {
     fixed_s.alloc(rows * ngroups * 4);
@@ -322,39 +282,9 @@ void gptq_device(QuantCtx& cx, float* W, int64_t rows, int64_t cols, const float
     launch_check();
   }
 
-  // Hinv = upper Cholesky factor of H⁻¹ (float64): potrf, H⁻¹ from potrs on I, potrf again. Symmetric
-  // matrices read the same in either layout; the column-major lower factor read row-major is the upper one.
-  DevBuf Hd, Binv, info, dws, Hinv;
-  Hd.alloc(cols * cols * 8);
-  Binv.alloc(cols * cols * 8);
-  info.alloc(sizeof(int));
-  permute_hessian_kernel<<<blocks_for(cols * cols, 256), 256, 0, st>>>(H, Hd.as<double>(), d_perm.as<int32_t>(),
-                                                                       d_deadmask.as<uint8_t>(), cols, o.damp * mean_diag);
-  launch_check();
-  identity_kernel<<<blocks_for(cols * cols, 256), 256, 0, st>>>(Binv.as<double>(), cols);
-  launch_check();
-  size_t dbytes = 0, hbytes = 0;
-  LB_CKS(cusolverDnXpotrf_bufferSize(cx.sol, cx.sp, CUBLAS_FILL_MODE_LOWER, cols, CUDA_R_64F, Hd.p, cols, CUDA_R_64F,
-                                     &dbytes, &hbytes));
-  dws.alloc(std::max<size_t>(dbytes, 8));
-  std::vector<char> hws(std::max<size_t>(hbytes, 8));
-  auto potrf = [&](DevBuf& A) {
-    LB_CKS(cusolverDnXpotrf(cx.sol, cx.sp, CUBLAS_FILL_MODE_LOWER, cols, CUDA_R_64F, A.p, cols, CUDA_R_64F, dws.p, dbytes,
-                            hws.data(), hbytes, info.as<int>()));
-    int h_info = 0;
-    LB_CK(cudaMemcpyAsync(&h_info, info.p, sizeof(int), cudaMemcpyDeviceToHost, st));
-    LB_CK(cudaStreamSynchronize(st));
-    if (h_info != 0) throw std::runtime_error("GPTQ: the damped Hessian is not positive definite; raise --damp");
-  };
-  potrf(Hd);
-  LB_CKS(cusolverDnXpotrs(cx.sol, cx.sp, CUBLAS_FILL_MODE_LOWER, cols, cols, CUDA_R_64F, Hd.p, cols, CUDA_R_64F, Binv.p,
-                          cols, info.as<int>()));
-  potrf(Binv);
-  Hd.release();
-  Hinv.alloc(cols * cols * 4);
-  to_float_kernel<<<blocks_for(cols * cols, 256), 256, 0, st>>>(Binv.as<double>(), Hinv.as<float>(), cols * cols);
-  launch_check();
-  Binv.release();
+  DevBuf Hinv;
+  hinv_upper(cx, H, cols, d_perm.as<int32_t>(), d_deadmask.as<uint8_t>(), o.damp * mean_diag,
+             "GPTQ: the damped Hessian is not positive definite; raise --damp", Hinv);
 
   DevBuf Wp, Q, Qi, E, sc, ze, loss;
   Wp.alloc(rows * cols * 4);
@@ -414,13 +344,9 @@ void gptq_device(QuantCtx& cx, float* W, int64_t rows, int64_t cols, const float
 
 void gptq_host(int device, const HostMat& Wh, const float* Hh, const GptqOpts& o, GptqOut& r, const CancelCheck& cancel) {
   QuantCtx cx(device);
-  const int64_t rows = Wh.rows, cols = Wh.cols;
-  DevBuf W, H, staging;
-  W.alloc(rows * cols * 4);
-  upload_f32(cx, Wh, W.as<float>(), staging);
-  H.alloc(cols * cols * 4);
-  LB_CK(cudaMemcpyAsync(H.p, Hh, cols * cols * 4, cudaMemcpyHostToDevice, cx.st));
-  gptq_device(cx, W.as<float>(), rows, cols, H.as<float>(), o, r, cancel);
+  DevBuf W, H;
+  upload_problem(cx, Wh, Hh, W, H);
+  gptq_device(cx, W.as<float>(), Wh.rows, Wh.cols, H.as<float>(), o, r, cancel);
 }
 
 void hessian_host(int device, float* Hh, const float* Xh, int64_t T, int64_t n, float alpha) {

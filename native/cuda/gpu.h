@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/billm_options.h"
 #include "cpu/gptq_options.h"
 
 namespace lowbit {
@@ -105,6 +106,8 @@ struct GptqOut {
 
 // Standalone (tests): W [rows, cols] host (any weight dtype), H [cols, cols] fp32 host.
 void gptq_host(int device, const HostMat& W, const float* H, const GptqOpts& o, GptqOut& r, const CancelCheck& cancel);
+// Standalone BiLLM (tests), as billmQuantize: W [rows, cols] host (any weight dtype), H [cols, cols] fp32 host.
+void billm_host(int device, const HostMat& W, const float* H, const BillmOptions& o, BillmResult& r, const CancelCheck& cancel);
 // H [n, n] += alpha · XᵀX for host X [T, n] (fp32 SYRK on the device, no TF32).
 void hessian_host(int device, float* H, const float* X, int64_t T, int64_t n, float alpha);
 
@@ -115,10 +118,13 @@ class QuantSession;
 std::shared_ptr<QuantSession> quant_session_create(const ModelCfg& cfg, const HostMat& embed, const int32_t* ids,
                                                    int64_t nseq, int64_t L, int device);
 void quant_session_load_layer(QuantSession& s, const HostLayer& layer);
-// H_k = 2/nseq · Σ XᵀX of the inputs named by `captures`, through the layer as it is now.
-void quant_session_hessians(QuantSession& s, unsigned captures, const CancelCheck& cancel);
+// H_k = 2/nseq · Σ XᵀX of the inputs named by `captures`, through the layer as it is now. Returns the captures
+// whose Hessian is not finite (an overflow in the layer, or non-finite weights).
+unsigned quant_session_hessians(QuantSession& s, unsigned captures, const CancelCheck& cancel);
 // GPTQ of one linear from its input's Hessian; the device copy of the weight becomes the quantized one.
 void quant_session_gptq(QuantSession& s, int linear, const GptqOpts& o, GptqOut& r, const CancelCheck& cancel);
+// BiLLM of one linear from its input's Hessian; the device copy of the weight becomes the binarized one.
+void quant_session_billm(QuantSession& s, int linear, const BillmOptions& o, BillmResult& r, const CancelCheck& cancel);
 // The hidden states become the outputs of the (quantized) layer.
 void quant_session_propagate(QuantSession& s, const CancelCheck& cancel);
 // The same, recording SmoothQuant's statistics on the way: per-channel max |x| of the attention input (after

@@ -3,6 +3,7 @@
 #pragma once
 #include <string>
 
+#include "cpu/binary.h"
 #include "cpu/packed.h"
 #include "cpu/registry.h"
 #include "cpu/tensor.h"
@@ -27,21 +28,32 @@ inline cuda::HostMat host_mat(const Napi::Value& v, int64_t rows, int64_t cols, 
   return m;
 }
 
-// A linear held as packed 2/3/4/8-bit integers (lin.packed of kind 'packed', no dense weight): its rows are
-// expanded on demand by packed_dense_rows (native/cpu/packed.cpp).
+// A linear held packed, with no dense weight: 2/3/4/8-bit integers (lin.packed of kind 'packed') or BiLLM binary
+// codes ('binary'); its rows are expanded on demand by the CPU kernels' scalar definitions (packed_dense_rows,
+// binary_dense_rows), so the device gets exactly the values the CPU path computes with.
 inline cuda::HostMat packed_mat(const Napi::Object& packed, int64_t rows, int64_t cols, const char* what) {
   const std::string kind = packed.Get("kind").IsString() ? packed.Get("kind").As<Napi::String>().Utf8Value() : "";
-  if (kind != "packed")
-    throw std::invalid_argument(std::string(what) + ": " + (kind == "binary" ? "BiLLM binary" : kind == "int8" ? "W8A8 int8" : "'" + kind + "'") +
+  if (kind != "packed" && kind != "binary")
+    throw std::invalid_argument(std::string(what) + ": " + (kind == "int8" ? "W8A8 int8" : "'" + kind + "'") +
                                 " weights have no CUDA path; evaluate this model with --device cpu");
-  const PackedView p = packed_from_js(packed);
-  if (p.rows != rows || p.cols != cols)
-    throw std::invalid_argument(std::string(what) + ": packed weight is " + std::to_string(p.rows) + "×" + std::to_string(p.cols) +
-                                ", expected " + std::to_string(rows) + "×" + std::to_string(cols));
   cuda::HostMat m;
   m.rows = rows;
   m.cols = cols;
-  m.dense_rows = [p](int64_t r0, int64_t n, float* out) { packed_dense_rows(p, r0, n, out); };
+  int64_t pr = 0, pc = 0;
+  if (kind == "binary") {
+    const BinaryView p = binary_from_js(packed);
+    pr = p.rows;
+    pc = p.cols;
+    m.dense_rows = [p](int64_t r0, int64_t n, float* out) { binary_dense_rows(p, r0, n, out); };
+  } else {
+    const PackedView p = packed_from_js(packed);
+    pr = p.rows;
+    pc = p.cols;
+    m.dense_rows = [p](int64_t r0, int64_t n, float* out) { packed_dense_rows(p, r0, n, out); };
+  }
+  if (pr != rows || pc != cols)
+    throw std::invalid_argument(std::string(what) + ": packed weight is " + std::to_string(pr) + "×" + std::to_string(pc) +
+                                ", expected " + std::to_string(rows) + "×" + std::to_string(cols));
   return m;
 }
 

@@ -63,6 +63,15 @@ void upload_f32(QuantCtx& cx, const HostMat& m, float* dst, DevBuf& staging) {
   LB_CK(cudaStreamSynchronize(cx.st));
 }
 
+void upload_problem(QuantCtx& cx, const HostMat& Wh, const float* Hh, DevBuf& W, DevBuf& H) {
+  const int64_t rows = Wh.rows, cols = Wh.cols;
+  DevBuf staging;
+  W.alloc(rows * cols * 4);
+  upload_f32(cx, Wh, W.as<float>(), staging);
+  H.alloc(cols * cols * 4);
+  LB_CK(cudaMemcpyAsync(H.p, Hh, cols * cols * 4, cudaMemcpyHostToDevice, cx.st));
+}
+
 std::shared_ptr<QuantSession> quant_session_create(const ModelCfg& cfg, const HostMat& embed_w, const int32_t* ids,
                                                    int64_t nseq, int64_t L, int device) {
   if (nseq <= 0 || L <= 0) throw std::invalid_argument("calibration needs at least one window");
@@ -198,7 +207,7 @@ void quant_session_load_layer(QuantSession& s, const HostLayer& L) {
   s.res_valid = false;
 }
 
-void quant_session_hessians(QuantSession& s, unsigned caps, const CancelCheck& cancel) {
+unsigned quant_session_hessians(QuantSession& s, unsigned caps, const CancelCheck& cancel) {
   LB_CK(cudaSetDevice(s.cx.dev));
   if (!caps || caps > 15) throw std::invalid_argument("captures must name at least one linear input");
   int upto = 0;
@@ -213,22 +222,42 @@ void quant_session_hessians(QuantSession& s, unsigned caps, const CancelCheck& c
     upto = k;
   }
   s.all_batches(upto, caps, cancel);
+  unsigned bad = 0;
   for (int k = 0; k < 4; ++k)
-    if (caps & (1u << k)) symmetrize(s.cx, s.H[k].as<float>(), s.in_dim(k));
+    if (caps & (1u << k)) {
+      symmetrize(s.cx, s.H[k].as<float>(), s.in_dim(k));
+      if (first_nonfinite(s.cx, s.H[k].as<float>(), s.in_dim(k) * s.in_dim(k)) >= 0) bad |= 1u << k;
+    }
   LB_CK(cudaStreamSynchronize(s.cx.st));
+  return bad;
 }
 
-void quant_session_gptq(QuantSession& s, int lin, const GptqOpts& o, GptqOut& r, const CancelCheck& cancel) {
-  LB_CK(cudaSetDevice(s.cx.dev));
+namespace {
+// The linear's Hessian, its shape, and the attention/residual caches it makes stale.
+const float* solver_inputs(QuantSession& s, int lin, const char* method, int64_t& rows, int64_t& cols) {
   if (lin < 0 || lin > 6) throw std::invalid_argument("linear index must be 0..6");
   static const int input_of[7] = {0, 0, 0, 1, 2, 2, 3};
   DevBuf& H = s.H[input_of[lin]];
-  if (!H.p) throw std::logic_error("GPTQ on the GPU: no Hessian collected for this linear's input");
-  int64_t rows = 0, cols = 0;
+  if (!H.p) throw std::logic_error(std::string(method) + " on the GPU: no Hessian collected for this linear's input");
   s.shape(lin, rows, cols);
   if (lin <= 2) s.att_valid = false;  // q, k or v changes: the cached attention output is stale
   if (lin <= 3) s.res_valid = false;  // … and with o, the residual after attention
-  gptq_device(s.cx, s.weight(lin), rows, cols, H.as<float>(), o, r, cancel);
+  return H.as<float>();
+}
+}  // namespace
+
+void quant_session_gptq(QuantSession& s, int lin, const GptqOpts& o, GptqOut& r, const CancelCheck& cancel) {
+  LB_CK(cudaSetDevice(s.cx.dev));
+  int64_t rows = 0, cols = 0;
+  const float* H = solver_inputs(s, lin, "GPTQ", rows, cols);
+  gptq_device(s.cx, s.weight(lin), rows, cols, H, o, r, cancel);
+}
+
+void quant_session_billm(QuantSession& s, int lin, const BillmOptions& o, BillmResult& r, const CancelCheck& cancel) {
+  LB_CK(cudaSetDevice(s.cx.dev));
+  int64_t rows = 0, cols = 0;
+  const float* H = solver_inputs(s, lin, "BiLLM", rows, cols);
+  billm_device(s.cx, s.weight(lin), rows, cols, H, o, true, r, cancel);
 }
 
 void quant_session_propagate(QuantSession& s, const CancelCheck& cancel) {

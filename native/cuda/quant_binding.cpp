@@ -1,8 +1,10 @@
 // N-API bindings of quantization on the GPU (built only with LOWBIT_CUDA):
 //   gpuQuantCreate({cfg, embed}, ids: Int32Array [nseq*seqLen], seqLen, device) → Promise<session>
 //   gpuQuantLoadLayer(session, layer) → Promise<void>            (the layer's weights, fp32 on the device)
-//   gpuQuantHessians(session, inputs: ('attnIn'|'oIn'|'mlpIn'|'downIn')[], cancel?) → Promise<void>
+//   gpuQuantHessians(session, inputs: ('attnIn'|'oIn'|'mlpIn'|'downIn')[], cancel?) → Promise<inputs whose Hessian
+//     is not finite>
 //   gpuQuantGptq(session, linear: 'q'|…|'down', opts) → Promise<result>   (opts and result as gptqQuantize's)
+//   gpuQuantBillm(session, linear, opts) → Promise<result>   (opts and result as billmQuantize's)
 //   gpuQuantPropagate(session, cancel?) → Promise<void>
 //   gpuQuantAbsmaxPropagate(session, cancel?) → Promise<{attnMax, mlpMax}>   (SmoothQuant statistics on the way)
 //   gpuQuantAwq(session, {bits, groupSize, grid?, clipTokens?, weights?, cancel?}) → Promise<{linears: {q: {qweight,
@@ -11,6 +13,7 @@
 //     on, nothing was searched)
 //   gpuQuantInfo(session) → {device, batchSeqs, peakBytes};  gpuQuantFree(session)
 //   gpuGptqQuantize(W, H, opts & {device?}) → Promise<result>   (standalone, as gptqQuantize)
+//   gpuBillmQuantize(W, H, opts & {device?}) → Promise<result>   (standalone, as billmQuantize)
 //   gpuHessianAccumulate(H, X, alpha, device?) → Promise<void>   (as hessianAccumulate)
 #include <cmath>
 #include <cstring>
@@ -111,25 +114,50 @@ Napi::Value GpuQuantHessians(const Napi::CallbackInfo& info) {
       else throw std::invalid_argument("unknown linear input '" + k + "' (attnIn, oIn, mlpIn, downIn)");
     }
     auto cancel = cancel_check(info[2]);
-    return run_async(info.Env(), [=] { cuda::quant_session_hessians(*s, caps, cancel); }, nullptr, {info[2]});
+    auto bad = std::make_shared<unsigned>(0);
+    return run_async(info.Env(), [=] { *bad = cuda::quant_session_hessians(*s, caps, cancel); },
+                     [bad](Napi::Env env) -> Napi::Value {
+                       static const char* names[4] = {"attnIn", "oIn", "mlpIn", "downIn"};
+                       Napi::Array a = Napi::Array::New(env);
+                       for (int k = 0, n = 0; k < 4; ++k)
+                         if (*bad & (1u << k)) a.Set(static_cast<uint32_t>(n++), names[k]);
+                       return a;
+                     },
+                     {info[2]});
   });
+}
+
+int linear_index(const Napi::Value& v) {
+  static const char* names[7] = {"q", "k", "v", "o", "gate", "up", "down"};
+  const std::string name = v.As<Napi::String>().Utf8Value();
+  for (int i = 0; i < 7; ++i)
+    if (name == names[i]) return i;
+  throw std::invalid_argument("unknown linear '" + name + "' (q, k, v, o, gate, up, down)");
 }
 
 Napi::Value GpuQuantGptq(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     auto s = unbox(info[0]);
-    static const char* names[7] = {"q", "k", "v", "o", "gate", "up", "down"};
-    const std::string name = info[1].As<Napi::String>().Utf8Value();
-    int lin = -1;
-    for (int i = 0; i < 7; ++i)
-      if (name == names[i]) lin = i;
-    if (lin < 0) throw std::invalid_argument("unknown linear '" + name + "' (q, k, v, o, gate, up, down)");
+    const int lin = linear_index(info[1]);
     Napi::Object o = info[2].As<Napi::Object>();
     const cuda::GptqOpts opt = gptq_opts(o, cuda::quant_session_linear_cols(*s, lin));
     auto cancel = cancel_check(o.Get("cancel"));
     auto r = std::make_shared<cuda::GptqOut>();
     return run_async(info.Env(), [=] { cuda::quant_session_gptq(*s, lin, opt, *r, cancel); },
                      [r](Napi::Env env) { return gptq_result(env, *r); }, {info[2]});
+  });
+}
+
+Napi::Value GpuQuantBillm(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    auto s = unbox(info[0]);
+    const int lin = linear_index(info[1]);
+    Napi::Object o = info[2].As<Napi::Object>();
+    const BillmOptions opt = billm_options_from_js(o);
+    auto cancel = cancel_check(o.Get("cancel"));
+    auto r = std::make_shared<BillmResult>();
+    return run_async(info.Env(), [=] { cuda::quant_session_billm(*s, lin, opt, *r, cancel); },
+                     [r, opt](Napi::Env env) { return billm_result_js(env, *r, opt.block); }, {info[2]});
   });
 }
 
@@ -246,6 +274,21 @@ Napi::Value GpuGptqQuantize(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value GpuBillmQuantize(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Napi::Object o = info[2].As<Napi::Object>();
+    const int64_t rows = cuda_js::num(o, "rows"), cols = cuda_js::num(o, "cols");
+    const BillmOptions opt = billm_options_from_js(o);
+    const cuda::HostMat W = cuda_js::host_mat(info[0], rows, cols, "weight");
+    const float* H = cf32_from_js(info[1], cols * cols, "hessian");
+    const int device = device_of(o.Get("device"));
+    auto cancel = cancel_check(o.Get("cancel"));
+    auto r = std::make_shared<BillmResult>();
+    return run_async(info.Env(), [=] { cuda::billm_host(device, W, H, opt, *r, cancel); },
+                     [r, opt](Napi::Env env) { return billm_result_js(env, *r, opt.block); }, {info[0], info[1], info[2]});
+  });
+}
+
 Napi::Value GpuHessianAccumulate(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     auto Hv = info[0].As<Napi::Float32Array>();
@@ -269,12 +312,14 @@ LOWBIT_EXPORTS {
   exports.Set("gpuQuantLoadLayer", Napi::Function::New(env, GpuQuantLoadLayer));
   exports.Set("gpuQuantHessians", Napi::Function::New(env, GpuQuantHessians));
   exports.Set("gpuQuantGptq", Napi::Function::New(env, GpuQuantGptq));
+  exports.Set("gpuQuantBillm", Napi::Function::New(env, GpuQuantBillm));
   exports.Set("gpuQuantPropagate", Napi::Function::New(env, GpuQuantPropagate));
   exports.Set("gpuQuantAbsmaxPropagate", Napi::Function::New(env, GpuQuantAbsmaxPropagate));
   exports.Set("gpuQuantAwq", Napi::Function::New(env, GpuQuantAwq));
   exports.Set("gpuQuantInfo", Napi::Function::New(env, GpuQuantInfo));
   exports.Set("gpuQuantFree", Napi::Function::New(env, GpuQuantFree));
   exports.Set("gpuGptqQuantize", Napi::Function::New(env, GpuGptqQuantize));
+  exports.Set("gpuBillmQuantize", Napi::Function::New(env, GpuBillmQuantize));
   exports.Set("gpuHessianAccumulate", Napi::Function::New(env, GpuHessianAccumulate));
 }
 
