@@ -27,15 +27,6 @@ __device__ __forceinline__ float fake_quant(float w, float scale, float zero, fl
   return scale * (fminf(fmaxf(rintf(w / scale) + zero, 0.f), maxq) - zero);
 }
 
-__device__ __forceinline__ float warp_min(float v) {
-  for (int o = 16; o; o >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
 // One (row, group)'s grid from its values v_j = w_j·s_j (w_j without s): min and max over the warp, llm-awq's rule.
 __device__ __forceinline__ void group_grid(const float* __restrict__ w, const float* __restrict__ s, int64_t gs, float maxq,
                                            float& scale, float& zero) {

@@ -33,17 +33,6 @@ constexpr int kSumSlices = 64;   // row slices of the two-level column sums
 constexpr unsigned kAll = 0xffffffffu;
 enum : uint8_t { kConc = 0, kSparse = 1, kSal = 2 };
 
-__device__ __forceinline__ double warp_sum(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kAll, v, o);  // a + b == b + a: all lanes agree
-  return v;
-}
-__device__ __forceinline__ int warp_sum(int v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kAll, v, o);
-  return v;
-}
-
 // billm.cpp's residual_binarize over this warp's entries of group `grp`: adds the order-ORDER binarization of x
 // into out. With ab, α and μ are rounded to fp16 first and recorded (ab[2o], ab[2o + 1]), and the signs set bit o
 // of bits.

@@ -19,17 +19,6 @@ namespace {
 constexpr int kMaxBlock = 128;  // columns per lazy block (Hinv block in shared memory: 64 KiB)
 constexpr int kRowsPerCta = 16;
 
-__device__ __forceinline__ float warp_min(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
 // quantizer.h gptq_params from an already reduced [min(0, w), max(0, w)].
 __device__ __forceinline__ void gptq_params_dev(float mn, float mx, float maxq, bool sym, float& scale, float& zero) {
   if (sym) {
