@@ -4,7 +4,7 @@
 //   node /tmp/lowbit-bench/bench/anchors.js --model DIR --golden FILE --calib-ids FILE [--data-dir DIR] [--max-windows N] SPEC…
 // SPEC as the CLI takes it (rtn:w4g128 …) or "fp32". Prints a markdown table; --out FILE appends JSON lines.
 // --device cuda evaluates on the GPU in fp32 (--dtype fp32, the anchors' precision) and runs GPTQ there too (the
-// other methods quantize on the CPU); W/A settings (activation quantization) evaluate on the CPU path.
+// other methods quantize on the CPU); W/A settings (activation quantization) evaluate there too.
 import * as fs from 'fs';
 import * as path from 'path';
 import { readCalibIds } from '../lib/calibrate/calibration';
@@ -54,7 +54,7 @@ async function main() {
       quantS = r.seconds;
       if (r.avgBits) extra = ` (${r.avgBits.toFixed(3)} bits)`;
     }
-    if (device !== 'cpu' && !model.quantization?.actBits) await toDevice(model, device, { dtype });
+    if (device !== 'cpu') await toDevice(model, device, { dtype });
     const res = await evaluate(model, encode, { tasks: ['wikitext2', 'c4'], dataDir, maxWindows });
     if (device !== 'cpu') await toDevice(model, 'cpu');
     const a = golden.anchors[key] ?? {};

@@ -6,10 +6,11 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { workerGpuGroups } from '../lib/cli/worker';
-import { cudaDevices, cudaInfo, deviceName, firstCpuOnlyLinear, GpuModel, parseDevice, planSplit, resolveDevice, splitLayers, toDevice } from '../lib/eval/cuda';
+import { cudaDevices, cudaInfo, deviceName, firstLinearWithoutWeight, GpuModel, parseDevice, planSplit, resolveDevice, splitLayers, toDevice } from '../lib/eval/cuda';
 import { readCalibIds } from '../lib/calibrate/calibration';
 import { pplText } from '../lib/eval/datasets';
 import { scoreSequences } from '../lib/eval/forward';
+import { loglikelihood, LoglikelihoodRequest } from '../lib/eval/loglikelihood';
 import { perplexity } from '../lib/eval/perplexity';
 import { loadModel } from '../lib/load/model';
 import { loadTokenizer } from '../lib/load/tokenizer';
@@ -83,22 +84,24 @@ describe('device selection', () => {
     expect(() => splitLayers(2, 3)).toThrow(/cannot split 2 layers across 3 GPUs/);
   });
 
-  test('packed and BiLLM binary checkpoints go to the GPU; W8A8 int8 linears are named as CPU only', async () => {
+  test('packed, BiLLM binary and W8A8 int8 checkpoints go to the GPU; a linear with no weight at all is named', async () => {
     const model = loadModel(TINY);
-    expect(firstCpuOnlyLinear(model)).toBeUndefined();
+    expect(firstLinearWithoutWeight(model)).toBeUndefined();
     const report = await quantize(model, parseSpec('rtn:w4g128'));
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lowbit-cuda-packed-'));
     try {
       saveQuantized(model, path.join(dir, 'q'), report, { format: 'gptq' });
       const packed = loadModel(path.join(dir, 'q'));
       expect(packed.weights.layers[0].linears.q!.weight).toBeUndefined();
-      expect(firstCpuOnlyLinear(packed)).toBeUndefined();
+      expect(firstLinearWithoutWeight(packed)).toBeUndefined();
       const lin = packed.weights.layers[1].linears.down as PackedLinear;
-      lin.packed = { kind: 'binary' } as unknown as PackedLinear['packed'];
-      expect(firstCpuOnlyLinear(packed)).toBeUndefined();
-      lin.packed = { kind: 'int8' } as unknown as PackedLinear['packed'];
-      expect(firstCpuOnlyLinear(packed)).toEqual({ name: 'model.layers.1.down', kind: 'W8A8 int8' });
-      if (cudaInfo().built) await expect(GpuModel.create(packed, { dtype: 'fp32' })).rejects.toThrow(/model\.layers\.1\.down holds W8A8 int8 weights, which run on the CPU only; .*--device cpu/);
+      for (const kind of ['binary', 'int8']) {
+        lin.packed = { kind } as unknown as PackedLinear['packed'];
+        expect(firstLinearWithoutWeight(packed)).toBeUndefined();
+      }
+      lin.packed = undefined;
+      expect(firstLinearWithoutWeight(packed)).toBe('model.layers.1.down');
+      if (cudaInfo().built) await expect(GpuModel.create(packed, { dtype: 'fp32' })).rejects.toThrow(/model\.layers\.1\.down has neither a dense nor a packed weight to upload; .*--device cpu/);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
@@ -262,5 +265,66 @@ gpuDescribe('CUDA forward of qwen3-tiny', () => {
       expect(Math.abs(r.ppl - 192.89318742029118) / 192.89318742029118).toBeLessThan(rel);
     }
     await toDevice(model, 'cpu');
+  });
+});
+
+gpuDescribe('loglikelihood on the GPU (qwen3-tiny)', () => {
+  test('the CPU path\'s log-probabilities and greedy flags (fp32): multi-token continuations, inputs shared by several answers', async () => {
+    const model = loadModel(TINY);
+    const tok = await loadTokenizer(TINY);
+    const ids = tok.encode(pplText('wikitext2', path.join(ROOT, 'data')));
+    const requests: LoglikelihoodRequest[] = [];
+    for (let i = 0; i < 40; i++) {
+      const a = i * 211;
+      const ctx = Array.from(ids.slice(a, a + 20 + ((i * 37) % 300)));
+      requests.push({ context: ctx, continuation: Array.from(ids.slice(a + ctx.length, a + ctx.length + 1 + (i % 3))) });
+    }
+    // an MMLU-like question: one context, four one-token answers (one forward, four targets at its last row)
+    const q = Array.from(ids.slice(9000, 9120));
+    for (const ans of [ids[9120], ids[17], ids[500], ids[12345]]) requests.push({ context: q, continuation: [ans] });
+    // answers that are the model's own top-1 next token (greedy on the CPU path by construction)
+    for (let i = 0; i < 8; i++) {
+      const ctx = Int32Array.from(ids.slice(3000 + i * 500, 3000 + i * 500 + 64 + i * 13));
+      const s = await scoreSequences(model, ctx, ctx.length, { topk: 1 });
+      requests.push({ context: Array.from(ctx), continuation: [s.topIdx![ctx.length - 1]] });
+    }
+    const cpu = await loglikelihood(model, requests);
+    await toDevice(model, 'cuda', { dtype: 'fp32' });
+    const dev = await loglikelihood(model, requests);
+    await toDevice(model, 'cpu');
+    let worst = 0;
+    let sameGreedy = 0;
+    requests.forEach((_, i) => {
+      worst = Math.max(worst, Math.abs(dev[i].logprob - cpu[i].logprob) / Math.max(1, Math.abs(cpu[i].logprob)));
+      if (dev[i].greedy === cpu[i].greedy) sameGreedy++;
+    });
+    const greedyCount = cpu.filter((r) => r.greedy).length;
+    process.stdout.write(`[cuda] loglikelihood ${requests.length} requests: worst rel diff ${worst.toExponential(2)}, greedy ${greedyCount} on the CPU, same flag ${sameGreedy}\n`);
+    expect(worst).toBeLessThan(1e-4);
+    expect(greedyCount).toBeGreaterThanOrEqual(8);
+    expect(sameGreedy).toBe(requests.length);
+  });
+});
+
+gpuDescribe('activation-quantized models on the GPU (qwen3-tiny)', () => {
+  test.each([
+    ['smoothquant:w8a8,nsamples=4', 8, 2e-3],
+    ['smoothquant:w4a8,nsamples=4', 8, 2e-3],
+    ['naive:w4a4', 4, 1e-2],
+  ] as const)('%s: the CPU path\'s perplexity (fp32; int8 and packed linears expanded at upload)', async (text, abits, tol) => {
+    const model = loadModel(TINY);
+    const spec = parseSpec(text);
+    const calibration = spec.method === 'smoothquant' ? readCalibIds(path.join(ROOT, 'data', 'calib_c4_128x2048.i16'), spec.nsamples, spec.calibSeqLen) : undefined;
+    await quantize(model, spec, { calibration, device: 'cpu' });
+    expect(model.quantization!.actBits).toBe(abits);
+    const tok = await loadTokenizer(TINY);
+    const ids = tok.encode(pplText('wikitext2', path.join(ROOT, 'data')));
+    const cpu = (await perplexity(model, ids, { seqLen: 2048, maxWindows: 4 })).ppl;
+    const gpu = await toDevice(model, 'cuda', { dtype: 'fp32' });
+    expect(gpu!.info().actBits).toBe(abits);
+    const dev = (await perplexity(model, ids, { seqLen: 2048, maxWindows: 4 })).ppl;
+    await toDevice(model, 'cpu');
+    process.stdout.write(`[cuda] ${text}: wikitext2 (4 windows) CPU ${cpu.toFixed(4)}, GPU ${dev.toFixed(4)}\n`);
+    expect(Math.abs(dev / cpu - 1)).toBeLessThan(tol);
   });
 });

@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { deviceName, firstCpuOnlyLinear, GPU_DTYPES, GpuDType, GpuModelInfo, resolveDevice, toDevice } from '../eval/cuda';
+import { deviceName, firstLinearWithoutWeight, GPU_DTYPES, GpuDType, GpuModelInfo, resolveDevice, toDevice } from '../eval/cuda';
 import { evaluate, TaskResult } from '../eval/evaluate';
 import { TASKS, TASK_NAMES } from '../eval/tasks/registry';
 import { loadModel, scanNonFinite } from '../load/model';
@@ -59,15 +59,13 @@ export function evalCommand(): Command {
         if (bad.length) progress.log(`lowbit: warning: non-finite values (NaN/Inf) in ${bad.map((b) => `${b.name} (${b.count})`).join(", ")}; results will be NaN`);
         const quant = spec ? quantSummary(await runQuantization(model, (t) => tok.encode(t), spec, o, progress, signal, device, { memory })) : undefined;
         if (device.type === 'cuda') {
-          const cpuOnly = firstCpuOnlyLinear(model);
-          const onCpu = model.quantization?.actBits
-            ? 'activation quantization runs on the CPU path'
-            : model.config.moe
+          const bare = firstLinearWithoutWeight(model);
+          const onCpu = model.config.moe
               ? 'Qwen3-MoE (sparse) layers run on the CPU path'
               : streaming
                 ? 'layer streaming runs on the CPU path'
-                : cpuOnly
-                  ? `${cpuOnly.kind} weights run on the CPU path`
+                : bare
+                  ? `${bare} has no weight the GPU can take`
                   : undefined;
           if (onCpu) {
             progress.log(`lowbit: note: ${onCpu}; evaluating on the CPU`);

@@ -101,6 +101,9 @@ export function resolveDevice(requested?: string): DeviceSpec {
 export interface GpuOptions {
   dtype?: GpuDType;
   actFp32?: boolean;
+  /** Activation fake-quantization before every linear, per token, to this many bits (default: the model's
+   *  quantization.actBits; 0: none), as the CPU forward applies it. */
+  actBits?: number;
   /**
    * Split the layers across these GPUs (a pipeline: the first embeds, the last applies the head; hidden
    * states pass between them through host memory). By default one GPU, or (toDevice) every GPU of the device's
@@ -119,6 +122,7 @@ export interface GpuModelInfo {
   layersPerDevice: number[];
   dtype: GpuDType;
   actFp32: boolean;
+  actBits: number;
   weightBytes: number;
   /** device time of the last score() call (CUDA events, summed over the stages), ms */
   lastGpuMs: number;
@@ -152,6 +156,8 @@ export class GpuModel {
   private constructor(
     private stages: Stage[],
     private hiddenSize: number,
+    /** the activation bits the forward fake-quantizes to (0: none) */
+    readonly actBits: number,
   ) {}
 
   /**
@@ -164,9 +170,10 @@ export class GpuModel {
     if (!GPU_DTYPES.includes(dtype)) throw new LowbitError('BAD_ARGUMENT', `dtype must be one of ${GPU_DTYPES.join(', ')}, got "${dtype}"`);
     if (typeof addon.gpuModelCreate !== 'function') throw new LowbitError('UNSUPPORTED', 'lowbit was built without CUDA');
     if (model.config.moe) throw new LowbitError('UNSUPPORTED', `${model.dir}: the CUDA backend has no Qwen3-MoE (sparse) layers; evaluate it with --device cpu`);
-    const cpuOnly = firstCpuOnlyLinear(model);
-    if (cpuOnly) throw new LowbitError('UNSUPPORTED', `${model.dir}: ${cpuOnly.name} holds ${cpuOnly.kind} weights, which run on the CPU only; evaluate it with --device cpu`);
+    const bare = firstLinearWithoutWeight(model);
+    if (bare) throw new LowbitError('UNSUPPORTED', `${model.dir}: ${bare} has neither a dense nor a packed weight to upload; evaluate it with --device cpu`);
     const w = model.weights;
+    const actBits = opts.actBits ?? model.quantization?.actBits ?? 0;
     const devices = opts.devices ?? [opts.device ?? 0];
     const counts = splitLayers(w.layers.length, devices.length);
     const stages: Stage[] = [];
@@ -177,7 +184,7 @@ export class GpuModel {
         l0 += counts[i];
         const handle = await addon.gpuModelCreate(
           { cfg: model.config, layers, embed: w.embed, lmHead: w.lmHead, finalNorm: w.finalNorm },
-          { device, dtype, actFp32: opts.actFp32 ?? false, first: i === 0, last: i === devices.length - 1 },
+          { device, dtype, actFp32: opts.actFp32 ?? false, actBits, first: i === 0, last: i === devices.length - 1 },
         );
         stages.push({ handle, device, layers: counts[i] });
       }
@@ -185,7 +192,7 @@ export class GpuModel {
       for (const s of stages) addon.gpuModelFree(s.handle);
       throw e;
     }
-    return new GpuModel(stages, model.config.hiddenSize);
+    return new GpuModel(stages, model.config.hiddenSize, actBits);
   }
 
   /** Per-position next-token NLL of ids [nseq, seqLen]; the last position of each sequence is 0. */
@@ -195,6 +202,20 @@ export class GpuModel {
     const hidden = new Float32Array(ids.length * this.hiddenSize);
     for (const s of this.stages.slice(0, -1)) await addon.gpuScore(s.handle, ids, seqLen, hidden);
     return addon.gpuScore(this.stages[this.stages.length - 1].handle, ids, seqLen, hidden);
+  }
+
+  /**
+   * The NLL of chosen (row, target) pairs of ids [nseq, seqLen] (row = s·seqLen + t; a row may come with several
+   * targets) and whether each target holds its row's largest logit: the LM head runs on those rows only, as
+   * loglikelihood requests need.
+   */
+  async scoreRows(ids: Int32Array, seqLen: number, rows: Int32Array, targets: Int32Array): Promise<{ nll: Float64Array; greedy: Uint8Array }> {
+    const select = { rows, targets };
+    const last = this.stages[this.stages.length - 1];
+    if (this.stages.length === 1) return addon.gpuScore(last.handle, ids, seqLen, undefined, select);
+    const hidden = new Float32Array(ids.length * this.hiddenSize);
+    for (const s of this.stages.slice(0, -1)) await addon.gpuScore(s.handle, ids, seqLen, hidden);
+    return addon.gpuScore(last.handle, ids, seqLen, hidden, select);
   }
 
   info(): GpuModelInfo {
@@ -215,15 +236,16 @@ export class GpuModel {
 }
 
 /**
- * The first linear the CUDA backend cannot upload, and what it holds: W8A8 int8 weights (those run on the CPU).
- * Dense weights upload as they are; packed 2/3/4/8-bit and BiLLM binary ones are expanded to the GPU's dtype a run
- * of rows at a time during the upload (native/cuda/napi_host.h), the host keeping only the packed copy.
+ * The name of the first linear the CUDA backend cannot upload (one with neither a dense nor a packed weight), if
+ * any. Dense weights upload as they are; packed 2/3/4/8-bit, BiLLM binary and W8A8 int8 ones are expanded to the
+ * GPU's dtype a run of rows at a time during the upload (native/cuda/napi_host.h), the host keeping only the packed
+ * copy.
  */
-export function firstCpuOnlyLinear(model: LoadedModel): { name: string; kind: string } | undefined {
+export function firstLinearWithoutWeight(model: LoadedModel): string | undefined {
   for (const [l, layer] of model.weights.layers.entries()) {
     for (const [n, lin] of Object.entries(layer.linears) as [string, PackedLinear | undefined][]) {
-      if (!lin || lin.weight || lin.packed?.kind === 'packed' || lin.packed?.kind === 'binary') continue;
-      return { name: `model.layers.${l}.${n}`, kind: lin.packed?.kind === 'int8' ? 'W8A8 int8' : 'no dense' };
+      if (!lin || lin.weight || lin.packed) continue;
+      return `model.layers.${l}.${n}`;
     }
   }
   return undefined;
@@ -249,7 +271,7 @@ export function gpuOf(model: LoadedModel): GpuModel | undefined {
 
 /**
  * Puts the model on a device for evaluation: cuda uploads every weight once (call it again after changing
- * the weights, e.g. after quantizing; packed weights are expanded on the way, see firstCpuOnlyLinear); cpu drops
+ * the weights, e.g. after quantizing; packed weights are expanded on the way, see firstLinearWithoutWeight); cpu drops
  * any GPU copy. Returns the GPU model, if any.
  */
 export async function toDevice(

@@ -71,11 +71,11 @@ export async function scoreSequences(
   const nseq = ids.length / seqLen;
   if (!Number.isInteger(nseq)) throw new Error(`ids length ${ids.length} is not a multiple of seqLen ${seqLen}`);
   throwIfAborted(opts.signal);
-  // On a GPU (toDevice): the whole forward and the NLL there. Activation fake-quantization and top-k
-  // logits are CPU-only for now.
+  // On a GPU (toDevice): the whole forward and the NLL there, when it fake-quantizes activations to the bits
+  // asked for. Top-k logits are CPU-only.
   const gpu = gpuOf(model);
   const actBits = opts.actBits ?? model.quantization?.actBits ?? 0;
-  if (gpu && !opts.topk && !actBits) return { nll: await gpu.score(ids, seqLen) };
+  if (gpu && !opts.topk && gpu.actBits === actBits) return { nll: await gpu.score(ids, seqLen) };
   const h = await embedTokens(model, ids);
   for (let l = 0; l < model.config.numLayers; l++) {
     throwIfAborted(opts.signal);

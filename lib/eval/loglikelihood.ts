@@ -6,10 +6,12 @@
 // returned in the caller's order. The forward is scoreSequences' (embedding, decoder layers, fused
 // norm + LM head + log-softmax NLL with top-1), except that the head runs only on the positions that
 // predict continuation tokens, and requests with the same input share one forward. All batches are
-// planned first, so a model that does not fit can run them layer by layer (stream.ts).
+// planned first, so a model that does not fit can run them layer by layer (stream.ts). On a GPU (toDevice) the
+// forward and the head run there, the head on the same selected rows.
 import { LowbitError } from '../load/errors';
 import type { LoadedModel } from '../load/types';
 import { addon } from '../native/addon';
+import { gpuOf } from './cuda';
 import { embedTokens, runLayer, throwIfAborted } from './forward';
 import { ForwardMode, MemoryOptions, planMemory, streamLayers } from './stream';
 
@@ -112,27 +114,52 @@ export async function loglikelihood(
   const hidden = model.config.hiddenSize;
   let done = 0;
   let tokens = 0;
-  // Gathers the hidden rows that predict continuation tokens, one set per request, and scores them.
-  const score = async (bi: number, h: Float32Array) => {
+  // The rows of batch bi that predict continuation tokens (row b·L + t), one run per request, and their targets.
+  const selection = (bi: number) => {
     const { start, end, seqLen: L } = batches[bi];
-    let rows = 0;
-    for (let g = start; g < end; g++) for (const r of groups[order[g]].members) rows += contTokens[r].length;
-    const hg = new Float32Array(rows * hidden);
-    const targets = new Int32Array(rows);
+    let n = 0;
+    for (let g = start; g < end; g++) for (const r of groups[order[g]].members) n += contTokens[r].length;
+    const rows = new Int32Array(n);
+    const targets = new Int32Array(n);
     let row = 0;
     for (let g = start; g < end; g++) {
       const grp = groups[order[g]];
-      const n = grp.inp.length;
       const b = g - start;
       for (const r of grp.members) {
         const cont = contTokens[r];
         for (let c = 0; c < cont.length; c++) {
-          const t = n - cont.length + c; // position predicting the c-th continuation token
-          hg.set(h.subarray((b * L + t) * hidden, (b * L + t + 1) * hidden), row * hidden);
+          rows[row] = b * L + grp.inp.length - cont.length + c; // the position predicting the c-th continuation token
           targets[row++] = cont[c];
         }
       }
     }
+    return { rows, targets };
+  };
+  // Each request's log-probability and greediness from its rows' NLL and argmax test.
+  const finish = (bi: number, nll: Float64Array, isTop: (row: number) => boolean) => {
+    const { start, end } = batches[bi];
+    let row = 0;
+    for (let g = start; g < end; g++) {
+      const grp = groups[order[g]];
+      for (const r of grp.members) {
+        let lp = 0;
+        let greedy = true;
+        for (let c = 0; c < contTokens[r].length; c++, row++) {
+          lp -= nll[row];
+          if (!isTop(row)) greedy = false;
+        }
+        results[r] = { logprob: lp, greedy };
+        done++;
+      }
+      tokens += grp.inp.length + 1;
+    }
+    opts.onProgress?.({ done, total: requests.length, tokens });
+  };
+  // On the CPU: gathers the hidden rows and runs the head on them.
+  const score = async (bi: number, h: Float32Array) => {
+    const { rows, targets } = selection(bi);
+    const hg = new Float32Array(rows.length * hidden);
+    rows.forEach((p, i) => hg.set(h.subarray(p * hidden, (p + 1) * hidden), i * hidden));
     throwIfAborted(opts.signal);
     const w = model.weights;
     const { nll, topIdx } = (await addon.headNll(hg, {
@@ -143,23 +170,22 @@ export async function loglikelihood(
       targets,
       topk: 1,
     })) as { nll: Float64Array; topIdx: Int32Array };
-    row = 0;
-    for (let g = start; g < end; g++) {
-      const grp = groups[order[g]];
-      for (const r of grp.members) {
-        let lp = 0;
-        let greedy = true;
-        for (let c = 0; c < contTokens[r].length; c++, row++) {
-          lp -= nll[row];
-          if (topIdx[row] !== targets[row]) greedy = false;
-        }
-        results[r] = { logprob: lp, greedy };
-        done++;
-      }
-      tokens += grp.inp.length + 1;
-    }
-    opts.onProgress?.({ done, total: requests.length, tokens });
+    finish(bi, nll, (row) => topIdx[row] === targets[row]);
   };
+
+  // On a GPU (toDevice) that fake-quantizes activations to the bits asked for: the whole forward there, the head
+  // on the selected rows only.
+  const gpu = gpuOf(model);
+  if (gpu && gpu.actBits === (opts.actBits ?? model.quantization?.actBits ?? 0)) {
+    for (let bi = 0; bi < batches.length; bi++) {
+      throwIfAborted(opts.signal);
+      const { rows, targets } = selection(bi);
+      const r = await gpu.scoreRows(batches[bi].ids, batches[bi].seqLen, rows, targets);
+      finish(bi, r.nll, (row) => r.greedy[row] === 1);
+    }
+    opts.onMode?.('resident');
+    return results;
+  }
 
   const totalTokens = batches.reduce((s, b) => s + b.ids.length, 0);
   const plan = planMemory(model, totalTokens, batchTokens * tokenBytes(model), opts.memory);

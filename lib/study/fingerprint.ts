@@ -137,6 +137,11 @@ export function calibrationIdentity(c: CalibrationSet): CalibrationIdentity {
   return { nsamples: c.nsamples, seqLen: c.seqLen, source: path.basename(c.source), ids };
 }
 
+/** What of a cell the GPU backend computes; bumped when more moves there, so that results stored by a backend that
+ *  did less on the GPU are recomputed (2: the log-likelihood tasks, activation-quantized models and BiLLM's
+ *  calibration joined perplexity and GPTQ/AWQ/SmoothQuant). Not part of CPU fingerprints. */
+export const GPU_COVERAGE = 2;
+
 export function cellFingerprint(parts: CellIdentity & { spec?: QuantSpec; eval: EvalSettings }): string {
   return sha256(
     canonicalJson({
@@ -144,7 +149,13 @@ export function cellFingerprint(parts: CellIdentity & { spec?: QuantSpec; eval: 
       model: parts.model,
       spec: parts.spec ?? null,
       calibration: parts.calibration ?? null,
-      eval: { tasks: parts.eval.tasks, seqLen: parts.eval.seqLen, maxWindows: parts.eval.maxWindows ?? null, limit: parts.eval.limit ?? null, backend: parts.eval.backend },
+      eval: {
+        tasks: parts.eval.tasks,
+        seqLen: parts.eval.seqLen,
+        maxWindows: parts.eval.maxWindows ?? null,
+        limit: parts.eval.limit ?? null,
+        backend: parts.eval.backend && { ...parts.eval.backend, coverage: GPU_COVERAGE },
+      },
       data: parts.data,
     }),
   );

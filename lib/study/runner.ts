@@ -9,7 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import type { CalibrationSet } from '../calibrate/calibration';
 import { CalibrationSource, loadCalibration } from '../calibrate/resolve';
-import { CudaSpec, firstCpuOnlyLinear, toDevice } from '../eval/cuda';
+import { CudaSpec, firstLinearWithoutWeight, toDevice } from '../eval/cuda';
 import { evaluate, EvalOptions } from '../eval/evaluate';
 import { throwIfAborted } from '../eval/forward';
 import { loadModel } from '../load/model';
@@ -241,10 +241,8 @@ export async function runCell(cell: Cell, fp: string, contexts: ModelContexts, r
       progress.stop();
       quant = { seconds: rep.seconds, calibration: rep.calibration ? path.basename(rep.calibration) : null, avgBits: rep.avgBits ?? null };
     }
-    // Activation-quantized models run on the CPU path (as lowbit eval does), whatever the backend.
-    if (backend?.type === 'cuda' && !model.quantization?.actBits) {
-      // W8A8 int8 linears have no CUDA path: they are evaluated on the CPU.
-      if (!firstCpuOnlyLinear(model)) await toDevice(model, run.gpu ?? { type: 'cuda', index: 0 }, { dtype: backend.dtype, actFp32: backend.actFp32 });
+    if (backend?.type === 'cuda') {
+      if (!firstLinearWithoutWeight(model)) await toDevice(model, run.gpu ?? { type: 'cuda', index: 0 }, { dtype: backend.dtype, actFp32: backend.actFp32 });
     }
     const evalOpts = {
       tasks: run.eval.tasks,

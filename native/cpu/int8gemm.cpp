@@ -299,6 +299,13 @@ Napi::Value Int8Matmul(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
+void int8_dense_rows(const Int8View& w, int64_t r0, int64_t n, float* out) {
+  parallel_for(static_cast<std::size_t>(n), [&](std::size_t a, std::size_t b, int) {
+    for (int64_t r = r0 + static_cast<int64_t>(a); r < r0 + static_cast<int64_t>(b); ++r)
+      for (int64_t c = 0; c < w.cols; ++c) out[(r - r0) * w.cols + c] = static_cast<float>(w.w[r * w.kpad + c]) * w.scales[r];
+  });
+}
+
 Int8View int8_from_js(const Napi::Value& v) {
   if (!v.IsObject()) throw std::invalid_argument("int8: expected a packed int8 weight object");
   Napi::Object o = v.As<Napi::Object>();

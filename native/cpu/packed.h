@@ -135,6 +135,10 @@ void int8_gemm_i32(const Int8View& w, const uint8_t* u, int64_t M, int32_t* acc,
 // y[M, rows] = sx[m]·sw[n]·acc (+ nothing else; callers add bias).
 void int8_matmul(const Int8View& w, const uint8_t* u, const float* sx, int64_t M, float* y, bool parallel = true);
 
+// Rows [r0, r0 + n) of the weight as fp32 values sw·q into out [n, cols]: what the CUDA backend's upload expands
+// a W8A8 linear to (its activations are then fake-quantized per token as quantize_rows_u8 quantizes them).
+void int8_dense_rows(const Int8View& w, int64_t r0, int64_t n, float* out);
+
 // madvise(MADV_HUGEPAGE) on the whole 2 MiB pages of a freshly allocated, not yet touched weight buffer.
 void advise_huge_pages(void* p, std::size_t n);
 

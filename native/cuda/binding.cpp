@@ -1,9 +1,11 @@
 // N-API bindings of the CUDA backend (built only with LOWBIT_CUDA; stub.cpp stands in otherwise).
 //   cudaInfo() → {built: true, runtimeVersion, driverVersion, error?}
 //   cudaDevices() → [{index, name, computeCapability, multiProcessors, totalMemory}] ([] without GPU/driver)
-//   gpuModelCreate({cfg, layers, embed, lmHead, finalNorm}, {device, dtype, actFp32}) → Promise<handle>
-//   gpuScore(handle, ids: Int32Array, seqLen) → Promise<Float64Array>  (per-position NLL, 0 at each last position)
-//   gpuModelInfo(handle) → {device, dtype, actFp32, weightBytes, lastGpuMs}
+//   gpuModelCreate({cfg, layers, embed, lmHead, finalNorm}, {device, dtype, actFp32, actBits?}) → Promise<handle>
+//   gpuScore(handle, ids: Int32Array, seqLen, hidden?, select?) → Promise<Float64Array>  (per-position NLL, 0 at each
+//     last position); with select {rows, targets: Int32Array} → Promise<{nll, greedy: Uint8Array}> for those
+//     (row, target) pairs only (the head runs on those rows)
+//   gpuModelInfo(handle) → {device, dtype, actFp32, actBits, weightBytes, lastGpuMs}
 //   gpuModelFree(handle)
 //   cudaSelfTest({device, dtype, nseq, seqLen, heads, kvHeads, headDim}) → {relError, report}
 #include <atomic>
@@ -79,6 +81,7 @@ Napi::Value GpuModelCreate(const Napi::CallbackInfo& info) {
     else if (dt == "fp16" || dt == "f16" || dt == "float16") dtype = 2;
     else throw std::invalid_argument("dtype must be bf16, fp16 or fp32, got '" + dt + "'");
     const bool act32 = opts.Has("actFp32") && opts.Get("actFp32").ToBoolean();
+    if (opts.Has("actBits") && opts.Get("actBits").IsNumber()) hm->act_bits = opts.Get("actBits").As<Napi::Number>().Int32Value();
     // A pipeline stage (layers split across GPUs): `layers` holds its run of layers.
     hm->first = !opts.Has("first") || opts.Get("first").ToBoolean();
     hm->last = !opts.Has("last") || opts.Get("last").ToBoolean();
@@ -115,19 +118,47 @@ Napi::Value GpuScore(const Napi::CallbackInfo& info) {
       hidden = hv.Data();
     }
     const bool last_stage = cuda::model_last_stage(*model);
-    auto out = std::make_shared<std::vector<double>>(last_stage ? n : 0);
+    // The head on chosen rows only: {rows: Int32Array, targets: Int32Array} (same length).
+    std::shared_ptr<cuda::HeadSelect> sel;
+    auto greedy = std::make_shared<std::vector<uint8_t>>();
+    Napi::Value selv = info.Length() > 4 ? info[4] : info.Env().Undefined();
+    if (selv.IsObject()) {
+      Napi::Object so = selv.As<Napi::Object>();
+      auto i32 = [&](const char* key) {
+        Napi::Value v = so.Get(key);
+        if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+          throw std::invalid_argument(std::string("select.") + key + ": expected an Int32Array");
+        return v.As<Napi::Int32Array>();
+      };
+      auto rows = i32("rows"), targets = i32("targets");
+      if (rows.ElementLength() != targets.ElementLength()) throw std::invalid_argument("select: rows and targets differ in length");
+      sel = std::make_shared<cuda::HeadSelect>();
+      sel->rows = rows.Data();
+      sel->targets = targets.Data();
+      sel->n = static_cast<int64_t>(rows.ElementLength());
+      greedy->resize(sel->n);
+      sel->greedy = greedy->data();
+    }
+    const int64_t nout = sel ? sel->n : n;
+    auto out = std::make_shared<std::vector<double>>(last_stage ? nout : 0);
     auto ms = std::make_shared<float>(0.f);
     auto last = box->last_ms;
     // The external is not an object: keep the model alive through the shared_ptr captured here.
-    return run_async(info.Env(), [=] { cuda::score(*model, idp, n / L, L, out->data(), ms.get(), hidden); },
+    return run_async(info.Env(), [=] { cuda::score(*model, idp, n / L, L, out->data(), ms.get(), hidden, sel.get()); },
                      [=](Napi::Env env) -> Napi::Value {
                        *last = *ms;
                        if (!last_stage) return env.Undefined();
-                       auto a = Napi::Float64Array::New(env, n);
-                       std::memcpy(a.Data(), out->data(), n * sizeof(double));
-                       return a;
+                       auto a = Napi::Float64Array::New(env, nout);
+                       if (nout) std::memcpy(a.Data(), out->data(), nout * sizeof(double));
+                       if (!sel) return a;
+                       auto g = Napi::Uint8Array::New(env, nout);
+                       if (nout) std::memcpy(g.Data(), greedy->data(), nout);
+                       Napi::Object r = Napi::Object::New(env);
+                       r.Set("nll", a);
+                       r.Set("greedy", g);
+                       return r;
                      },
-                     {info[1], info.Length() > 3 ? info[3] : info.Env().Undefined()});
+                     {info[1], info.Length() > 3 ? info[3] : info.Env().Undefined(), selv});
   });
 }
 
@@ -138,6 +169,7 @@ Napi::Value GpuModelInfo(const Napi::CallbackInfo& info) {
     r.Set("device", cuda::model_device(*b->model));
     r.Set("dtype", dtype_name(cuda::model_dtype(*b->model)));
     r.Set("actFp32", cuda::model_act32(*b->model));
+    r.Set("actBits", cuda::model_act_bits(*b->model));
     r.Set("weightBytes", static_cast<double>(cuda::model_bytes(*b->model)));
     r.Set("lastGpuMs", static_cast<double>(b->last_ms->load()));
     return r;

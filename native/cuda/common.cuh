@@ -131,8 +131,15 @@ void attention(const T* q, const T* k, const T* v, T* out, int64_t nseq, int64_t
 template <class T>
 bool attention_fast_ok(int hd);
 
-// nll[r] = logsumexp(logits[r]) - logits[r, target[r]] (0 where target < 0); logits fp32 [rows, V].
-void lse_nll(const float* logits, const int32_t* target, double* nll, int64_t rows, int64_t V, cudaStream_t st);
+// nll[r] = logsumexp(logits[r]) - logits[r, target[r]] (0 where target < 0); logits fp32 [rows, V]. greedy
+// (optional): 1 where the target's logit is the row's largest.
+void lse_nll(const float* logits, const int32_t* target, double* nll, uint8_t* greedy, int64_t rows, int64_t V, cudaStream_t st);
+// Per-row symmetric fake quantization of activations x [rows, n] to `bits`, in place (the CPU forward's).
+template <class T>
+void fake_quant_rows(T* x, int64_t rows, int64_t n, int bits, cudaStream_t st);
+// out[i, :] = x[rows[i], :] for x [*, n].
+template <class T>
+void gather_rows(const T* x, const int32_t* rows, T* out, int64_t nrows, int64_t n, cudaStream_t st);
 
 }  // namespace cuda
 }  // namespace lowbit

@@ -32,6 +32,7 @@ class GpuModel {
  public:
   int dev = 0, dtype = 1;
   bool act32 = false;  // fp32 activations with 16-bit weights (split GEMMs, fp32 attention)
+  int act_bits = 0;    // > 0: every linear input fake-quantized per token to this many bits (HostModel)
   bool first = true, last = true;  // pipeline stage: embeds the ids / applies the head (HostModel)
   ModelCfg cfg;
   int64_t nlayers = 0;
@@ -47,6 +48,9 @@ class GpuModel {
   // workspace
   int64_t wsT = 0, rope_L = 0, rb = 0;
   DevBuf h, xn, qkv, q, k, v, att, gu, act, logits, ids, tgt, nll, cosv, sinv, split_hi, split_lo;
+  // the head on chosen rows (HeadSelect): their indices, their normed states gathered, the greedy flags
+  DevBuf sel_rows, xsel, greedy;
+  int64_t nsel = 0;
 
   ~GpuModel() {
     cudaSetDevice(dev);
@@ -190,9 +194,11 @@ void forward_impl(GpuModel& m, int64_t nseq, int64_t L) {
   T* xn = m.xn.as<T>();
   if (m.first) embed<TW>(m.embed.as<TW>(), m.ids.as<int32_t>(), h, Tn, c.hidden, st);  // else h was uploaded
   const bool fast = !std::getenv("LOWBIT_CUDA_REF_ATTENTION");  // fp32 T: always the fp32 kernel
+  const bool aq = m.act_bits > 0;  // the CPU forward's activation fake-quantization before every linear
   for (int64_t l = 0; l < m.nlayers; ++l) {
     GpuLayer& w = *m.layers[l];
     rmsnorm<T>(h, w.in_norm.as<float>(), xn, Tn, c.hidden, c.eps, st);
+    if (aq) fake_quant_rows<T>(xn, Tn, c.hidden, m.act_bits, st);
     const int64_t dqkv = (c.nh + 2 * c.nkv) * c.hd;
     gemm<TW, T>(m, xn, w.w_qkv.p, m.qkv.p, CUDA_R_32F, Tn, dqkv, c.hidden, 0.f);
     qkv_post<T>(m.qkv.as<float>(), w.b_qkv.as<float>(), w.q_norm.as<float>(), w.k_norm.as<float>(),
@@ -200,22 +206,34 @@ void forward_impl(GpuModel& m, int64_t nseq, int64_t L) {
                 static_cast<int>(c.nh), static_cast<int>(c.nkv), static_cast<int>(c.hd), c.eps, st);
     attention<T>(m.q.as<T>(), m.k.as<T>(), m.v.as<T>(), m.att.as<T>(), nseq, L, static_cast<int>(c.nh),
                  static_cast<int>(c.nkv), static_cast<int>(c.hd), fast, st);
+    if (aq) fake_quant_rows<T>(m.att.as<T>(), Tn, c.nh * c.hd, m.act_bits, st);
     gemm<TW, T>(m, m.att.as<T>(), w.w_o.p, h, CUDA_R_32F, Tn, c.hidden, c.nh * c.hd, 1.f);
     if (w.b_o.p) add_bias(h, w.b_o.as<float>(), Tn, c.hidden, st);
     rmsnorm<T>(h, w.post_norm.as<float>(), xn, Tn, c.hidden, c.eps, st);
+    if (aq) fake_quant_rows<T>(xn, Tn, c.hidden, m.act_bits, st);
     gemm<TW, T>(m, xn, w.w_gu.p, m.gu.p, tt, Tn, 2 * c.inter, c.hidden, 0.f);
     if (w.b_gu.p) add_bias_t<T>(m.gu.as<T>(), w.b_gu.as<float>(), Tn, 2 * c.inter, st);
     silu_mul<T, T>(m.gu.as<T>(), m.act.as<T>(), Tn, c.inter, st);
+    if (aq) fake_quant_rows<T>(m.act.as<T>(), Tn, c.inter, m.act_bits, st);
     gemm<TW, T>(m, m.act.as<T>(), w.w_down.p, h, CUDA_R_32F, Tn, c.hidden, c.inter, 1.f);
     if (w.b_down.p) add_bias(h, w.b_down.as<float>(), Tn, c.hidden, st);
   }
   if (!m.last) return;
   rmsnorm<T>(h, m.final_norm.as<float>(), xn, Tn, c.hidden, c.eps, st);
   const void* headw = m.tied ? m.embed.p : m.head.p;
-  for (int64_t r0 = 0; r0 < Tn; r0 += m.rb) {
-    const int64_t nr = std::min(m.rb, Tn - r0);
-    gemm<TW, T>(m, xn + r0 * c.hidden, headw, m.logits.p, CUDA_R_32F, nr, c.vocab, c.hidden, 0.f);
-    lse_nll(m.logits.as<float>(), m.tgt.as<int32_t>() + r0, m.nll.as<double>() + r0, nr, c.vocab, st);
+  const T* hx = xn;
+  int64_t nrows = Tn;
+  uint8_t* greedy = nullptr;
+  if (m.nsel != 0) {  // chosen rows (-1: none)
+    nrows = std::max<int64_t>(m.nsel, 0);
+    gather_rows<T>(xn, m.sel_rows.as<int32_t>(), m.xsel.as<T>(), nrows, c.hidden, st);
+    hx = m.xsel.as<T>();
+    greedy = m.greedy.as<uint8_t>();
+  }
+  for (int64_t r0 = 0; r0 < nrows; r0 += m.rb) {
+    const int64_t nr = std::min(m.rb, nrows - r0);
+    gemm<TW, T>(m, hx + r0 * c.hidden, headw, m.logits.p, CUDA_R_32F, nr, c.vocab, c.hidden, 0.f);
+    lse_nll(m.logits.as<float>(), m.tgt.as<int32_t>() + r0, m.nll.as<double>() + r0, greedy ? greedy + r0 : nullptr, nr, c.vocab, st);
   }
 }
 
@@ -272,6 +290,8 @@ std::shared_ptr<GpuModel> create_model(const HostModel& hm, int device, int dtyp
   m->dev = device;
   m->dtype = dtype;
   m->act32 = act32 || dtype == 0;
+  if (hm.act_bits < 0 || hm.act_bits == 1 || hm.act_bits > 16) throw std::invalid_argument("actBits must be 2..16 (or 0 for none)");
+  m->act_bits = hm.act_bits;
   m->cfg = c;
   m->nlayers = static_cast<int64_t>(hm.layers.size());
   m->first = hm.first;
@@ -354,11 +374,14 @@ uint64_t model_bytes(const GpuModel& m) { return m.weight_bytes; }
 int model_device(const GpuModel& m) { return m.dev; }
 int model_dtype(const GpuModel& m) { return m.dtype; }
 bool model_act32(const GpuModel& m) { return m.act32; }
+int model_act_bits(const GpuModel& m) { return m.act_bits; }
 bool model_last_stage(const GpuModel& m) { return m.last; }
 int64_t model_hidden(const GpuModel& m) { return m.cfg.hidden; }
 
-void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll, float* gpu_ms, float* hidden) {
+void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll, float* gpu_ms, float* hidden,
+           const HeadSelect* sel) {
   if ((!m.first || !m.last) && !hidden) throw std::invalid_argument("a pipeline stage needs the hidden-state buffer");
+  if (sel && !m.last) throw std::invalid_argument("only the last pipeline stage runs the head");
   std::lock_guard<std::mutex> lk(m.mu);
   LB_CK(cudaSetDevice(m.dev));
   const int64_t Tn = nseq * L;
@@ -368,11 +391,33 @@ void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll
       throw std::invalid_argument("token id " + std::to_string(ids[i]) + " at position " + std::to_string(i) +
                                   " is outside the vocabulary (size " + std::to_string(m.cfg.vocab) + ")");
   m.ensure_workspace(Tn, L);
-  std::vector<int32_t> tg(Tn);
-  for (int64_t s = 0; s < nseq; ++s)
-    for (int64_t t = 0; t < L; ++t) tg[s * L + t] = t + 1 < L ? ids[s * L + t + 1] : -1;
+  int64_t nout = Tn;
+  m.nsel = 0;
+  if (sel) {
+    for (int64_t i = 0; i < sel->n; ++i) {
+      if (sel->rows[i] < 0 || sel->rows[i] >= Tn)
+        throw std::invalid_argument("selected row " + std::to_string(sel->rows[i]) + " is outside the batch's " + std::to_string(Tn) + " positions");
+      if (sel->targets[i] < 0 || sel->targets[i] >= m.cfg.vocab)
+        throw std::invalid_argument("target id " + std::to_string(sel->targets[i]) + " is outside the vocabulary (size " +
+                                    std::to_string(m.cfg.vocab) + ")");
+    }
+    nout = sel->n;
+    m.sel_rows.alloc(std::max<int64_t>(nout, 1) * 4);
+    m.xsel.alloc(std::max<int64_t>(nout, 1) * m.cfg.hidden * 4);  // ≥ the activation type's size
+    m.greedy.alloc(std::max<int64_t>(nout, 1));
+    m.tgt.alloc(std::max(Tn, nout) * 4);
+    m.nll.alloc(std::max(Tn, nout) * 8);
+    LB_CK(cudaMemcpyAsync(m.sel_rows.p, sel->rows, nout * 4, cudaMemcpyHostToDevice, m.stream));
+    LB_CK(cudaMemcpyAsync(m.tgt.p, sel->targets, nout * 4, cudaMemcpyHostToDevice, m.stream));
+    m.nsel = nout;
+    if (nout == 0) m.nsel = -1;  // nothing to score: the head is skipped
+  } else {
+    std::vector<int32_t> tg(Tn);
+    for (int64_t s = 0; s < nseq; ++s)
+      for (int64_t t = 0; t < L; ++t) tg[s * L + t] = t + 1 < L ? ids[s * L + t + 1] : -1;
+    LB_CK(cudaMemcpyAsync(m.tgt.p, tg.data(), Tn * 4, cudaMemcpyHostToDevice, m.stream));
+  }
   LB_CK(cudaMemcpyAsync(m.ids.p, ids, Tn * 4, cudaMemcpyHostToDevice, m.stream));
-  LB_CK(cudaMemcpyAsync(m.tgt.p, tg.data(), Tn * 4, cudaMemcpyHostToDevice, m.stream));
   if (!m.first) LB_CK(cudaMemcpyAsync(m.h.p, hidden, Tn * m.cfg.hidden * 4, cudaMemcpyHostToDevice, m.stream));
   LB_CK(cudaEventRecord(m.ev0, m.stream));
   if (m.dtype == 0) forward_impl<float, float>(m, nseq, L);
@@ -381,8 +426,12 @@ void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll
   else if (m.act32) forward_impl<f16, float>(m, nseq, L);
   else forward_impl<f16, f16>(m, nseq, L);
   LB_CK(cudaEventRecord(m.ev1, m.stream));
-  if (m.last) LB_CK(cudaMemcpyAsync(nll, m.nll.p, Tn * 8, cudaMemcpyDeviceToHost, m.stream));
-  else LB_CK(cudaMemcpyAsync(hidden, m.h.p, Tn * m.cfg.hidden * 4, cudaMemcpyDeviceToHost, m.stream));
+  if (!m.last) {
+    LB_CK(cudaMemcpyAsync(hidden, m.h.p, Tn * m.cfg.hidden * 4, cudaMemcpyDeviceToHost, m.stream));
+  } else if (nout > 0) {
+    LB_CK(cudaMemcpyAsync(nll, m.nll.p, nout * 8, cudaMemcpyDeviceToHost, m.stream));
+    if (sel) LB_CK(cudaMemcpyAsync(sel->greedy, m.greedy.p, nout, cudaMemcpyDeviceToHost, m.stream));
+  }
   LB_CK(cudaStreamSynchronize(m.stream));
   if (gpu_ms) LB_CK(cudaEventElapsedTime(gpu_ms, m.ev0, m.ev1));
 }

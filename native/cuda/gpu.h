@@ -59,6 +59,9 @@ struct HostModel {
   // A pipeline stage holds a run of the layers: the first embeds the ids, the last applies the final norm and
   // the LM head; a whole model is both.
   bool first = true, last = true;
+  // > 0: activation fake-quantization before every linear, per token, symmetric, to this many bits (the CPU
+  // forward's fake_quant_rows_sym; W8A8 int8 weights come expanded to the GPU's dtype).
+  int act_bits = 0;
 };
 
 class GpuModel;
@@ -72,6 +75,7 @@ uint64_t model_bytes(const GpuModel& m);
 int model_device(const GpuModel& m);
 int model_dtype(const GpuModel& m);
 bool model_act32(const GpuModel& m);
+int model_act_bits(const GpuModel& m);
 bool model_last_stage(const GpuModel& m);
 int64_t model_hidden(const GpuModel& m);
 
@@ -79,7 +83,17 @@ int64_t model_hidden(const GpuModel& m);
 // of every sequence gets 0. gpu_ms (optional) receives the device time of the whole forward (events).
 // A stage that is not first reads the hidden states entering its layers from hidden [nseq·L, hidden] (host,
 // fp32); one that is not last writes the states leaving them there instead of the NLL.
-void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll, float* gpu_ms, float* hidden = nullptr);
+// With sel (last stage only) the head runs on the chosen rows instead, as loglikelihood requests need: nll[i] =
+// the NLL of sel->targets[i] at row sel->rows[i] (= s·L + t; a row may appear with several targets), and
+// sel->greedy[i] = 1 where that target has the row's largest logit.
+struct HeadSelect {
+  const int32_t* rows = nullptr;
+  const int32_t* targets = nullptr;
+  int64_t n = 0;
+  uint8_t* greedy = nullptr;  // host [n]
+};
+void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll, float* gpu_ms, float* hidden = nullptr,
+           const HeadSelect* sel = nullptr);
 
 // Kernel self-test on random data: the fast attention of dtype (the tiled fp32 kernel, or tensor cores for
 // bf16/fp16) vs the one-warp-per-row reference kernel (max |diff| / max |ref|), written into *report. Returns that relative error (or -1 when the fast path does not apply).

@@ -28,14 +28,14 @@ inline cuda::HostMat host_mat(const Napi::Value& v, int64_t rows, int64_t cols, 
   return m;
 }
 
-// A linear held packed, with no dense weight: 2/3/4/8-bit integers (lin.packed of kind 'packed') or BiLLM binary
-// codes ('binary'); its rows are expanded on demand by the CPU kernels' scalar definitions (packed_dense_rows,
-// binary_dense_rows), so the device gets exactly the values the CPU path computes with.
+// A linear held packed, with no dense weight: 2/3/4/8-bit integers (lin.packed of kind 'packed'), BiLLM binary
+// codes ('binary') or W8A8 int8 rows ('int8'); its rows are expanded on demand by the CPU kernels' scalar
+// definitions (packed_dense_rows, binary_dense_rows, int8_dense_rows), so the device gets the values the CPU path
+// computes with.
 inline cuda::HostMat packed_mat(const Napi::Object& packed, int64_t rows, int64_t cols, const char* what) {
   const std::string kind = packed.Get("kind").IsString() ? packed.Get("kind").As<Napi::String>().Utf8Value() : "";
-  if (kind != "packed" && kind != "binary")
-    throw std::invalid_argument(std::string(what) + ": " + (kind == "int8" ? "W8A8 int8" : "'" + kind + "'") +
-                                " weights have no CUDA path; evaluate this model with --device cpu");
+  if (kind != "packed" && kind != "binary" && kind != "int8")
+    throw std::invalid_argument(std::string(what) + ": '" + kind + "' weights have no CUDA path; evaluate this model with --device cpu");
   cuda::HostMat m;
   m.rows = rows;
   m.cols = cols;
@@ -45,6 +45,11 @@ inline cuda::HostMat packed_mat(const Napi::Object& packed, int64_t rows, int64_
     pr = p.rows;
     pc = p.cols;
     m.dense_rows = [p](int64_t r0, int64_t n, float* out) { binary_dense_rows(p, r0, n, out); };
+  } else if (kind == "int8") {
+    const Int8View p = int8_from_js(packed);
+    pr = p.rows;
+    pc = p.cols;
+    m.dense_rows = [p](int64_t r0, int64_t n, float* out) { int8_dense_rows(p, r0, n, out); };
   } else {
     const PackedView p = packed_from_js(packed);
     pr = p.rows;

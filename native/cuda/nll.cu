@@ -13,11 +13,14 @@ __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
 }
 
 __global__ void lse_nll_kernel(const float* __restrict__ logits, const int32_t* __restrict__ target,
-                               double* __restrict__ nll, int64_t V) {
+                               double* __restrict__ nll, uint8_t* __restrict__ greedy, int64_t V) {
   const int64_t r = blockIdx.x;
   const int tg = target[r];
   if (tg < 0) {
-    if (threadIdx.x == 0) nll[r] = 0.0;
+    if (threadIdx.x == 0) {
+      nll[r] = 0.0;
+      if (greedy) greedy[r] = 0;
+    }
     return;
   }
   const float* l = logits + r * V;
@@ -53,14 +56,15 @@ __global__ void lse_nll_kernel(const float* __restrict__ logits, const int32_t* 
     for (int w = 0; w < (int)(blockDim.x >> 5); ++w)
       if (pm[w] != -INFINITY) S += (double)ps[w] * exp((double)pm[w] - M);
     nll[r] = M + log(S) - (double)l[tg];
+    if (greedy) greedy[r] = (double)l[tg] >= M;  // the target holds the largest logit
   }
 }
 
 }  // namespace
 
-void lse_nll(const float* logits, const int32_t* target, double* nll, int64_t rows, int64_t V, cudaStream_t st) {
+void lse_nll(const float* logits, const int32_t* target, double* nll, uint8_t* greedy, int64_t rows, int64_t V, cudaStream_t st) {
   if (rows <= 0) return;
-  lse_nll_kernel<<<static_cast<unsigned>(rows), 512, 0, st>>>(logits, target, nll, V);
+  lse_nll_kernel<<<static_cast<unsigned>(rows), 512, 0, st>>>(logits, target, nll, greedy, V);
   LB_LAUNCHED();
 }
 

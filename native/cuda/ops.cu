@@ -190,5 +190,57 @@ LB_INST(bf16)
 LB_INST(f16)
 #undef LB_INST
 
+namespace {
+template <class T>
+__global__ void gather_rows_kernel(const T* __restrict__ x, const int32_t* __restrict__ rows, T* __restrict__ out, int64_t nrows, int64_t n) {
+  const int64_t total = nrows * n;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total; i += gridDim.x * static_cast<int64_t>(blockDim.x))
+    out[i] = x[static_cast<int64_t>(rows[i / n]) * n + i % n];
+}
+}  // namespace
+
+template <class T>
+void gather_rows(const T* x, const int32_t* rows, T* out, int64_t nrows, int64_t n, cudaStream_t st) {
+  if (nrows <= 0) return;
+  gather_rows_kernel<T><<<blocks_for(nrows * n, 256), 256, 0, st>>>(x, rows, out, nrows, n);
+  LB_LAUNCHED();
+}
+template void gather_rows<float>(const float*, const int32_t*, float*, int64_t, int64_t, cudaStream_t);
+template void gather_rows<bf16>(const bf16*, const int32_t*, bf16*, int64_t, int64_t, cudaStream_t);
+template void gather_rows<f16>(const f16*, const int32_t*, f16*, int64_t, int64_t, cudaStream_t);
+
+namespace {
+// One block per row: s = max(max|x|, 1e-5) / (2^(bits-1) − 1), x = nearbyint(x / s)·s — ops.cpp's
+// fake_quant_rows_sym, with the same IEEE operations.
+template <class T>
+__global__ void fake_quant_rows_kernel(T* __restrict__ x, int64_t n, float qmax) {
+  __shared__ float part[32];
+  T* xr = x + blockIdx.x * n;
+  float m = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, fabsf(to_f(xr[i])));
+  m = warp_max(m);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = m;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
+    v = warp_max(v);
+    if (threadIdx.x == 0) part[0] = v;
+  }
+  __syncthreads();
+  const float s = __fdiv_rn(fmaxf(part[0], 1e-5f), qmax);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) xr[i] = from_f<T>(__fmul_rn(rintf(__fdiv_rn(to_f(xr[i]), s)), s));
+}
+}  // namespace
+
+template <class T>
+void fake_quant_rows(T* x, int64_t rows, int64_t n, int bits, cudaStream_t st) {
+  if (rows <= 0) return;
+  fake_quant_rows_kernel<T><<<static_cast<unsigned>(rows), 256, 0, st>>>(x, n, static_cast<float>((1 << (bits - 1)) - 1));
+  LB_LAUNCHED();
+}
+template void fake_quant_rows<float>(float*, int64_t, int64_t, int, cudaStream_t);
+template void fake_quant_rows<bf16>(bf16*, int64_t, int64_t, int, cudaStream_t);
+template void fake_quant_rows<f16>(f16*, int64_t, int64_t, int, cudaStream_t);
+
 }  // namespace cuda
 }  // namespace lowbit
