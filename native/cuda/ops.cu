@@ -5,6 +5,22 @@ namespace lowbit {
 namespace cuda {
 namespace {
 
+// The block's reduction of every thread's v (warp op `w`, then the warps' results by thread 0's warp), for all
+// threads; blockDim.x a multiple of 32. `part` is the caller's __shared__ float[32].
+template <class W>
+__device__ __forceinline__ float block_reduce(float v, float* part, W w) {
+  v = w(v);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float u = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
+    u = w(u);
+    if (threadIdx.x == 0) part[0] = u;
+  }
+  __syncthreads();
+  return part[0];
+}
+
 // One block per row.
 template <class TOut>
 __global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, TOut* __restrict__ y, int64_t n,
@@ -14,16 +30,8 @@ __global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restr
   TOut* yr = y + blockIdx.x * n;
   float ss = 0.f;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
-  ss = warp_sum(ss);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
-    v = warp_sum(v);
-    if (threadIdx.x == 0) part[0] = v;
-  }
-  __syncthreads();
-  const float inv = 1.0f / sqrtf(part[0] / static_cast<float>(n) + eps);
+  ss = block_reduce(ss, part, [](float v) { return warp_sum(v); });
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = from_f<TOut>(w[i] * (xr[i] * inv));
 }
 
@@ -218,16 +226,8 @@ __global__ void fake_quant_rows_kernel(T* __restrict__ x, int64_t n, float qmax)
   T* xr = x + blockIdx.x * n;
   float m = 0.f;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, fabsf(to_f(xr[i])));
-  m = warp_max(m);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = m;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.f;
-    v = warp_max(v);
-    if (threadIdx.x == 0) part[0] = v;
-  }
-  __syncthreads();
-  const float s = __fdiv_rn(fmaxf(part[0], 1e-5f), qmax);
+  m = block_reduce(m, part, [](float v) { return warp_max(v); });
+  const float s = __fdiv_rn(fmaxf(m, 1e-5f), qmax);
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) xr[i] = from_f<T>(__fmul_rn(rintf(__fdiv_rn(to_f(xr[i]), s)), s));
 }
 }  // namespace
