@@ -263,14 +263,19 @@ gpuDescribe('GPU GPTQ pipeline on qwen3-tiny', () => {
     const b = loadModel(TINY);
     await quantize(a, s, { calibration: c, device: 'cuda' });
     await quantize(b, s, { calibration: c, device: 'cuda' });
-    for (let l = 0; l < a.config.numLayers; l++) {
-      for (const n of LINEAR_NAMES) {
-        const [wa, wb] = [a, b].map((m) => denseWeight(m.weights.layers[l].linears[n]!));
-        expect(Buffer.from(wa.buffer).equals(Buffer.from(wb.buffer))).toBe(true);
-      }
-    }
+    expectSameLinears(a, b);
   });
 });
+
+/** Every linear of layer l (all layers without l) holds the same weights bit for bit in a and b. */
+function expectSameLinears(a: LoadedModel, b: LoadedModel, l?: number): void {
+  for (const k of l === undefined ? a.weights.layers.keys() : [l]) {
+    for (const n of LINEAR_NAMES) {
+      const [wa, wb] = [a, b].map((m) => denseWeight(m.weights.layers[k].linears[n]!));
+      expect(Buffer.from(wa.buffer).equals(Buffer.from(wb.buffer))).toBe(true);
+    }
+  }
+}
 
 /** qwen3-tiny quantized with `specText` on the CPU and on the GPU, from the same calibration windows. */
 async function quantizeBoth(specText: string) {
@@ -422,10 +427,7 @@ gpuDescribe('AWQ on the GPU', () => {
     await quantize(b, spec, { calibration: calib, device: 'cuda' });
     for (let l = 0; l < a.config.numLayers; l++) {
       expect(Buffer.from(b.weights.layers[l].inputNorm.buffer).equals(Buffer.from(a.weights.layers[l].inputNorm.buffer))).toBe(true);
-      for (const n of LINEAR_NAMES) {
-        const [wa, wb] = [a, b].map((m) => denseWeight(m.weights.layers[l].linears[n]!));
-        expect(Buffer.from(wa.buffer).equals(Buffer.from(wb.buffer))).toBe(true);
-      }
+      expectSameLinears(a, b, l);
     }
     const ac = new AbortController();
     const p = quantize(loadModel(TINY), spec, { calibration: calib, device: 'cuda', signal: ac.signal, onProgress: (s) => s.stage === 'awq search' && ac.abort() });
@@ -576,12 +578,7 @@ gpuDescribe('GPU BiLLM pipeline on qwen3-tiny', () => {
     const [a, b] = [loadModel(TINY), loadModel(TINY)];
     await quantize(a, spec, { calibration: calib, device: 'cuda' });
     await quantize(b, spec, { calibration: calib, device: 'cuda' });
-    for (let l = 0; l < a.config.numLayers; l++) {
-      for (const n of LINEAR_NAMES) {
-        const [wa, wb] = [a, b].map((m) => denseWeight(m.weights.layers[l].linears[n]!));
-        expect(Buffer.from(wa.buffer).equals(Buffer.from(wb.buffer))).toBe(true);
-      }
-    }
+    expectSameLinears(a, b);
     const ac = new AbortController();
     const p = quantize(loadModel(TINY), spec, { calibration: calib, device: 'cuda', signal: ac.signal, onProgress: (s) => s.stage === 'solve o' && ac.abort() });
     await expect(p).rejects.toMatchObject({ name: 'AbortError' });
