@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { workerGpuGroups } from '../lib/cli/worker';
-import { cudaDevices, cudaInfo, deviceName, firstLinearWithoutWeight, GpuModel, parseDevice, planSplit, resolveDevice, splitLayers, toDevice } from '../lib/eval/cuda';
+import { cudaDevices, cudaInfo, deviceName, firstLinearWithoutWeight, GPU_BATCH_TOKENS, GpuModel, parseDevice, planSplit, resolveDevice, splitLayers, toDevice } from '../lib/eval/cuda';
 import { readCalibIds } from '../lib/calibrate/calibration';
 import { pplText } from '../lib/eval/datasets';
 import { scoreSequences } from '../lib/eval/forward';
@@ -173,6 +173,24 @@ gpuDescribe('CUDA forward of qwen3-tiny', () => {
     expect(Array.from(c.nll)).toEqual(Array.from(cpu));
   });
 
+  test('batches on the GPU are sized by its free memory: several windows per call by default, the perplexity of one per call', async () => {
+    const gpu = (await toDevice(model, 'cuda', { dtype: 'fp32' }))!;
+    try {
+      expect(gpu.batchTokens(100)).toBeLessThanOrEqual(100);
+      expect(gpu.batchTokens()).toBe(GPU_BATCH_TOKENS); // qwen3-tiny's activations are small next to a GPU's memory
+      const ids8 = Int32Array.from({ length: 8 * SEQ }, (_, i) => ids[i % ids.length]);
+      const calls = jest.spyOn(gpu, 'score');
+      const byDefault = await perplexity(model, ids8, { seqLen: SEQ });
+      expect(calls).toHaveBeenCalledTimes(1); // all 8 windows in one call
+      calls.mockRestore();
+      const one = await perplexity(model, ids8, { seqLen: SEQ, batch: 1 });
+      expect(byDefault.windows).toBe(8);
+      expect(Math.abs(byDefault.ppl - one.ppl) / one.ppl).toBeLessThan(1e-5);
+    } finally {
+      await toDevice(model, 'cpu');
+    }
+  });
+
   test('packed models on the GPU: expanded from the integers at upload, the same weights as the CPU packed path', async () => {
     // In memory (quantize packs the linears and drops the fp32 weights) and loaded back from a GPTQ-format
     // checkpoint with act-order: both hold only packed integers on the host.
@@ -303,6 +321,34 @@ gpuDescribe('loglikelihood on the GPU (qwen3-tiny)', () => {
     expect(worst).toBeLessThan(1e-4);
     expect(greedyCount).toBeGreaterThanOrEqual(8);
     expect(sameGreedy).toBe(requests.length);
+  });
+
+  test('greedy is the first index of the largest logit (torch.argmax): an earlier token tied with the target takes it', async () => {
+    const model = loadModel(TINY);
+    const tok = await loadTokenizer(TINY);
+    const ctx = Int32Array.from(tok.encode(pplText('wikitext2', path.join(ROOT, 'data'))).slice(3000, 3064));
+    const top = (await scoreSequences(model, ctx, ctx.length, { topk: 1 })).topIdx![ctx.length - 1];
+    // An earlier token the context does not use gets a copy of top's row of the tied embedding / LM head: the
+    // context's states do not change, and both tokens then hold the largest logit.
+    const b = Array.from({ length: top }, (_, i) => i).find((i) => !ctx.includes(i));
+    expect(b).toBeDefined();
+    const H = model.config.hiddenSize;
+    const e = model.weights.embed as { data: Uint16Array; dtype: string };
+    expect(model.weights.lmHead).toBe(model.weights.embed);
+    const data = Uint16Array.from(e.data);
+    data.copyWithin(b! * H, top * H, (top + 1) * H);
+    const tied = { ...e, data } as unknown as typeof model.weights.embed;
+    model.weights.embed = tied;
+    model.weights.lmHead = tied;
+    const requests: LoglikelihoodRequest[] = [top, b!].map((t) => ({ context: Array.from(ctx), continuation: [t] }));
+    const cpu = await loglikelihood(model, requests);
+    expect(cpu[0].logprob).toBe(cpu[1].logprob); // an exact tie
+    expect(cpu.map((r) => r.greedy)).toEqual([false, true]);
+    await toDevice(model, 'cuda', { dtype: 'fp32' });
+    const dev = await loglikelihood(model, requests);
+    await toDevice(model, 'cpu');
+    expect(dev[0].logprob).toBe(dev[1].logprob);
+    expect(dev.map((r) => r.greedy)).toEqual([false, true]);
   });
 });
 

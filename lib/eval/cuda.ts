@@ -206,8 +206,8 @@ export class GpuModel {
 
   /**
    * The NLL of chosen (row, target) pairs of ids [nseq, seqLen] (row = s·seqLen + t; a row may come with several
-   * targets) and whether each target holds its row's largest logit: the LM head runs on those rows only, as
-   * loglikelihood requests need.
+   * targets) and whether each target is its row's greedy token (the first index of the largest logit, as
+   * torch.argmax): the LM head runs on those rows only, as loglikelihood requests need.
    */
   async scoreRows(ids: Int32Array, seqLen: number, rows: Int32Array, targets: Int32Array): Promise<{ nll: Float64Array; greedy: Uint8Array }> {
     const select = { rows, targets };
@@ -216,6 +216,14 @@ export class GpuModel {
     const hidden = new Float32Array(ids.length * this.hiddenSize);
     for (const s of this.stages.slice(0, -1)) await addon.gpuScore(s.handle, ids, seqLen, hidden);
     return addon.gpuScore(last.handle, ids, seqLen, hidden, select);
+  }
+
+  /**
+   * Tokens per score() call: GPU_BATCH_TOKENS (enough rows for the GEMMs to run at full rate), or what the device
+   * memory free now holds next to the weights on every stage; at least 1.
+   */
+  batchTokens(cap = GPU_BATCH_TOKENS): number {
+    return Math.max(1, Math.min(...this.stages.map((s) => addon.gpuBatchTokens(s.handle, cap) as number)));
   }
 
   info(): GpuModelInfo {
@@ -262,11 +270,23 @@ export function planSplit(weightBytes: number, devs: CudaDevice[], device: numbe
   return [device, ...pool.filter((i) => i !== device)];
 }
 
+/** Tokens per forward call on a GPU by default: 8 windows of 2048. */
+export const GPU_BATCH_TOKENS = 16384;
+
 const attached = new WeakMap<LoadedModel, GpuModel>();
 
-/** The GPU copy scoreSequences uses for this model, if any. */
+/** The GPU copy of this model (toDevice), if any. */
 export function gpuOf(model: LoadedModel): GpuModel | undefined {
   return attached.get(model);
+}
+
+/**
+ * The GPU copy that runs a forward of this model with activations fake-quantized to actBits (default: the model's
+ * own), if any: the GPU forward applies the bits it was created with, so any other request runs on the CPU.
+ */
+export function gpuFor(model: LoadedModel, actBits?: number): GpuModel | undefined {
+  const gpu = attached.get(model);
+  return gpu && gpu.actBits === (actBits ?? model.quantization?.actBits ?? 0) ? gpu : undefined;
 }
 
 /**

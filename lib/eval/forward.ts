@@ -2,7 +2,7 @@
 // log-softmax/NLL, a batch of equal-length sequences at a time, off the event loop.
 import { addon } from '../native/addon';
 import type { LoadedModel } from '../load/types';
-import { gpuOf } from './cuda';
+import { gpuFor } from './cuda';
 
 export interface ForwardOptions {
   /** Per-token dynamic symmetric activation fake quantization at every linear input (W/A methods);
@@ -73,9 +73,9 @@ export async function scoreSequences(
   throwIfAborted(opts.signal);
   // On a GPU (toDevice): the whole forward and the NLL there, when it fake-quantizes activations to the bits
   // asked for. Top-k logits are CPU-only.
-  const gpu = gpuOf(model);
+  const gpu = gpuFor(model, opts.actBits);
+  if (gpu && !opts.topk) return { nll: await gpu.score(ids, seqLen) };
   const actBits = opts.actBits ?? model.quantization?.actBits ?? 0;
-  if (gpu && !opts.topk && gpu.actBits === actBits) return { nll: await gpu.score(ids, seqLen) };
   const h = await embedTokens(model, ids);
   for (let l = 0; l < model.config.numLayers; l++) {
     throwIfAborted(opts.signal);

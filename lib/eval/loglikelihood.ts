@@ -11,7 +11,7 @@
 import { LowbitError } from '../load/errors';
 import type { LoadedModel } from '../load/types';
 import { addon } from '../native/addon';
-import { gpuOf } from './cuda';
+import { gpuFor } from './cuda';
 import { embedTokens, runLayer, throwIfAborted } from './forward';
 import { ForwardMode, MemoryOptions, planMemory, streamLayers } from './stream';
 
@@ -96,7 +96,11 @@ export async function loglikelihood(
     return a - b;
   });
 
-  const batchTokens = opts.batchTokens ?? defaultBatchTokens(model, opts.memory?.maxMemory);
+  // On a GPU (toDevice) that fake-quantizes activations to the bits asked for: the whole forward there, the head
+  // on the selected rows only. Batches as on the CPU without its host-memory cap (larger ones measured no faster:
+  // bench/RESULTS.md), bounded by the device's free memory.
+  const gpu = gpuFor(model, opts.actBits);
+  const batchTokens = opts.batchTokens ?? (gpu ? Math.min(gpu.batchTokens(), defaultBatchTokens(model)) : defaultBatchTokens(model, opts.memory?.maxMemory));
   // Batches of groups order[start, end), right-padded to the batch's longest input L.
   const batches: { start: number; end: number; ids: Int32Array; seqLen: number }[] = [];
   for (let i = 0; i < order.length; ) {
@@ -173,10 +177,7 @@ export async function loglikelihood(
     finish(bi, nll, (row) => topIdx[row] === targets[row]);
   };
 
-  // On a GPU (toDevice) that fake-quantizes activations to the bits asked for: the whole forward there, the head
-  // on the selected rows only.
-  const gpu = gpuOf(model);
-  if (gpu && gpu.actBits === (opts.actBits ?? model.quantization?.actBits ?? 0)) {
+  if (gpu) {
     for (let bi = 0; bi < batches.length; bi++) {
       throwIfAborted(opts.signal);
       const { rows, targets } = selection(bi);

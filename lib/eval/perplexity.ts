@@ -1,13 +1,15 @@
 // Perplexity with the GPTQ protocol: non-overlapping windows of seqLen tokens, no BOS; each window's mean
 // NLL over its seqLen-1 predicted tokens counts as seqLen tokens; ppl = exp(Σ / (windows·seqLen)).
 import type { LoadedModel } from '../load/types';
+import { gpuFor } from './cuda';
 import { scoreHidden, scoreSequences, throwIfAborted } from './forward';
 import { ForwardMode, MemoryOptions, planMemory, streamLayers } from './stream';
 
 export interface PerplexityOptions {
   seqLen?: number;
   maxWindows?: number;
-  /** Windows per forward call (bounded by memory: activations are batch·seqLen·intermediate floats). */
+  /** Windows per forward call (default: bounded by host memory on the CPU — activations are batch·seqLen·intermediate
+   *  floats —, by the free device memory on a GPU). */
   batch?: number;
   actBits?: number;
   /** Stream layers (stream.ts) when asked, or when the model does not fit maxMemory. */
@@ -43,8 +45,10 @@ export async function perplexity(model: LoadedModel, ids: ArrayLike<number>, opt
   let windows = Math.floor(ids.length / seqLen);
   if (opts.maxWindows !== undefined) windows = Math.min(windows, opts.maxWindows);
   if (windows < 1) throw new Error(`need at least ${seqLen} tokens for one window, have ${ids.length}`);
-  const batch = opts.batch ?? defaultBatch(model, seqLen, opts.memory?.maxMemory);
-  const plan = planMemory(model, windows * seqLen, batch * windowBytes(model, seqLen), opts.memory);
+  // On a GPU the activations live in device memory: as many windows per call as it holds (GpuModel.batchTokens).
+  const gpu = gpuFor(model, opts.actBits);
+  const batch = opts.batch ?? (gpu ? Math.max(1, Math.floor(gpu.batchTokens() / seqLen)) : defaultBatch(model, seqLen, opts.memory?.maxMemory));
+  const plan = planMemory(model, windows * seqLen, gpu ? 0 : batch * windowBytes(model, seqLen), opts.memory);
   const t0 = performance.now();
   const windowNll: number[] = [];
   const addWindows = (nll: Float64Array, nb: number) => {

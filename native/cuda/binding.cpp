@@ -6,6 +6,7 @@
 //     last position); with select {rows, targets: Int32Array} → Promise<{nll, greedy: Uint8Array}> for those
 //     (row, target) pairs only (the head runs on those rows)
 //   gpuModelInfo(handle) → {device, dtype, actFp32, actBits, weightBytes, lastGpuMs}
+//   gpuBatchTokens(handle, cap) → tokens (≤ cap) a gpuScore call can take in the device memory free now
 //   gpuModelFree(handle)
 //   cudaSelfTest({device, dtype, nseq, seqLen, heads, kvHeads, headDim}) → {relError, report}
 #include <atomic>
@@ -176,6 +177,13 @@ Napi::Value GpuModelInfo(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value GpuBatchTokens(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const int64_t cap = info[1].As<Napi::Number>().Int64Value();
+    return Napi::Number::New(info.Env(), static_cast<double>(cuda::batch_tokens(*unbox(info[0])->model, cap)));
+  });
+}
+
 Napi::Value GpuModelFree(const Napi::CallbackInfo& info) {
   if (info[0].IsExternal()) {
     Box* b = info[0].As<Napi::External<Box>>().Data();
@@ -213,6 +221,7 @@ LOWBIT_EXPORTS {
   exports.Set("gpuModelCreate", Napi::Function::New(env, GpuModelCreate));
   exports.Set("gpuScore", Napi::Function::New(env, GpuScore));
   exports.Set("gpuModelInfo", Napi::Function::New(env, GpuModelInfo));
+  exports.Set("gpuBatchTokens", Napi::Function::New(env, GpuBatchTokens));
   exports.Set("gpuModelFree", Napi::Function::New(env, GpuModelFree));
   exports.Set("cudaSelfTest", Napi::Function::New(env, CudaSelfTest));
 }

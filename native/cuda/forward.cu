@@ -109,6 +109,15 @@ class GpuModel {
     LB_CK(cudaMemcpy(dst.p, src, n * 4, cudaMemcpyHostToDevice));
   }
 
+  // Device bytes per token of what ensure_workspace allocates (the LM head's logit block aside).
+  uint64_t token_bytes() const {
+    const ModelCfg& c = cfg;
+    const uint64_t es = act32 ? 4 : esize(dtype), dqkv = (c.nh + 2 * c.nkv) * c.hd;
+    uint64_t b = c.hidden * 4 + c.hidden * es + dqkv * 4 + (2 * c.nh + 2 * c.nkv) * c.hd * es + 3 * c.inter * es + 16;
+    if (act32 && dtype != 0) b += 2 * std::max(std::max(c.hidden, c.inter), c.nh * c.hd) * esize(dtype);
+    return b;
+  }
+
   void ensure_workspace(int64_t T, int64_t L) {
     const ModelCfg& c = cfg;
     const size_t es = act32 ? 4 : esize(dtype);
@@ -377,6 +386,19 @@ bool model_act32(const GpuModel& m) { return m.act32; }
 int model_act_bits(const GpuModel& m) { return m.act_bits; }
 bool model_last_stage(const GpuModel& m) { return m.last; }
 int64_t model_hidden(const GpuModel& m) { return m.cfg.hidden; }
+
+int64_t batch_tokens(GpuModel& m, int64_t cap) {
+  std::lock_guard<std::mutex> lk(m.mu);
+  LB_CK(cudaSetDevice(m.dev));
+  size_t free_b = 0, total_b = 0;
+  LB_CK(cudaMemGetInfo(&free_b, &total_b));
+  // The workspace may grow into the free memory (plus what it holds now), keeping room for the largest logit
+  // block and 512 MiB for everything else (cuBLAS, the driver, other allocations).
+  const uint64_t per = m.token_bytes();
+  const uint64_t have = free_b + m.wsT * per + m.logits.bytes;
+  const uint64_t keep = (m.last ? uint64_t(1) << 30 : 0) + (uint64_t(512) << 20);
+  return have > keep ? std::min<int64_t>(cap, static_cast<int64_t>((have - keep) / per)) : 0;
+}
 
 void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll, float* gpu_ms, float* hidden,
            const HeadSelect* sel) {

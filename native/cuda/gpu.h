@@ -85,7 +85,7 @@ int64_t model_hidden(const GpuModel& m);
 // fp32); one that is not last writes the states leaving them there instead of the NLL.
 // With sel (last stage only) the head runs on the chosen rows instead, as loglikelihood requests need: nll[i] =
 // the NLL of sel->targets[i] at row sel->rows[i] (= s·L + t; a row may appear with several targets), and
-// sel->greedy[i] = 1 where that target has the row's largest logit.
+// sel->greedy[i] = 1 where that target is the first index of the row's largest logit (torch.argmax).
 struct HeadSelect {
   const int32_t* rows = nullptr;
   const int32_t* targets = nullptr;
@@ -94,6 +94,9 @@ struct HeadSelect {
 };
 void score(GpuModel& m, const int32_t* ids, int64_t nseq, int64_t L, double* nll, float* gpu_ms, float* hidden = nullptr,
            const HeadSelect* sel = nullptr);
+
+// Tokens (at most cap) a score call can take in the device memory free now, the weights already resident.
+int64_t batch_tokens(GpuModel& m, int64_t cap);
 
 // Kernel self-test on random data: the fast attention of dtype (the tiled fp32 kernel, or tensor cores for
 // bf16/fp16) vs the one-warp-per-row reference kernel (max |diff| / max |ref|), written into *report. Returns that relative error (or -1 when the fast path does not apply).

@@ -47,17 +47,29 @@ __global__ void lse_nll_kernel(const float* __restrict__ logits, const int32_t* 
     merge(m, s, m2, s2);
   }
   __shared__ float pm[32], ps[32];
+  __shared__ bool top;
   if ((threadIdx.x & 31) == 0) { pm[threadIdx.x >> 5] = m; ps[threadIdx.x >> 5] = s; }
   __syncthreads();
+  const float lt = l[tg];
   if (threadIdx.x == 0) {
     double M = pm[0];
     for (int w = 1; w < (int)(blockDim.x >> 5); ++w) M = fmax(M, (double)pm[w]);
     double S = 0;
     for (int w = 0; w < (int)(blockDim.x >> 5); ++w)
       if (pm[w] != -INFINITY) S += (double)ps[w] * exp((double)pm[w] - M);
-    nll[r] = M + log(S) - (double)l[tg];
-    if (greedy) greedy[r] = (double)l[tg] >= M;  // the target holds the largest logit
+    nll[r] = M + log(S) - (double)lt;
+    top = (double)lt >= M;  // the target holds the largest logit
   }
+  if (!greedy) return;
+  __syncthreads();
+  // Greedy is the first index of the largest logit (torch.argmax, the CPU's top-1): an earlier tie takes it.
+  bool first = top;
+  if (first) {
+    int earlier = 0;
+    for (int64_t i = threadIdx.x; i < tg; i += blockDim.x) earlier |= l[i] >= lt;
+    first = !__syncthreads_or(earlier);
+  }
+  if (threadIdx.x == 0) greedy[r] = first;
 }
 
 }  // namespace
