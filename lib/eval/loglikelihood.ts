@@ -97,8 +97,8 @@ export async function loglikelihood(
   });
 
   // On a GPU (toDevice) that fake-quantizes activations to the bits asked for: the whole forward there, the head
-  // on the selected rows only. Batches as on the CPU without its host-memory cap (larger ones measured no faster:
-  // bench/RESULTS.md), bounded by the device's free memory.
+  // on the selected rows only. Batches as on the CPU without its host-memory cap (larger ones measured no faster,
+  // bench/cuda-eval-batch.ts), bounded by the device's free memory.
   const gpu = gpuFor(model, opts.actBits);
   const batchTokens = opts.batchTokens ?? (gpu ? Math.min(gpu.batchTokens(), defaultBatchTokens(model)) : defaultBatchTokens(model, opts.memory?.maxMemory));
   // Batches of groups order[start, end), right-padded to the batch's longest input L.
