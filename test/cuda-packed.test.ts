@@ -1,7 +1,8 @@
 // Packed low-bit linears on the GPU (native/cuda/qmatmul.cu: the mma.sync kernel; qgemm.cu: the Hopper wgmma GEMM,
 // run on every case as well where the GPU has it) on fresh random weights and activations:
 //  - against a float64 reference that rounds exactly what the device format rounds (x to fp16/bf16, the scales
-//    to fp16 after the layout's power-of-two factor, the zeros to fp16), so only fp32 summation order is left;
+//    to fp16 after the layout's power-of-two factor, the zeros to fp16, and in the wgmma kernel each dequantized
+//    weight to fp16/bf16), so only fp32 summation order is left;
 //  - against the CPU packed kernels (fp32 activations) within the 16-bit rounding of x;
 //  - W8A8 bit for bit against the CPU's int8 path.
 // Every bit width × group layout (32, 64, 128, one per row, act-order) × fp16/bf16 × batch 1..130 (the batch-1
@@ -31,33 +32,52 @@ function roundFloat(v: number, sig: number, minExp: number): number {
 const toF16 = (v: number) => roundFloat(v, 11, -14);
 const toBf16 = (v: number) => roundFloat(v, 8, -126);
 
-/** y = x·Wᵀ in float64 with the device format's roundings; mag = Σ|s|·(q + |z|)·|x| per output (the scale of fp32 error). */
+/**
+ * y = x·Wᵀ in float64 with the device format's roundings, per kernel; mag = Σ|s|·(q + |z|)·|x| per output (the scale
+ * of fp32 error). The device holds S = fp16(s·P) (P: a power of two) and fp16 zeros. The mma.sync kernel scales exact
+ * integer sums in fp32: w = S·(q − z)/P. The wgmma kernel rounds each weight to the activation type T as it
+ * dequantizes it: w = T(q·S' + T(−z·S'))/(P·f) with S' = T(S·f), f the largest power of two ≤ 1 with every
+ * |S·f|·(2^bits − 1 + |z|) ≤ 2^15.
+ */
 function deviceReference(q: QuantizedTensor, rows: number, cols: number, x: Float32Array, M: number, dtype: PackedActDType) {
   const g = q.groupSize < 0 ? cols : q.groupSize;
   const ng = cols / g;
   const P = deviceScaleFactor(q.scales);
-  const s16 = Float64Array.from(q.scales, (s) => toF16(Math.fround(s * P)) / P);
+  const S = Float64Array.from(q.scales, (s) => toF16(Math.fround(s * P)));
   const z16 = Float64Array.from(q.zeros, (z) => toF16(z));
   const rx = dtype === 'fp16' ? toF16 : toBf16;
+  const qmax = 2 ** q.bits - 1;
+  const biggest = S.reduce((m, v, k) => Math.max(m, Math.abs(v) * (qmax + Math.abs(z16[k]))), 0);
+  let f = 1;
+  while (biggest * f > 32768) f /= 2;
+  const Sf = S.map((v) => rx(v * f));
+  const C = Sf.map((v, k) => rx(-z16[k] * v));
   const xr = Float64Array.from(x, (v) => rx(v));
-  const y = new Float64Array(M * rows);
+  const y = { mma: new Float64Array(M * rows), wgmma: new Float64Array(M * rows) };
   const mag = new Float64Array(M * rows);
   const w = new Float64Array(cols);
+  const ww = new Float64Array(cols);
   const wa = new Float64Array(cols);
   for (let r = 0; r < rows; r++) {
     for (let c = 0; c < cols; c++) {
       const k = r * ng + (q.gIdx ? q.gIdx[c] : Math.floor(c / g));
-      w[c] = s16[k] * (q.qweight[r * cols + c] - z16[k]);
-      wa[c] = Math.abs(s16[k]) * (q.qweight[r * cols + c] + Math.abs(z16[k]));
+      const qv = q.qweight[r * cols + c];
+      w[c] = (S[k] / P) * (qv - z16[k]);
+      ww[c] = rx(qv * Sf[k] + C[k]) / (P * f);
+      wa[c] = Math.abs(S[k] / P) * (qv + Math.abs(z16[k]));
     }
     for (let m = 0; m < M; m++) {
       let s = 0;
+      let sw = 0;
       let a = 0;
       for (let c = 0; c < cols; c++) {
-        s += w[c] * xr[m * cols + c];
-        a += wa[c] * Math.abs(xr[m * cols + c]);
+        const v = xr[m * cols + c];
+        s += w[c] * v;
+        sw += ww[c] * v;
+        a += wa[c] * Math.abs(v);
       }
-      y[m * rows + r] = s;
+      y.mma[m * rows + r] = s;
+      y.wgmma[m * rows + r] = sw;
       mag[m * rows + r] = a;
     }
   }
@@ -99,7 +119,7 @@ gpuDescribe('packed linears on the GPU', () => {
     const q = randomQuantized(bits, rows, cols, group, act, bits * 1000 + cols + (act ? 7 : 0));
     const p = packLinear(q, rows, cols);
     const lin = await GpuPackedLinear.create(p);
-    const kernels: PackedKernel[] = lin.info().wgmma ? ['mma', 'wgmma'] : ['mma'];
+    const kernels: ('mma' | 'wgmma')[] = lin.info().wgmma ? ['mma', 'wgmma'] : ['mma'];
     try {
       for (const M of [1, 5, 16, 40, 130]) {
         const x = randomX(M, cols, M * 31 + bits);
@@ -109,9 +129,9 @@ gpuDescribe('packed linears on the GPU', () => {
           const y = await lin.matmul(x, { dtype, kernel });
           expect(y.length).toBe(M * rows);
           expect(lin.info().lastKernel).toBe(kernel);
-          const e = worst(y, ref.y, ref.mag);
+          const e = worst(y, ref.y[kernel], ref.mag);
           if (e > 2e-5) throw new Error(`${kernel}, M ${M}: max |gpu − reference| / Σ|s|(q+|z|)|x| = ${e.toExponential(2)} (limit 2e-5)`);
-          // The CPU kernels take x in fp32: the difference is the 16-bit rounding of x and of the scales.
+          // The CPU kernels take x in fp32: the difference is the 16-bit rounding of x and of the scales (and for wgmma of the weights).
           expect(worst(y, cpu, ref.mag)).toBeLessThan(dtype === 'fp16' ? 2e-3 : 8e-3);
         }
         // 'auto' runs the GEMM kernel from gemmFrom tokens on where it exists.
@@ -139,7 +159,7 @@ gpuDescribe('packed linears on the GPU', () => {
         const y = await lin.matmul(x, { kernel: 'wgmma' });
         expect(lin.info().lastSplits).toBeGreaterThan(1);
         const ref = deviceReference(q, rows, cols, x, M, 'fp16');
-        expect(worst(y, ref.y, ref.mag)).toBeLessThan(2e-5);
+        expect(worst(y, ref.y.wgmma, ref.mag)).toBeLessThan(2e-5);
         const again = await lin.matmul(x, { kernel: 'wgmma' });
         expect(Buffer.from(again.buffer).equals(Buffer.from(y.buffer))).toBe(true); // bit for bit
       }
@@ -161,7 +181,7 @@ gpuDescribe('packed linears on the GPU', () => {
           const y = await lin.matmul(x);
           if (rows === 64) expect(lin.info().lastSplits).toBeGreaterThan(1);
           const ref = deviceReference(q, rows, cols, x, M, 'fp16');
-          expect(worst(y, ref.y, ref.mag)).toBeLessThan(2e-5);
+          expect(worst(y, ref.y.mma, ref.mag)).toBeLessThan(2e-5);
           expect(await lin.matmul(x)).toEqual(y);
         }
       } finally {

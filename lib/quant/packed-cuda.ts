@@ -12,7 +12,9 @@ export type PackedActDType = 'fp16' | 'bf16';
 /**
  * Which packed kernel runs: 'auto' picks per batch (the Hopper wgmma GEMM from `gemmFrom` tokens on where the GPU
  * and build have it, else the mma.sync kernel); 'mma' and 'wgmma' force one (to compare them; 'wgmma' is an error
- * where it does not exist).
+ * where it does not exist). Numerics: the mma.sync kernel multiplies exact integers and applies scales and zeros in
+ * fp32 per group; the wgmma kernel rounds each dequantized weight to the activation type (as a dense fp16/bf16
+ * model is rounded), so the two differ by that rounding (relative 2^-11 fp16, 2^-8 bf16 per weight).
  */
 export type PackedKernel = 'auto' | 'mma' | 'wgmma';
 

@@ -210,9 +210,10 @@ struct QLinearInfo {
   // The Hopper wgmma kernel (qgemm.cu) is in this build for this device; it runs batches from gemm_from tokens on.
   bool wgmma = false;
   int gemm_from = 17;
+  float gemm_fold = 1.f;  // qgemm_fold of the records
   // Launch tuning: copy stages in flight (mma.sync kernel, wgmma kernel); K is split to fill the GPU with blocks, at
   // most warps_per_sm warps per SM (mma.sync kernel) when > 0.
-  int stages = 2, gemm_stages = 4, warps_per_sm = 0;
+  int stages = 2, gemm_stages = 0, warps_per_sm = 0;  // gemm_stages 0: by tokens per block (gemm_stages_for)
 };
 class GpuQLinear;
 std::shared_ptr<GpuQLinear> qlinear_create(const QLayout& l, int device);

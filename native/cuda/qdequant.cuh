@@ -126,8 +126,8 @@ __device__ __forceinline__ GroupSz group_sz(const uint8_t* rec, int j, int g) {
 }
 
 // One mma C fragment (rows g, g + 8 × tokens 2t, 2t + 1) of a sub-group's integer sums Σq·x scaled into the result:
-// acc += s·(Σq·x − z·Σx), xs = the two tokens' Σx over the sub-group. Both packed kernels end each sub-group here,
-// so scales and zeros are applied in fp32 and never rounded into the weights.
+// acc += s·(Σq·x − z·Σx), xs = the two tokens' Σx over the sub-group. The mma.sync kernel ends each sub-group here,
+// so scales and zeros are applied in fp32 and never rounded into its weights.
 __device__ __forceinline__ void scale_group(float* acc, const float* tmp, const GroupSz& sz, float2 xs) {
   acc[0] += sz.r0.x * (tmp[0] - sz.r0.y * xs.x);
   acc[1] += sz.r0.x * (tmp[1] - sz.r0.y * xs.y);

@@ -1,23 +1,33 @@
-// Packed low-bit GEMM on Hopper (batch 16 and up): y[M, rows] = x[M, cols] · Wᵀ with the weights' exact integers
-// as wgmma's A operand from registers and the tokens as B from shared memory.
+// Packed low-bit GEMM on Hopper (batch 17 and up): y[M, rows] = x[M, cols] · Wᵀ with the weights dequantized in
+// registers as wgmma's A operand and the tokens as B from shared memory.
 //
 // A block is two warpgroups, 8 warps, one 16-row tile of qlayout.h's records each (128 rows), and bn tokens (16, 32,
-// 64 or 128; grid z walks larger batches). Per 128-column block, one thread hands the block's records, the x tile and
-// its group sums to the bulk-copy engine (a ring of `stages` shared-memory slots, each completing on an mbarrier).
-// Each warp makes the A fragments of its tile exactly as the mma.sync kernel does (qdequant.cuh) — the wgmma A
-// fragment of warp w is rows 16w..16w+15 in mma.sync's layout — and its warpgroup multiplies them with the whole x
-// tile: one m64n{bn}k16 wgmma per 16 columns. The sums of a sub-group land in a scratch accumulator and are scaled
-// into the result in fp32 as in qmatmul.cu (acc += s·(Σ q·x − z·Σx)): scales and zeros are never rounded into the
-// weights, so both kernels compute the same quantities and differ only in the order of fp32 additions.
+// 64 or 128; grid z walks larger batches). Per 128-column block, one thread hands the block's records and the x tile
+// to the bulk-copy engine (a ring of `stages` shared-memory slots, each completing on an mbarrier). Each warp makes
+// its tile's A fragments from the integers as the mma.sync kernel does (qdequant.cuh) — the wgmma A fragment of warp
+// w is rows 16w..16w+15 in mma.sync's layout — and scales them in the same instruction stream: w = T(q·S + C), one
+// fused multiply-add per pair, with S = T(s·f) and C = T(−z·S) per sub-group and row (f: the power of two
+// qgemm_fold picks so that no weight overflows fp16), so the warpgroup's wgmma accumulate the whole K in one set of
+// fp32 registers, y = acc / (P·f).
+//
+// Why the weights are rounded to T here but not in the mma.sync kernel: that kernel keeps the integer sums of each
+// sub-group apart and scales them in fp32, which costs a second accumulator set and, for wgmma, waiting for every
+// sub-group's products before scaling them. Here nothing waits for the tensor cores except a register set's reuse:
+// each block is two commit groups of four wgmma, A double-buffered, so the dequantization of the next half block
+// runs while the tensor cores work on the last. The rounding is that of the fp16/bf16 dense weights a PyTorch model
+// multiplies with (w = T(s·(q − z)) to within one more rounding of C), and what the tests' reference reproduces.
 //
 // The x tile is stored as wgmma's K-major B without swizzle: for each step of 16 columns two 8-column chunks, each
 // bn/8 core matrices of 8 tokens × 8 values (128 bytes). Which column a k index stands for follows the A side
 // (qlayout.h: k indices 2t, 2t+1 of step st are columns 32(st/2) + 8t + 4(st%2) + {0,1}, k indices 2t+8, 2t+9 the
 // next two), so qgemm_prep writes x in that order and the bulk copy lands it ready for the descriptors.
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <mutex>
 #include <vector>
 
+#include "gpu.h"
 #include "qdequant.cuh"
 #include "qgemm.h"
 #include "wgmma.cuh"
@@ -29,17 +39,51 @@ namespace {
 
 constexpr int kThreads = kQgemmTiles * 32;
 
-// One ring slot: the block's records, the x tile, its sub-group sums.
-__host__ __device__ constexpr int stage_bytes(int bits, int bn, int nsub) {
-  return kQgemmTiles * q_record_bytes(bits, nsub) + bn * 256 + nsub * bn * 4;
+// One ring slot: the block's records, the x tile.
+__host__ __device__ constexpr int stage_bytes(int bits, int bn, int nsub) { return kQgemmTiles * q_record_bytes(bits, nsub) + bn * 256; }
+
+#if LB_WGMMA
+constexpr int kHalf = 4;  // mma steps (16 columns each) per commit group: half a 128-column block
+
+// (S, C) pairs for rows g and g + 8 of sub-group j: {S_g, C_g, S_g+8, C_g+8}, each value twice.
+template <class T>
+__device__ __forceinline__ void fold_pairs(const GroupSz& sz, float f, uint32_t (&sc)[4]) {
+  const float s0 = to_f(from_f<T>(sz.r0.x * f)), s8 = to_f(from_f<T>(sz.r8.x * f));
+  const float c0 = -sz.r0.y * s0, c8 = -sz.r8.y * s8;  // exact in fp32: 11-bit z times an 11-bit S
+  sc[0] = pack2<T>(s0, s0);
+  sc[1] = pack2<T>(c0, c0);
+  sc[2] = pack2<T>(s8, s8);
+  sc[3] = pack2<T>(c8, c8);
 }
+
+// Half h of a 128-column block: A fragments of steps 4h..4h+3 into af (free: the wgmma that read it are done),
+// then four wgmma on them, one commit group.
+template <int BITS, class T, int BN, int NSUB, int H>
+__device__ __forceinline__ void qgemm_half(float (&acc)[BN / 2], uint32_t (&af)[kHalf][4], const uint32_t (&w)[q_words(BITS)],
+                                           const uint32_t (&sc)[NSUB][4], const uint8_t* xtile) {
+  constexpr int STEPS = 8 / NSUB;  // mma steps per sub-group
+#pragma unroll
+  for (int u = 0; u < kHalf; ++u) {
+    const int st = H * kHalf + u, j = st / STEPS;
+    dq_step<BITS, T>(w, st, af[u]);
+    af[u][0] = fma2<T>(af[u][0], sc[j][0], sc[j][1]);
+    af[u][1] = fma2<T>(af[u][1], sc[j][2], sc[j][3]);
+    af[u][2] = fma2<T>(af[u][2], sc[j][0], sc[j][1]);
+    af[u][3] = fma2<T>(af[u][3], sc[j][2], sc[j][3]);
+  }
+  wgmma_fence();
+#pragma unroll
+  for (int u = 0; u < kHalf; ++u) wgmma_rs<T, BN>(acc, af[u], wgmma_desc(xtile + (H * kHalf + u) * 2 * BN * 16, BN * 16, 128), 1);
+  wgmma_commit();
+}
+#endif
 
 template <int BITS, class T, int BN, int NSUB>
 __global__ void __launch_bounds__(kThreads, 1) qgemm_kernel(QgemmArgs a) {
 #if LB_WGMMA
   extern __shared__ __align__(128) uint8_t smem[];
   constexpr int WORDS = q_words(BITS), R = q_record_bytes(BITS, NSUB), SB = stage_bytes(BITS, BN, NSUB);
-  constexpr int XOFF = kQgemmTiles * R, SOFF = XOFF + BN * 256, STEPS = 8 / NSUB, NR = BN / 2;
+  constexpr int XOFF = kQgemmTiles * R, NR = BN / 2;
   const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int blk_tile0 = blockIdx.x * kQgemmTiles, tile = blk_tile0 + wid;
   const bool active = tile < a.ntiles;  // a warp past the last tile still takes part in its warpgroup's wgmma
@@ -57,63 +101,56 @@ __global__ void __launch_bounds__(kThreads, 1) qgemm_kernel(QgemmArgs a) {
   }
   __syncthreads();
   auto slot_of = [&](int kb) { return (kb - kb0) % stages; };
-  // A stage's weights (which the previous grid does not write) and its x tile and sums (which it does) are
-  // issued apart, so that the prologue's weights are on their way before pdl_wait.
+  // A stage's weights (which the previous grid does not write) and its x tile (which it does) are issued apart,
+  // so that the prologue's weights are on their way before pdl_wait.
   auto issue_w = [&](int kb) {
     if (kb >= kb1 || threadIdx.x != 0) return;
     uint8_t* st = smem + slot_of(kb) * SB;
-    mbar_expect_tx(bars + slot_of(kb), static_cast<uint32_t>(ntile_blk * R + BN * 256 + NSUB * BN * 4));
+    mbar_expect_tx(bars + slot_of(kb), static_cast<uint32_t>(ntile_blk * R + BN * 256));
     bulk_g2s(st, a.w + q_record_offset(blk_tile0, kb, a.ntiles, BITS, NSUB), static_cast<uint32_t>(ntile_blk * R), bars + slot_of(kb));
   };
   auto issue_x = [&](int kb) {
     if (kb >= kb1 || threadIdx.x != 0) return;
-    uint8_t* st = smem + slot_of(kb) * SB;
     const int64_t xi = static_cast<int64_t>(kb) * a.nzb + zb;
-    bulk_g2s(st + XOFF, xt + xi * BN * 128, BN * 256, bars + slot_of(kb));
-    bulk_g2s(st + SOFF, a.xs + xi * NSUB * BN, NSUB * BN * 4, bars + slot_of(kb));
+    bulk_g2s(smem + slot_of(kb) * SB + XOFF, xt + xi * BN * 128, BN * 256, bars + slot_of(kb));
   };
   for (int i = 0; i < stages - 1; ++i) issue_w(kb0 + i);
   pdl_wait();
   for (int i = 0; i < stages - 1; ++i) issue_x(kb0 + i);
 
-  float acc[NR], tmp[NR];
+  float acc[NR];
 #pragma unroll
-  for (int i = 0; i < NR; ++i) acc[i] = tmp[i] = 0.f;
+  for (int i = 0; i < NR; ++i) acc[i] = 0.f;
+  uint32_t af0[kHalf][4] = {}, af1[kHalf][4] = {};
   for (int kb = kb0; kb < kb1; ++kb) {
-    __syncthreads();  // everyone is done with block kb − 1's slot, which block kb + stages − 1 refills
-    issue_w(kb + stages - 1);
-    issue_x(kb + stages - 1);
     mbar_wait(bars + slot_of(kb), static_cast<uint32_t>(((kb - kb0) / stages) & 1));
     const uint8_t* st = smem + slot_of(kb) * SB;
     const uint8_t* rec = st + wid * R;
-    uint32_t w[WORDS];
-    if (active) load_words<BITS>(rec, lane, w);
-    else
+    uint32_t w[WORDS], sc[NSUB][4];
+    if (active) {
+      load_words<BITS>(rec, lane, w);
 #pragma unroll
-      for (int i = 0; i < WORDS; ++i) w[i] = 0u;  // q = 0: an exact zero A
+      for (int j = 0; j < NSUB; ++j) fold_pairs<T>(group_sz<BITS>(rec, j, g), a.fold, sc[j]);
+    } else {  // w = T(0·0 + 0): an exact zero A
 #pragma unroll
-    for (int j = 0; j < NSUB; ++j) {
-      uint32_t af[STEPS][4];
+      for (int i = 0; i < WORDS; ++i) w[i] = 0u;
 #pragma unroll
-      for (int u = 0; u < STEPS; ++u) dq_step<BITS, T>(w, j * STEPS + u, af[u]);
-      wgmma_fence();
-#pragma unroll
-      for (int u = 0; u < STEPS; ++u)
-        wgmma_rs<T, BN>(tmp, af[u], wgmma_desc(st + XOFF + (j * STEPS + u) * 2 * BN * 16, BN * 16, 128), u > 0);
-      wgmma_commit();
-      wgmma_wait<0>();
-      wgmma_touch(tmp);
-#pragma unroll
-      for (int u = 0; u < STEPS; ++u) wgmma_touch(af[u]);  // af stays in its registers until the wgmma read it
-      if (active) {
-        const GroupSz sz = group_sz<BITS>(rec, j, g);
-        const float* xs = reinterpret_cast<const float*>(st + SOFF) + j * BN;
-#pragma unroll
-        for (int i = 0; i < BN / 8; ++i)
-          scale_group(acc + 4 * i, tmp + 4 * i, sz, *reinterpret_cast<const float2*>(xs + 8 * i + 2 * t));
-      }
+      for (int j = 0; j < NSUB; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0u;
     }
+    wgmma_wait<1>();  // block kb − 1's first half is done with af0
+    for (auto& r : af0) wgmma_touch(r);
+    qgemm_half<BITS, T, BN, NSUB, 0>(acc, af0, w, sc, st + XOFF);
+    wgmma_wait<1>();  // and its second half with af1 and with slot kb − 1
+    for (auto& r : af1) wgmma_touch(r);
+    __syncthreads();  // both warpgroups: slot kb − 1 is free for block kb + stages − 1
+    issue_w(kb + stages - 1);
+    issue_x(kb + stages - 1);
+    qgemm_half<BITS, T, BN, NSUB, 1>(acc, af1, w, sc, st + XOFF);
   }
+  wgmma_wait<0>();
+  wgmma_touch(acc);
+  for (auto& r : af0) wgmma_touch(r);
+  for (auto& r : af1) wgmma_touch(r);
   if (!active) return;
   float* o = a.out + blockIdx.y * a.split_stride;
   const int row = tile * 16 + g, tok0 = zb * BN;
@@ -127,35 +164,27 @@ __global__ void __launch_bounds__(kThreads, 1) qgemm_kernel(QgemmArgs a) {
 #endif
 }
 
-// One thread per (column block, token, 8-column chunk): the chunk's columns rounded to T, stored as one 16-byte
-// row of a core matrix (chunk c holds k indices 8(c%2)..8(c%2)+7 of step c/2: q_wgmma_col), and its sum. The 16 chunks of a token are 16 consecutive lanes and a sub-group's chunks are
-// consecutive among them (16/nsub per sub-group), so shuffles add the sub-group sums.
+// One thread per (column block, token, 8-column chunk): the chunk's columns rounded to T, stored as one 16-byte row
+// of a core matrix (chunk c holds k indices 8(c%2)..8(c%2)+7 of step c/2: q_wgmma_col).
 template <class T>
-__global__ void qgemm_prep_kernel(const float* __restrict__ x, const int32_t* __restrict__ perm, T* __restrict__ xt,
-                                  float* __restrict__ xs, int M, int cols, int nkb, int nsub, int bn, int nzb) {
+__global__ void qgemm_prep_kernel(const float* __restrict__ x, const int32_t* __restrict__ perm, T* __restrict__ xt, int M, int cols,
+                                  int nkb, int bn, int nzb) {
   pdl_launch_dependents();
   const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int Mpad = nzb * bn;
-  const bool ok = id < static_cast<int64_t>(nkb) * Mpad * 16;  // no early return: every lane shuffles
+  if (id >= static_cast<int64_t>(nkb) * Mpad * 16) return;
   const int c = static_cast<int>(id % 16), m = static_cast<int>((id / 16) % Mpad), kb = static_cast<int>(id / 16 / Mpad);
   const int zb = m / bn, mr = m % bn;
-  float sum = 0.f;
-  if (ok) {
-    alignas(16) T v[8];
+  alignas(16) T v[8];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const int col = kb * 128 + q_wgmma_col(c / 2, 8 * (c % 2) + i);
-      float f = 0.f;
-      if (m < M && col < cols) f = x[static_cast<int64_t>(m) * cols + (perm ? perm[col] : col)];
-      v[i] = from_f<T>(f);
-      sum += to_f(v[i]);
-    }
-    T* dst = xt + (static_cast<int64_t>(kb) * nzb + zb) * bn * 128 + c * bn * 8 + (mr / 8) * 64 + (mr % 8) * 8;
-    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(v);
+  for (int i = 0; i < 8; ++i) {
+    const int col = kb * 128 + q_wgmma_col(c / 2, 8 * (c % 2) + i);
+    float f = 0.f;
+    if (m < M && col < cols) f = x[static_cast<int64_t>(m) * cols + (perm ? perm[col] : col)];
+    v[i] = from_f<T>(f);
   }
-  const int per = 16 / nsub;
-  for (int o = 1; o < per; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  if (ok && c % per == 0) xs[((static_cast<int64_t>(kb) * nzb + zb) * nsub + c / per) * bn + mr] = sum;
+  T* dst = xt + (static_cast<int64_t>(kb) * nzb + zb) * bn * 128 + c * bn * 8 + (mr / 8) * 64 + (mr % 8) * 8;
+  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(v);
 }
 
 __global__ void qgemm_probe_kernel(int* out) { *out = LB_WGMMA; }
@@ -216,13 +245,38 @@ int qgemm_blocks_per_sm(int bits, int act, int bn, int nsub, int stages) {
   return nb;
 }
 
-void qgemm_prep(const float* x, const int32_t* perm, void* xt, float* xs, int M, int cols, int nkb, int nsub, int bn, int nzb,
-                int act, cudaStream_t st) {
+void qgemm_prep(const float* x, const int32_t* perm, void* xt, int M, int cols, int nkb, int bn, int nzb, int act, cudaStream_t st) {
   const int64_t threads = static_cast<int64_t>(nkb) * nzb * bn * 16;
   const unsigned blocks = static_cast<unsigned>((threads + 255) / 256);
-  if (act == 1) qgemm_prep_kernel<bf16><<<blocks, 256, 0, st>>>(x, perm, static_cast<bf16*>(xt), xs, M, cols, nkb, nsub, bn, nzb);
-  else qgemm_prep_kernel<f16><<<blocks, 256, 0, st>>>(x, perm, static_cast<f16*>(xt), xs, M, cols, nkb, nsub, bn, nzb);
+  if (act == 1) qgemm_prep_kernel<bf16><<<blocks, 256, 0, st>>>(x, perm, static_cast<bf16*>(xt), M, cols, nkb, bn, nzb);
+  else qgemm_prep_kernel<f16><<<blocks, 256, 0, st>>>(x, perm, static_cast<f16*>(xt), M, cols, nkb, bn, nzb);
   LB_LAUNCHED();
+}
+
+float qgemm_fold(const QLayout& l) {
+  // fp16 bits → value (the records' scales and zeros), without depending on host-side half support.
+  auto h2f = [](uint16_t h) {
+    const int e = (h >> 10) & 31, m = h & 1023;
+    const double v = e == 0 ? std::ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : std::ldexp(m + 1024, e - 25);
+    return h & 0x8000 ? -v : v;
+  };
+  const int R = q_record_bytes(l.bits, static_cast<int>(l.nsub));
+  const double qmax = (1 << l.bits) - 1;
+  double m = 0;
+  for (int64_t r = 0; r < l.ntiles * l.nkb; ++r) {
+    const uint8_t* sz = l.records.data() + r * R + 128 * q_words(l.bits);
+    for (int i = 0; i < 16 * l.nsub; ++i) {
+      uint16_t s, z;
+      std::memcpy(&s, sz + 4 * i, 2);
+      std::memcpy(&z, sz + 4 * i + 2, 2);
+      const double v = std::fabs(h2f(s)) * (qmax + std::fabs(h2f(z)));
+      if (!(v <= 1e300)) return 0.f;  // inf or NaN: no fold makes these finite
+      m = std::max(m, v);
+    }
+  }
+  int e = 0;
+  while (std::ldexp(m, -e) > 32768.0) ++e;
+  return std::ldexp(1.f, -e);
 }
 
 void qgemm_launch(int bits, int act, int bn, int nsub, const QgemmArgs& a, dim3 grid, cudaStream_t st, bool pdl) {

@@ -11,8 +11,9 @@
 // sums Σx precomputed per token (acc += s·(Σ q·x − z·Σx)), so scales and zeros are applied in fp32 once per group
 // rather than rounded into every weight. Partial sums of a K split go to their own slice and a second launch adds
 // them in a fixed order (deterministic). Any batch runs here on sm_80+; on Hopper, batches from
-// QLinearInfo::gemm_from tokens on run the wgmma GEMM of qgemm.cu instead (same records, same arithmetic), whose
-// larger tiles read each x tile once per 128 rows rather than once per warp. On Hopper the three launches (x
+// QLinearInfo::gemm_from tokens on run the wgmma GEMM of qgemm.cu instead (same records; there the weights are
+// rounded to fp16/bf16 as they are dequantized, see there), whose larger tiles read each x tile once per 128 rows
+// rather than once per warp. On Hopper the three launches (x
 // conversion, kernel, split sum) are chained with programmatic dependent launch where the grid fills the GPU.
 //
 // W8A8: activations quantized per token on the device exactly as the CPU's quantize_rows_u8 (absmax/127, IEEE
@@ -474,10 +475,15 @@ struct PackedPlan {
   bool pdl = false;   // the main kernel may start while the x conversion finishes
   Shape sh;           // mma.sync: warp tile
   int bn = 0;         // wgmma: tokens per block
+  int stages = 0;     // wgmma: ring slots
   dim3 grid;
   QmmArgs args;
   QgemmArgs gargs;
 };
+
+// The wgmma kernel's ring depth: at 128 tokens two slots, so that two blocks share an SM (one warpgroup's
+// dequantization runs beside another's wgmma; H100: 105 vs 130 µs kernel at 4 slots, 8192 × 28672); else 4.
+int gemm_stages_for(const QLinearInfo& L, int bn) { return L.gemm_stages > 0 ? L.gemm_stages : bn == 128 ? 2 : 4; }
 
 // Which kernel runs a batch of M: kernel 1 forces the mma.sync one, 2 the wgmma one (an error where this device
 // or build has none), 0 picks wgmma from info.gemm_from tokens on where it exists.
@@ -499,11 +505,11 @@ PackedPlan packed_prep(GpuQLinear& q, const float* x, int64_t M, int act, float*
     p.bn = qgemm_bn(M);
     zc = (M + p.bn - 1) / p.bn;
     q.xq.alloc(static_cast<size_t>(zc) * p.bn * L.kpad * 2);
-    q.xs.alloc(static_cast<size_t>(nsubtot) * zc * p.bn * 4);
-    qgemm_prep(x, q.perm.as<int32_t>(), q.xq.p, q.xs.as<float>(), static_cast<int>(M), static_cast<int>(L.cols), static_cast<int>(L.nkb),
-               static_cast<int>(L.nsub), p.bn, static_cast<int>(zc), act, q.st);
+    qgemm_prep(x, q.perm.as<int32_t>(), q.xq.p, static_cast<int>(M), static_cast<int>(L.cols), static_cast<int>(L.nkb), p.bn,
+               static_cast<int>(zc), act, q.st);
     row_blocks = (L.ntiles + kQgemmTiles - 1) / kQgemmTiles;
-    per_sm = qgemm_blocks_per_sm(L.bits, act, p.bn, static_cast<int>(L.nsub), L.gemm_stages);
+    p.stages = gemm_stages_for(L, p.bn);
+    per_sm = qgemm_blocks_per_sm(L.bits, act, p.bn, static_cast<int>(L.nsub), p.stages);
   } else {
     p.sh = shape_for(M);
     const int Mpad = static_cast<int>((M + 7) / 8 * 8);
@@ -537,8 +543,8 @@ PackedPlan packed_prep(GpuQLinear& q, const float* x, int64_t M, int act, float*
     out = q.parts.as<float>();
   }
   if (p.gemm)
-    p.gargs = QgemmArgs{q.w.as<uint8_t>(), q.xq.p, q.xs.as<float>(), out, static_cast<int>(M), static_cast<int>(L.rows),
-                        static_cast<int>(L.ntiles), static_cast<int>(L.nkb), static_cast<int>(zc), L.gemm_stages, M * L.rows, L.oscale};
+    p.gargs = QgemmArgs{q.w.as<uint8_t>(), q.xq.p, out, static_cast<int>(M), static_cast<int>(L.rows), static_cast<int>(L.ntiles),
+                        static_cast<int>(L.nkb), static_cast<int>(zc), p.stages, M * L.rows, L.gemm_fold, L.oscale / L.gemm_fold};
   else
     p.args = QmmArgs{q.w.as<uint8_t>(), q.xq.p, q.xs.as<float>(), out, static_cast<int>(M), static_cast<int>((M + 7) / 8 * 8),
                      static_cast<int>(L.rows), static_cast<int>(L.ntiles), static_cast<int>(L.nkb), static_cast<int>(L.nsub),
@@ -605,7 +611,9 @@ std::shared_ptr<GpuQLinear> qlinear_create(const QLayout& l, int device) {
   L.nkb = l.nkb;
   L.nsub = l.nsub;
   L.oscale = l.oscale;
-  L.wgmma = qgemm_available(device);
+  // Scales or zeros that are not finite (no fold keeps them in range) leave such weights to the mma.sync kernel.
+  L.gemm_fold = qgemm_available(device) ? qgemm_fold(l) : 0.f;
+  L.wgmma = L.gemm_fold > 0;
   const uint64_t need = l.records.size() + l.perm.size() * 4;
   fits(need, "packed weights");
   q->w.alloc(l.records.size());
