@@ -19,14 +19,18 @@ import { rhe } from './helpers/random';
 const gpu = cudaInfo().built && cudaDevices().length > 0;
 const gpuDescribe = gpu ? describe : describe.skip;
 
+// Math's functions bound once: a global lookup per call is slow inside jest's VM context, and the references below
+// make millions of calls.
+const { abs, floor, log2, max } = Math;
+
 /** v rounded to a binary float with `sig` significant bits and minimum normal exponent minExp (RNE). */
 function roundFloat(v: number, sig: number, minExp: number): number {
   if (v === 0 || !Number.isFinite(v)) return v;
-  const a = Math.abs(v);
-  let e = Math.floor(Math.log2(a));
+  const a = abs(v);
+  let e = floor(log2(a));
   if (2 ** e > a) e--;
   if (2 ** (e + 1) <= a) e++;
-  const ulp = 2 ** (Math.max(e, minExp) - (sig - 1));
+  const ulp = 2 ** (max(e, minExp) - (sig - 1));
   return rhe(v / ulp) * ulp;
 }
 const toF16 = (v: number) => roundFloat(v, 11, -14);
@@ -47,12 +51,13 @@ function deviceReference(q: QuantizedTensor, rows: number, cols: number, x: Floa
   const z16 = Float64Array.from(q.zeros, (z) => toF16(z));
   const rx = dtype === 'fp16' ? toF16 : toBf16;
   const qmax = 2 ** q.bits - 1;
-  const biggest = S.reduce((m, v, k) => Math.max(m, Math.abs(v) * (qmax + Math.abs(z16[k]))), 0);
+  const biggest = S.reduce((m, v, k) => max(m, abs(v) * (qmax + abs(z16[k]))), 0);
   let f = 1;
   while (biggest * f > 32768) f /= 2;
   const Sf = S.map((v) => rx(v * f));
   const C = Sf.map((v, k) => rx(-z16[k] * v));
   const xr = Float64Array.from(x, (v) => rx(v));
+  const xa = xr.map(abs);
   const y = { mma: new Float64Array(M * rows), wgmma: new Float64Array(M * rows) };
   const mag = new Float64Array(M * rows);
   const w = new Float64Array(cols);
@@ -60,21 +65,20 @@ function deviceReference(q: QuantizedTensor, rows: number, cols: number, x: Floa
   const wa = new Float64Array(cols);
   for (let r = 0; r < rows; r++) {
     for (let c = 0; c < cols; c++) {
-      const k = r * ng + (q.gIdx ? q.gIdx[c] : Math.floor(c / g));
+      const k = r * ng + (q.gIdx ? q.gIdx[c] : floor(c / g));
       const qv = q.qweight[r * cols + c];
       w[c] = (S[k] / P) * (qv - z16[k]);
       ww[c] = rx(qv * Sf[k] + C[k]) / (P * f);
-      wa[c] = Math.abs(S[k] / P) * (qv + Math.abs(z16[k]));
+      wa[c] = abs(S[k] / P) * (qv + abs(z16[k]));
     }
     for (let m = 0; m < M; m++) {
       let s = 0;
       let sw = 0;
       let a = 0;
-      for (let c = 0; c < cols; c++) {
-        const v = xr[m * cols + c];
-        s += w[c] * v;
-        sw += ww[c] * v;
-        a += wa[c] * Math.abs(v);
+      for (let c = 0, i = m * cols; c < cols; c++, i++) {
+        s += w[c] * xr[i];
+        sw += ww[c] * xr[i];
+        a += wa[c] * xa[i];
       }
       y.mma[m * rows + r] = s;
       y.wgmma[m * rows + r] = sw;
@@ -92,7 +96,7 @@ function randomX(M: number, cols: number, seed: number): Float32Array {
 /** max over outputs of |a − b| / mag (0 when within). */
 function worst(a: ArrayLike<number>, b: ArrayLike<number>, mag: ArrayLike<number>): number {
   let w = 0;
-  for (let i = 0; i < a.length; i++) w = Math.max(w, Math.abs(a[i] - b[i]) / (mag[i] || 1));
+  for (let i = 0; i < a.length; i++) w = max(w, abs(a[i] - b[i]) / (mag[i] || 1));
   return w;
 }
 
