@@ -13,8 +13,8 @@
 // them in a fixed order (deterministic). Any batch runs here on sm_80+; on Hopper, batches from
 // QLinearInfo::gemm_from tokens on run the wgmma GEMM of qgemm.cu instead (same records; there the weights are
 // rounded to fp16/bf16 as they are dequantized, see there), whose larger tiles read each x tile once per 128 rows
-// rather than once per warp. On Hopper the three launches (x
-// conversion, kernel, split sum) are chained with programmatic dependent launch where the grid fills the GPU.
+// rather than once per warp. On Hopper the three launches (x conversion, kernel, split sum) are chained with
+// programmatic dependent launch where the grid fills the GPU.
 //
 // W8A8: activations quantized per token on the device exactly as the CPU's quantize_rows_u8 (absmax/127, IEEE
 // division, round half to even), cuBLAS int8 GEMM into int32, scaled by sx·sw as the CPU's int8_matmul: the
