@@ -13,8 +13,11 @@
 // Why the weights are rounded to T here but not in the mma.sync kernel: that kernel keeps the integer sums of each
 // sub-group apart and scales them in fp32, which costs a second accumulator set and, for wgmma, waiting for every
 // sub-group's products before scaling them. Here nothing waits for the tensor cores except a register set's reuse:
-// each block is two commit groups of four wgmma, A double-buffered, so the dequantization of the next half block
-// runs while the tensor cores work on the last. The rounding is that of the fp16/bf16 dense weights a PyTorch model
+// each block is two commit groups of four wgmma, A double-buffered, so that the dequantization of the next half block
+// can run while the tensor cores work on the last. (ptxas reports C7513 for every instantiation — "wgmma.mma_async
+// instructions are serialized due to non wgmma instructions defining input registers of a wgmma between start and
+// end of the pipeline stage" — so it inserts waits and that overlap is not what runs yet; the gain measured in
+// bench/RESULTS.md comes from the single accumulator set, fewer registers and two blocks per SM.) The rounding is that of the fp16/bf16 dense weights a PyTorch model
 // multiplies with (w = T(s·(q − z)) to within one more rounding of C), and what the tests' reference reproduces.
 //
 // The x tile is stored as wgmma's K-major B without swizzle: for each step of 16 columns two 8-column chunks, each
@@ -27,6 +30,7 @@
 #include <mutex>
 #include <vector>
 
+#include "cpu/half.h"
 #include "gpu.h"
 #include "qdequant.cuh"
 #include "qgemm.h"
@@ -254,12 +258,6 @@ void qgemm_prep(const float* x, const int32_t* perm, void* xt, int M, int cols, 
 }
 
 float qgemm_fold(const QLayout& l) {
-  // fp16 bits → value (the records' scales and zeros), without depending on host-side half support.
-  auto h2f = [](uint16_t h) {
-    const int e = (h >> 10) & 31, m = h & 1023;
-    const double v = e == 0 ? std::ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : std::ldexp(m + 1024, e - 25);
-    return h & 0x8000 ? -v : v;
-  };
   const int R = q_record_bytes(l.bits, static_cast<int>(l.nsub));
   const double qmax = (1 << l.bits) - 1;
   double m = 0;
@@ -269,7 +267,7 @@ float qgemm_fold(const QLayout& l) {
       uint16_t s, z;
       std::memcpy(&s, sz + 4 * i, 2);
       std::memcpy(&z, sz + 4 * i + 2, 2);
-      const double v = std::fabs(h2f(s)) * (qmax + std::fabs(h2f(z)));
+      const double v = std::fabs(static_cast<double>(f16_to_f32(s))) * (qmax + std::fabs(static_cast<double>(f16_to_f32(z))));
       if (!(v <= 1e300)) return 0.f;  // inf or NaN: no fold makes these finite
       m = std::max(m, v);
     }
