@@ -17,7 +17,9 @@
 // can run while the tensor cores work on the last. (ptxas reports C7513 for every instantiation — "wgmma.mma_async
 // instructions are serialized due to non wgmma instructions defining input registers of a wgmma between start and
 // end of the pipeline stage" — so it inserts waits and that overlap is not what runs yet; the gain measured in
-// bench/RESULTS.md comes from the single accumulator set, fewer registers and two blocks per SM.) The rounding is that of the fp16/bf16 dense weights a PyTorch model
+// bench/RESULTS.md comes from the single accumulator set, fewer registers and two blocks per SM. The cause, found by
+// compiling variants: the issuing thread's divergent branch (issue_w/issue_x) between a wgmma and its wait; with the
+// issue predicated instead of branched on, and nothing else changed, ptxas reports no C7513.) The rounding is that of the fp16/bf16 dense weights a PyTorch model
 // multiplies with (w = T(s·(q − z)) to within one more rounding of C), and what the tests' reference reproduces.
 //
 // The x tile is stored as wgmma's K-major B without swizzle: for each step of 16 columns two 8-column chunks, each
