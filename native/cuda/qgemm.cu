@@ -19,8 +19,9 @@
 // end of the pipeline stage" — so it inserts waits and that overlap is not what runs yet; the gain measured in
 // bench/RESULTS.md comes from the single accumulator set, fewer registers and two blocks per SM. The cause, found by
 // compiling variants: the issuing thread's divergent branch (issue_w/issue_x) between a wgmma and its wait; with the
-// issue predicated instead of branched on, and nothing else changed, ptxas reports no C7513.) The rounding is that of the fp16/bf16 dense weights a PyTorch model
-// multiplies with (w = T(s·(q − z)) to within one more rounding of C), and what the tests' reference reproduces.
+// issue predicated instead of branched on, and nothing else changed, ptxas reports no C7513.)
+// The rounding is that of the fp16/bf16 dense weights a PyTorch model multiplies with (w = T(s·(q − z)) to within
+// one more rounding of C), and what the tests' reference reproduces.
 //
 // The x tile is stored as wgmma's K-major B without swizzle: for each step of 16 columns two 8-column chunks, each
 // bn/8 core matrices of 8 tokens × 8 values (128 bytes). Which column a k index stands for follows the A side
