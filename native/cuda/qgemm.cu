@@ -86,7 +86,7 @@ __device__ __forceinline__ void qgemm_half(float (&acc)[BN / 2], uint32_t (&af)[
 #endif
 
 template <int BITS, class T, int BN, int NSUB>
-__global__ void __launch_bounds__(kThreads, 1) qgemm_kernel(QgemmArgs a) {
+__global__ void __launch_bounds__(kThreads, BN == 128 ? 2 : 1) qgemm_kernel(QgemmArgs a) {
 #if LB_WGMMA
   extern __shared__ __align__(128) uint8_t smem[];
   constexpr int WORDS = q_words(BITS), R = q_record_bytes(BITS, NSUB), SB = stage_bytes(BITS, BN, NSUB);
@@ -109,17 +109,16 @@ __global__ void __launch_bounds__(kThreads, 1) qgemm_kernel(QgemmArgs a) {
   __syncthreads();
   auto slot_of = [&](int kb) { return (kb - kb0) % stages; };
   // A stage's weights (which the previous grid does not write) and its x tile (which it does) are issued apart,
-  // so that the prologue's weights are on their way before pdl_wait.
+  // so that the prologue's weights are on their way before pdl_wait. Thread 0 issues, predicated (mma.cuh).
   auto issue_w = [&](int kb) {
-    if (kb >= kb1 || threadIdx.x != 0) return;
-    uint8_t* st = smem + slot_of(kb) * SB;
-    mbar_expect_tx(bars + slot_of(kb), static_cast<uint32_t>(ntile_blk * R + BN * 256));
-    bulk_g2s(st, a.w + q_record_offset(blk_tile0, kb, a.ntiles, BITS, NSUB), static_cast<uint32_t>(ntile_blk * R), bars + slot_of(kb));
+    const bool go = kb < kb1 && threadIdx.x == 0;
+    mbar_expect_tx(bars + slot_of(kb), static_cast<uint32_t>(ntile_blk * R + BN * 256), go);
+    bulk_g2s(smem + slot_of(kb) * SB, a.w + q_record_offset(blk_tile0, kb, a.ntiles, BITS, NSUB), static_cast<uint32_t>(ntile_blk * R),
+             bars + slot_of(kb), go);
   };
   auto issue_x = [&](int kb) {
-    if (kb >= kb1 || threadIdx.x != 0) return;
     const int64_t xi = static_cast<int64_t>(kb) * a.nzb + zb;
-    bulk_g2s(smem + slot_of(kb) * SB + XOFF, xt + xi * BN * 128, BN * 256, bars + slot_of(kb));
+    bulk_g2s(smem + slot_of(kb) * SB + XOFF, xt + xi * BN * 128, BN * 256, bars + slot_of(kb), kb < kb1 && threadIdx.x == 0);
   };
   for (int i = 0; i < stages - 1; ++i) issue_w(kb0 + i);
   pdl_wait();
