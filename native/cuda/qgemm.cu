@@ -14,12 +14,10 @@
 // sub-group apart and scales them in fp32, which costs a second accumulator set and, for wgmma, waiting for every
 // sub-group's products before scaling them. Here nothing waits for the tensor cores except a register set's reuse:
 // each block is two commit groups of four wgmma, A double-buffered, so that the dequantization of the next half block
-// can run while the tensor cores work on the last. (ptxas reports C7513 for every instantiation — "wgmma.mma_async
-// instructions are serialized due to non wgmma instructions defining input registers of a wgmma between start and
-// end of the pipeline stage" — so it inserts waits and that overlap is not what runs yet; the gain measured in
-// bench/RESULTS.md comes from the single accumulator set, fewer registers and two blocks per SM. The cause, found by
-// compiling variants: the issuing thread's divergent branch (issue_w/issue_x) between a wgmma and its wait; with the
-// issue predicated instead of branched on, and nothing else changed, ptxas reports no C7513.)
+// can run while the tensor cores work on the last. That overlap needs the copies issued without a branch: a divergent
+// branch of the issuing thread between a wgmma and its wait made ptxas serialize every wgmma (C7513, "non wgmma
+// instructions defining input registers of a wgmma between start and end of the pipeline stage"), so issue_w/issue_x
+// predicate the copy instructions instead (mma.cuh). At 128 tokens two blocks share an SM, hence the launch bounds.
 // The rounding is that of the fp16/bf16 dense weights a PyTorch model multiplies with (w = T(s·(q − z)) to within
 // one more rounding of C), and what the tests' reference reproduces.
 //
