@@ -20,6 +20,7 @@ import { saveQuantized } from '../lib/export/checkpoint';
 import { quantize } from '../lib/quant/pipeline';
 import type { PackedLinear } from '../lib/quant/packed';
 import { parseSpec } from '../lib/quant/spec';
+import { writeRandomQwen3 } from './helpers/random-model';
 
 /** The package root (the folder holding binding.gyp), also when this test runs compiled from dist-dev/test. */
 function packageRoot(): string {
@@ -241,6 +242,34 @@ gpuDescribe('CUDA forward of qwen3-tiny', () => {
         expect(Buffer.from(nll.buffer).equals(Buffer.from(ref.buffer))).toBe(true);
         process.stdout.write(`[cuda] ${dtype} layer split ${devs.map((d) => `cuda:${d}`).join('+')}: NLL identical to one GPU\n`);
       }
+    }
+  });
+
+  test('sizes without the 16-byte vector paths (hidden 90, intermediate 100): GPU vs the CPU path', async () => {
+    // RMSNorm takes 4 floats per load only where hidden % 4 == 0, SwiGLU 8 (16-bit) or 4 (fp32) only where the
+    // intermediate size divides: these sizes run the element-at-a-time paths (and fp32 SwiGLU the vector one).
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lowbit-cuda-odd-'));
+    try {
+      writeRandomQwen3(dir, { layers: 2, hidden: 90, inter: 100, heads: 3, kvHeads: 1, headDim: 32, vocab: 8192 }, TINY, 11);
+      const m = loadModel(dir);
+      const L = 64;
+      const ids2 = Int32Array.from({ length: 2 * L }, (_, i) => (i * 7919 + 13) % 8192);
+      const cpuNll = (await scoreSequences(m, ids2, L)).nll;
+      for (const [dtype, tol] of [
+        ['fp32', 2e-4],
+        ['bf16', 6e-2],
+      ] as const) {
+        const gpu = await GpuModel.create(m, { dtype });
+        try {
+          const d = maxDiff(await gpu.score(ids2, L), cpuNll, 2, L, L);
+          process.stdout.write(`[cuda] hidden 90 / intermediate 100, ${dtype}: max |NLL − CPU| = ${d.toExponential(3)}\n`);
+          expect(d).toBeLessThan(tol);
+        } finally {
+          gpu.free();
+        }
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 

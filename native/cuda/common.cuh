@@ -45,6 +45,25 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16_rn(x); }
 template <> __device__ __forceinline__ f16 from_f<f16>(float x) { return __float2half_rn(x); }
 
+// V consecutive elements as one load or store (16 bytes at V = 16 / sizeof(T)); the address must be V-aligned.
+template <class T, int V>
+struct alignas(sizeof(T) * V) VecT {
+  T v[V];
+};
+template <int V, class T>
+__device__ __forceinline__ void load_f(const T* p, float (&f)[V]) {
+  const VecT<T, V> a = *reinterpret_cast<const VecT<T, V>*>(p);
+#pragma unroll
+  for (int i = 0; i < V; ++i) f[i] = to_f(a.v[i]);
+}
+template <int V, class T>
+__device__ __forceinline__ void store_f(T* p, const float (&f)[V]) {
+  VecT<T, V> a;
+#pragma unroll
+  for (int i = 0; i < V; ++i) a.v[i] = from_f<T>(f[i]);
+  *reinterpret_cast<VecT<T, V>*>(p) = a;
+}
+
 // Reductions over a warp's xor butterfly, in a fixed order; every lane ends with the same bits (a + b == b + a, so
 // each pair of partners computes the same sum).
 template <class T>

@@ -1,4 +1,6 @@
 // Elementwise and row-wise pieces of the decoder forward on the GPU, fp32 math, in the order ops.cpp uses.
+#include <algorithm>
+
 #include "common.cuh"
 
 namespace lowbit {
@@ -21,18 +23,30 @@ __device__ __forceinline__ float block_reduce(float v, float* part, W w) {
   return part[0];
 }
 
-// One block per row.
-template <class TOut>
+// One block per row; V elements per access (V = 4 where n % 4 == 0: 16-byte loads of x and w).
+template <class TOut, int V>
 __global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, TOut* __restrict__ y, int64_t n,
                                float eps) {
   __shared__ float part[32];
   const float* xr = x + blockIdx.x * n;
   TOut* yr = y + blockIdx.x * n;
   float ss = 0.f;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
+  for (int64_t i = threadIdx.x * V; i < n; i += blockDim.x * V) {
+    float a[V];
+    load_f<V>(xr + i, a);
+#pragma unroll
+    for (int v = 0; v < V; ++v) ss += a[v] * a[v];
+  }
   ss = block_reduce(ss, part, [](float v) { return warp_sum(v); });
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(n) + eps);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = from_f<TOut>(w[i] * (xr[i] * inv));
+  for (int64_t i = threadIdx.x * V; i < n; i += blockDim.x * V) {
+    float a[V], g[V];
+    load_f<V>(xr + i, a);
+    load_f<V>(w + i, g);
+#pragma unroll
+    for (int v = 0; v < V; ++v) a[v] = g[v] * (a[v] * inv);
+    store_f<V>(yr + i, a);
+  }
 }
 
 template <class TW>
@@ -45,7 +59,8 @@ __global__ void embed_kernel(const TW* __restrict__ table, const int32_t* __rest
   }
 }
 
-// One block (4 warps) per token; each warp takes whole heads. Shared: 4 × hd floats.
+// One block (4 warps) per token; each warp takes whole heads, V = 4 consecutive elements per lane (hd % 8 == 0,
+// so that no group straddles the two RoPE halves: the attention kernels need hd % 32 == 0 anyway). Shared: 4 × hd floats.
 template <class TQ>
 __global__ void qkv_post_kernel(const float* __restrict__ qkv, const float* __restrict__ bias,
                                 const float* __restrict__ qn, const float* __restrict__ kn,
@@ -58,54 +73,76 @@ __global__ void qkv_post_kernel(const float* __restrict__ qkv, const float* __re
   const int heads = nh + 2 * nkv, half = hd / 2;
   const float* row = qkv + t * static_cast<int64_t>(heads) * hd;
   const int64_t s = t / L, p = t - s * L;
+  constexpr int V = 4;
   for (int head = warp; head < heads; head += nwarps) {
     const float* x = row + head * hd;
     const bool isq = head < nh, isk = !isq && head < nh + nkv;
     const float* nw = isq ? qn : (isk ? kn : nullptr);
     float ss = 0.f;
-    for (int i = lane; i < hd; i += 32) {
-      float val = x[i] + (bias ? bias[head * hd + i] : 0.f);
-      buf[i] = val;
-      ss += val * val;
+    for (int i = lane * V; i < hd; i += 32 * V) {
+      float a[V];
+      load_f<V>(x + i, a);
+      if (bias) {
+        float b[V];
+        load_f<V>(bias + head * hd + i, b);
+#pragma unroll
+        for (int e = 0; e < V; ++e) a[e] += b[e];
+      }
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        buf[i + e] = a[e];
+        ss += a[e] * a[e];
+      }
     }
     __syncwarp();
     if (nw) {
       ss = warp_sum(ss);
       const float inv = 1.0f / sqrtf(ss / static_cast<float>(hd) + eps);
-      for (int i = lane; i < hd; i += 32) buf[i] = nw[i] * (buf[i] * inv);
+      for (int i = lane * V; i < hd; i += 32 * V) {
+        float g[V];
+        load_f<V>(nw + i, g);
+#pragma unroll
+        for (int e = 0; e < V; ++e) buf[i + e] = g[e] * (buf[i + e] * inv);
+      }
       __syncwarp();
     }
     TQ* dst;
     if (isq) dst = q + ((s * nh + head) * L + p) * hd;
     else if (isk) dst = k + ((s * nkv + (head - nh)) * L + p) * hd;
     else dst = v + ((s * nkv + (head - nh - nkv)) * L + p) * hd;
-    if (isq || isk) {
-      const float* c = cosv + p * half;
-      const float* sn = sinv + p * half;
-      for (int i = lane; i < hd; i += 32) {
-        float o;
-        if (i < half) {
-          o = __fsub_rn(__fmul_rn(buf[i], c[i]), __fmul_rn(buf[i + half], sn[i]));
-        } else {
-          int j = i - half;
-          o = __fadd_rn(__fmul_rn(buf[i], c[j]), __fmul_rn(buf[j], sn[j]));
-        }
-        dst[i] = from_f<TQ>(o);
+    for (int i = lane * V; i < hd; i += 32 * V) {
+      float o[V];
+      if (!(isq || isk)) {
+#pragma unroll
+        for (int e = 0; e < V; ++e) o[e] = buf[i + e];
+      } else {
+        const int j = i < half ? i : i - half;  // the rotation's frequency index
+        float c[V], sn[V];
+        load_f<V>(cosv + p * half + j, c);
+        load_f<V>(sinv + p * half + j, sn);
+#pragma unroll
+        for (int e = 0; e < V; ++e)
+          o[e] = i < half ? __fsub_rn(__fmul_rn(buf[i + e], c[e]), __fmul_rn(buf[i + e + half], sn[e]))
+                          : __fadd_rn(__fmul_rn(buf[i + e], c[e]), __fmul_rn(buf[j + e], sn[e]));
       }
-    } else {
-      for (int i = lane; i < hd; i += 32) dst[i] = from_f<TQ>(buf[i]);
+      store_f<V>(dst + i, o);
     }
     __syncwarp();
   }
 }
 
-template <class TIn, class TOut>
+// Row t = blockIdx.y (grid-strided), V consecutive columns per thread (16-byte loads where inter % V == 0).
+template <class TIn, class TOut, int V>
 __global__ void silu_mul_kernel(const TIn* __restrict__ gu, TOut* __restrict__ out, int64_t T, int64_t inter) {
-  const int64_t n = T * inter;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    int64_t t = i / inter, c = i - t * inter;
-    float g = to_f(gu[t * 2 * inter + c]), u = to_f(gu[t * 2 * inter + inter + c]);
-    out[i] = from_f<TOut>(g / (1.0f + expf(-g)) * u);
+  const int64_t c = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * V;
+  if (c >= inter) return;
+  for (int64_t t = blockIdx.y; t < T; t += gridDim.y) {
+    float g[V], u[V];
+    load_f<V>(gu + t * 2 * inter + c, g);
+    load_f<V>(gu + t * 2 * inter + inter + c, u);
+#pragma unroll
+    for (int e = 0; e < V; ++e) g[e] = g[e] / (1.0f + expf(-g[e])) * u[e];
+    store_f<V>(out + t * inter + c, g);
   }
 }
 
@@ -145,7 +182,8 @@ template void split_hi_lo<f16>(const float*, f16*, f16*, int64_t, cudaStream_t);
 template <class TOut>
 void rmsnorm(const float* x, const float* w, TOut* y, int64_t rows, int64_t n, float eps, cudaStream_t st) {
   if (rows <= 0) return;
-  rmsnorm_kernel<TOut><<<static_cast<unsigned>(rows), 256, 0, st>>>(x, w, y, n, eps);
+  if (n % 4 == 0) rmsnorm_kernel<TOut, 4><<<static_cast<unsigned>(rows), 256, 0, st>>>(x, w, y, n, eps);
+  else rmsnorm_kernel<TOut, 1><<<static_cast<unsigned>(rows), 256, 0, st>>>(x, w, y, n, eps);
   LB_LAUNCHED();
 }
 
@@ -159,7 +197,7 @@ template <class TQ>
 void qkv_post(const float* qkv, const float* bias, const float* q_norm, const float* k_norm, const float* cosv,
               const float* sinv, TQ* q, TQ* k, TQ* v, int64_t T, int64_t L, int nh, int nkv, int hd, float eps,
               cudaStream_t st) {
-  if (hd % 2) throw std::invalid_argument("headDim must be even for RoPE");
+  if (hd % 8) throw std::invalid_argument("CUDA q/k norm + RoPE needs headDim a multiple of 8, got " + std::to_string(hd));
   qkv_post_kernel<TQ><<<static_cast<unsigned>(T), 128, 4 * hd * sizeof(float), st>>>(qkv, bias, q_norm, k_norm, cosv,
                                                                                      sinv, q, k, v, L, nh, nkv, hd, eps);
   LB_LAUNCHED();
@@ -167,7 +205,14 @@ void qkv_post(const float* qkv, const float* bias, const float* q_norm, const fl
 
 template <class TIn, class TOut>
 void silu_mul(const TIn* gu, TOut* out, int64_t T, int64_t inter, cudaStream_t st) {
-  silu_mul_kernel<TIn, TOut><<<blocks_for(T * inter, 256), 256, 0, st>>>(gu, out, T, inter);
+  if (T <= 0) return;
+  constexpr int V = 16 / sizeof(TIn);
+  const int vec = inter % V == 0 ? V : 1;
+  const int64_t lanes = inter / vec;
+  const int threads = static_cast<int>(std::min<int64_t>(256, (lanes + 31) / 32 * 32));
+  const dim3 grid(static_cast<unsigned>((lanes + threads - 1) / threads), static_cast<unsigned>(std::min<int64_t>(T, 65535)));
+  if (vec == V) silu_mul_kernel<TIn, TOut, V><<<grid, threads, 0, st>>>(gu, out, T, inter);
+  else silu_mul_kernel<TIn, TOut, 1><<<grid, threads, 0, st>>>(gu, out, T, inter);
   LB_LAUNCHED();
 }
 
