@@ -54,6 +54,105 @@ __global__ void attn_ref_kernel(const T* __restrict__ q, const T* __restrict__ k
 }
 
 // ---------------- tensor-core kernel ----------------
+// A warp owns 16 query rows; a 64-key tile of scores sits in its registers in the mma.sync C layout (lane (g, t)
+// holds rows g and g + 8, keys 8n + 2t and 8n + 2t + 1 of chunk n).
+
+// Q rows r0 and r0 + 8 of a head (rows HD elements apart; zero at and past L) as the A fragments of the
+// 16-column steps of Q·Kᵀ.
+template <int HD, class T>
+__device__ __forceinline__ void q_fragments(const T* q, int r0, int L, int tig, uint32_t (&qf)[HD / 16][4]) {
+  const int r1 = r0 + 8;
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk) {
+    const int c = kk * 16 + tig * 2;
+    qf[kk][0] = r0 < L ? *reinterpret_cast<const uint32_t*>(q + static_cast<int64_t>(r0) * HD + c) : 0u;
+    qf[kk][1] = r1 < L ? *reinterpret_cast<const uint32_t*>(q + static_cast<int64_t>(r1) * HD + c) : 0u;
+    qf[kk][2] = r0 < L ? *reinterpret_cast<const uint32_t*>(q + static_cast<int64_t>(r0) * HD + c + 8) : 0u;
+    qf[kk][3] = r1 < L ? *reinterpret_cast<const uint32_t*>(q + static_cast<int64_t>(r1) * HD + c + 8) : 0u;
+  }
+}
+
+// Running softmax state of rows g and g + 8: max (in log2 units, scale folded in) and sum of exp2.
+struct SoftmaxRows {
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+};
+
+// Scores sc (raw Q·Kᵀ) of keys k0.. → P = exp2(sc·scale_log2 − m) in place, with keys past row r0 (r0 + 8 for
+// the second row) masked on the diagonal tile; the state takes the tile in, and O is rescaled by the change of
+// max before this tile's P·V adds to it.
+template <int NKT, int NDT>
+__device__ __forceinline__ void softmax_tile(float (&sc)[NKT][4], float (&o)[NDT][4], SoftmaxRows& s, bool diag, int r0,
+                                             int k0, int tig, float scale_log2) {
+  float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+  for (int n = 0; n < NKT; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float val = sc[n][e] * scale_log2;
+      if (diag) {
+        const int row = r0 + (e >= 2 ? 8 : 0), key = k0 + n * 8 + tig * 2 + (e & 1);
+        if (key > row) val = -INFINITY;
+      }
+      sc[n][e] = val;
+    }
+    mx0 = fmaxf(mx0, fmaxf(sc[n][0], sc[n][1]));
+    mx1 = fmaxf(mx1, fmaxf(sc[n][2], sc[n][3]));
+  }
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+  const float mn0 = fmaxf(s.m0, mx0), mn1 = fmaxf(s.m1, mx1);
+  const float c0 = exp2f(s.m0 - mn0), c1 = exp2f(s.m1 - mn1);
+  float ps0 = 0.f, ps1 = 0.f;
+#pragma unroll
+  for (int n = 0; n < NKT; ++n) {
+    sc[n][0] = exp2f(sc[n][0] - mn0);
+    sc[n][1] = exp2f(sc[n][1] - mn0);
+    sc[n][2] = exp2f(sc[n][2] - mn1);
+    sc[n][3] = exp2f(sc[n][3] - mn1);
+    ps0 += sc[n][0] + sc[n][1];
+    ps1 += sc[n][2] + sc[n][3];
+  }
+  s.l0 = s.l0 * c0 + ps0;
+  s.l1 = s.l1 * c1 + ps1;
+  s.m0 = mn0;
+  s.m1 = mn1;
+#pragma unroll
+  for (int d = 0; d < NDT; ++d) {
+    o[d][0] *= c0;
+    o[d][1] *= c0;
+    o[d][2] *= c1;
+    o[d][3] *= c1;
+  }
+}
+
+// P of keys 16kk..16kk + 15 as the A fragment of an m16n8k16 (or of a warp's part of an m64nNk16) product.
+template <class T, int NKT>
+__device__ __forceinline__ void p_fragment(const float (&p)[NKT][4], int kk, uint32_t (&a)[4]) {
+  a[0] = pack2<T>(p[2 * kk][0], p[2 * kk][1]);
+  a[1] = pack2<T>(p[2 * kk][2], p[2 * kk][3]);
+  a[2] = pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+  a[3] = pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+}
+
+// O / l of rows r0 and r0 + 8 (those below L) into out, whose rows are ldo elements apart.
+template <class T, int NDT>
+__device__ __forceinline__ void store_rows(const float (&o)[NDT][4], SoftmaxRows s, T* out, int64_t ldo, int r0, int L,
+                                           int tig) {
+  s.l0 += __shfl_xor_sync(0xffffffffu, s.l0, 1);
+  s.l0 += __shfl_xor_sync(0xffffffffu, s.l0, 2);
+  s.l1 += __shfl_xor_sync(0xffffffffu, s.l1, 1);
+  s.l1 += __shfl_xor_sync(0xffffffffu, s.l1, 2);
+  const float inv0 = 1.0f / s.l0, inv1 = 1.0f / s.l1;
+  const int r1 = r0 + 8;
+#pragma unroll
+  for (int d = 0; d < NDT; ++d) {
+    const int c = d * 8 + tig * 2;
+    if (r0 < L) *reinterpret_cast<uint32_t*>(out + r0 * ldo + c) = pack2<T>(o[d][0] * inv0, o[d][1] * inv0);
+    if (r1 < L) *reinterpret_cast<uint32_t*>(out + r1 * ldo + c) = pack2<T>(o[d][2] * inv1, o[d][3] * inv1);
+  }
+}
 
 constexpr int MMA_BQ = 64, MMA_BK = 64, MMA_THREADS = 128;
 
@@ -75,27 +174,18 @@ __global__ void __launch_bounds__(MMA_THREADS) attn_mma_kernel(const T* __restri
   const int qb = gridDim.x - 1 - blockIdx.x;  // the longest query blocks first
   const int h = blockIdx.y, s = blockIdx.z, kh = h / (nh / nkv);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tig = lane & 3;
+  const int mi = lane >> 3, ri = lane & 7;  // the matrix and row this lane addresses in ldmatrix
   const T* Qh = Q + (static_cast<int64_t>(s) * nh + h) * L * HD;
   const T* Kh = K + (static_cast<int64_t>(s) * nkv + kh) * L * HD;
   const T* Vh = V + (static_cast<int64_t>(s) * nkv + kh) * L * HD;
   const int q0 = qb * MMA_BQ + warp * 16;
 
   uint32_t qf[NQK][4];
-  {
-    const int r0 = q0 + g, r1 = q0 + g + 8;
-#pragma unroll
-    for (int kk = 0; kk < NQK; ++kk) {
-      const int c = kk * 16 + tig * 2;
-      qf[kk][0] = r0 < L ? *reinterpret_cast<const uint32_t*>(Qh + static_cast<int64_t>(r0) * HD + c) : 0u;
-      qf[kk][1] = r1 < L ? *reinterpret_cast<const uint32_t*>(Qh + static_cast<int64_t>(r1) * HD + c) : 0u;
-      qf[kk][2] = r0 < L ? *reinterpret_cast<const uint32_t*>(Qh + static_cast<int64_t>(r0) * HD + c + 8) : 0u;
-      qf[kk][3] = r1 < L ? *reinterpret_cast<const uint32_t*>(Qh + static_cast<int64_t>(r1) * HD + c + 8) : 0u;
-    }
-  }
+  q_fragments<HD>(Qh, q0 + g, L, tig, qf);
   float o[NDT][4];
 #pragma unroll
   for (int d = 0; d < NDT; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  SoftmaxRows sm;
 
   const int kend = min(L, qb * MMA_BQ + MMA_BQ);
   const int ntiles = (kend + MMA_BK - 1) / MMA_BK;
@@ -131,64 +221,18 @@ __global__ void __launch_bounds__(MMA_THREADS) attn_mma_kernel(const T* __restri
 #pragma unroll
       for (int kk = 0; kk < NQK; ++kk) {
 #pragma unroll
-        for (int n = 0; n < NKT; ++n) {
-          const T* kr = tK + (n * 8 + g) * LDS + kk * 16 + tig * 2;
-          uint32_t b0 = *reinterpret_cast<const uint32_t*>(kr);
-          uint32_t b1 = *reinterpret_cast<const uint32_t*>(kr + 8);
-          mma16816<T>(sc[n], qf[kk], b0, b1);
+        for (int n = 0; n < NKT; n += 2) {
+          uint32_t b[4];  // keys n·8 + [0, 8) and (n + 1)·8 + [0, 8), columns kk·16 + [0, 8) and [8, 16)
+          ldmatrix_x4(b, tK + ((n + (mi >> 1)) * 8 + ri) * LDS + kk * 16 + (mi & 1) * 8);
+          mma16816<T>(sc[n], qf[kk], b[0], b[1]);
+          mma16816<T>(sc[n + 1], qf[kk], b[2], b[3]);
         }
       }
-      const bool diag = k0 + MMA_BK - 1 > q0;
-      float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < NKT; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float val = sc[n][e] * scale_log2;
-          if (diag) {
-            const int row = q0 + g + (e >= 2 ? 8 : 0), key = k0 + n * 8 + tig * 2 + (e & 1);
-            if (key > row) val = -INFINITY;
-          }
-          sc[n][e] = val;
-        }
-        mx0 = fmaxf(mx0, fmaxf(sc[n][0], sc[n][1]));
-        mx1 = fmaxf(mx1, fmaxf(sc[n][2], sc[n][3]));
-      }
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-      const float c0 = exp2f(m0 - mn0), c1 = exp2f(m1 - mn1);
-      float ps0 = 0.f, ps1 = 0.f;
-#pragma unroll
-      for (int n = 0; n < NKT; ++n) {
-        sc[n][0] = exp2f(sc[n][0] - mn0);
-        sc[n][1] = exp2f(sc[n][1] - mn0);
-        sc[n][2] = exp2f(sc[n][2] - mn1);
-        sc[n][3] = exp2f(sc[n][3] - mn1);
-        ps0 += sc[n][0] + sc[n][1];
-        ps1 += sc[n][2] + sc[n][3];
-      }
-      l0 = l0 * c0 + ps0;
-      l1 = l1 * c1 + ps1;
-      m0 = mn0;
-      m1 = mn1;
-#pragma unroll
-      for (int d = 0; d < NDT; ++d) {
-        o[d][0] *= c0;
-        o[d][1] *= c0;
-        o[d][2] *= c1;
-        o[d][3] *= c1;
-      }
+      softmax_tile(sc, o, sm, k0 + MMA_BK - 1 > q0, q0 + g, k0, tig, scale_log2);
 #pragma unroll
       for (int kk = 0; kk < MMA_BK / 16; ++kk) {
         uint32_t a[4];
-        a[0] = pack2<T>(sc[2 * kk][0], sc[2 * kk][1]);
-        a[1] = pack2<T>(sc[2 * kk][2], sc[2 * kk][3]);
-        a[2] = pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-        a[3] = pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-        const int mi = lane >> 3, ri = lane & 7;
+        p_fragment<T>(sc, kk, a);
 #pragma unroll
         for (int dp = 0; dp < HD / 16; ++dp) {
           uint32_t b[4];
@@ -200,20 +244,8 @@ __global__ void __launch_bounds__(MMA_THREADS) attn_mma_kernel(const T* __restri
     }
     __syncthreads();
   }
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
-  const int64_t ldo = static_cast<int64_t>(nh) * HD;
-  const int r0 = q0 + g, r1 = q0 + g + 8;
-  T* ob = O + static_cast<int64_t>(s) * L * ldo + static_cast<int64_t>(h) * HD;
-#pragma unroll
-  for (int d = 0; d < NDT; ++d) {
-    const int c = d * 8 + tig * 2;
-    if (r0 < L) *reinterpret_cast<uint32_t*>(ob + r0 * ldo + c) = pack2<T>(o[d][0] * inv0, o[d][1] * inv0);
-    if (r1 < L) *reinterpret_cast<uint32_t*>(ob + r1 * ldo + c) = pack2<T>(o[d][2] * inv1, o[d][3] * inv1);
-  }
+  store_rows<T>(o, sm, O + static_cast<int64_t>(s) * L * nh * HD + static_cast<int64_t>(h) * HD, static_cast<int64_t>(nh) * HD,
+                q0 + g, L, tig);
 }
 
 // ---------------- fp32 tiled kernel ----------------

@@ -60,7 +60,9 @@ __global__ void embed_kernel(const TW* __restrict__ table, const int32_t* __rest
 }
 
 // One block (4 warps) per token; each warp takes whole heads, V = 4 consecutive elements per lane (hd % 8 == 0,
-// so that no group straddles the two RoPE halves: the attention kernels need hd % 32 == 0 anyway). Shared: 4 × hd floats.
+// so that no group straddles the two RoPE halves: the attention kernels need hd % 32 == 0 anyway; hd ≤ 256, so a lane
+// holds at most two groups of a head). The next head's inputs are loaded while this one is normalized and rotated:
+// otherwise each warp waits out one load latency per head. Shared: 4 × hd floats.
 template <class TQ>
 __global__ void qkv_post_kernel(const float* __restrict__ qkv, const float* __restrict__ bias,
                                 const float* __restrict__ qn, const float* __restrict__ kn,
@@ -73,15 +75,29 @@ __global__ void qkv_post_kernel(const float* __restrict__ qkv, const float* __re
   const int heads = nh + 2 * nkv, half = hd / 2;
   const float* row = qkv + t * static_cast<int64_t>(heads) * hd;
   const int64_t s = t / L, p = t - s * L;
-  constexpr int V = 4;
+  constexpr int V = 4, NG = 2;  // groups of V per lane
+  float nxt[NG][V];
+  auto load_head = [&](int head) {
+#pragma unroll
+    for (int c = 0; c < NG; ++c)
+      if ((lane + 32 * c) * V < hd) load_f<V>(row + head * hd + (lane + 32 * c) * V, nxt[c]);
+  };
+  if (warp < heads) load_head(warp);
   for (int head = warp; head < heads; head += nwarps) {
-    const float* x = row + head * hd;
+    float cur[NG][V];
+#pragma unroll
+    for (int c = 0; c < NG; ++c)
+#pragma unroll
+      for (int e = 0; e < V; ++e) cur[c][e] = nxt[c][e];
+    if (head + nwarps < heads) load_head(head + nwarps);
     const bool isq = head < nh, isk = !isq && head < nh + nkv;
     const float* nw = isq ? qn : (isk ? kn : nullptr);
     float ss = 0.f;
-    for (int i = lane * V; i < hd; i += 32 * V) {
-      float a[V];
-      load_f<V>(x + i, a);
+#pragma unroll
+    for (int c = 0; c < NG; ++c) {
+      const int i = (lane + 32 * c) * V;
+      if (i >= hd) break;
+      float* a = cur[c];
       if (bias) {
         float b[V];
         load_f<V>(bias + head * hd + i, b);
@@ -197,7 +213,7 @@ template <class TQ>
 void qkv_post(const float* qkv, const float* bias, const float* q_norm, const float* k_norm, const float* cosv,
               const float* sinv, TQ* q, TQ* k, TQ* v, int64_t T, int64_t L, int nh, int nkv, int hd, float eps,
               cudaStream_t st) {
-  if (hd % 8) throw std::invalid_argument("CUDA q/k norm + RoPE needs headDim a multiple of 8, got " + std::to_string(hd));
+  if (hd % 8 || hd > 256) throw std::invalid_argument("CUDA q/k norm + RoPE needs headDim a multiple of 8, at most 256, got " + std::to_string(hd));
   qkv_post_kernel<TQ><<<static_cast<unsigned>(T), 128, 4 * hd * sizeof(float), st>>>(qkv, bias, q_norm, k_norm, cosv,
                                                                                      sinv, q, k, v, L, nh, nkv, hd, eps);
   LB_LAUNCHED();
