@@ -127,7 +127,7 @@ __device__ __forceinline__ void softmax_tile(float (&sc)[NKT][4], float (&o)[NDT
   }
 }
 
-// P of keys 16kk..16kk + 15 as the A fragment of an m16n8k16 (or of a warp's part of an m64nNk16) product.
+// P of keys 16kk..16kk + 15 as the A fragment of an m16n8k16 product.
 template <class T, int NKT>
 __device__ __forceinline__ void p_fragment(const float (&p)[NKT][4], int kk, uint32_t (&a)[4]) {
   a[0] = pack2<T>(p[2 * kk][0], p[2 * kk][1]);
