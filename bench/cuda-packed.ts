@@ -1,6 +1,7 @@
 // Packed low-bit GEMV/GEMM on the GPU (native/cuda/qmatmul.cu) vs cuBLAS on the same weights dense in fp16, and
 // the card's copy bandwidth, all measured in the same process (GpuPackedLinear.bench: median of --iters launches,
-// 256 MiB written between launches so no weights stay in L2). Compile with tsc first, then:
+// 256 MiB read between launches so no weights stay in L2). The whole call (ours) is also timed launch by launch:
+// the x conversion, the main kernel and the sum of K splits, each alone. Compile with tsc first, then:
 //   node DIST/bench/cuda-packed.js [--shapes 8192x28672,28672x8192] [--batches 1,16,32,128] [--bits 4] [--group 128]
 //                                  [--dtypes fp16] [--int8] [--iters 50] [--device cuda:N] [--stages 4] [--wps 24]
 //                                  [--kernels auto,mma,wgmma]
@@ -52,8 +53,8 @@ async function main() {
   const kernels = arg('kernels', 'auto').split(',') as PackedKernel[];
   const dev = cudaDevices()[Number(device.split(':')[1] ?? 0)];
   console.log(`# ${dev?.name ?? '?'} (${device}), ${new Date().toISOString()}`);
-  console.log('| N × K | weights | batch | act | kernel | stages/wps | ours µs | kernel µs | cuBLAS fp16 µs | speedup | ours GB/s | % of copy | kernel % of copy | cuBLAS % of copy | copy GB/s | splits | rel. diff |');
-  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  console.log('| N × K | weights | batch | act | kernel | stages/wps | ours µs | x prep µs | kernel µs | split sum µs | cuBLAS fp16 µs | speedup | ours GB/s | % of copy | kernel % of copy | cuBLAS % of copy | copy GB/s | splits | rel. diff |');
+  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   const rows: object[] = [];
   for (const [N, K] of shapes) {
     const kinds = int8 ? ['int8'] : [`int${bits} g${group > 0 ? group : 'row'}`];
@@ -72,7 +73,7 @@ async function main() {
                 const ran = kind === 'int8' ? 'cuBLAS int8' : b.wgmma ? 'wgmma' : 'mma';
                 console.log(
                   `| ${N} × ${K} | ${kind} | ${batch} | ${kind === 'int8' ? 'int8' : dtype} | ${ran} | ${stages || 'default'}/${warpsPerSm || 'default'} | ` +
-                    `${b.oursUs.toFixed(1)} | ${b.kernelUs.toFixed(1)} | ${b.denseUs.toFixed(1)} | **${(b.denseUs / b.oursUs).toFixed(2)}×** | ` +
+                    `${b.oursUs.toFixed(1)} | ${b.prepUs.toFixed(1)} | ${b.kernelUs.toFixed(1)} | ${b.finishUs.toFixed(1)} | ${b.denseUs.toFixed(1)} | **${(b.denseUs / b.oursUs).toFixed(2)}×** | ` +
                     `${gbs.toFixed(0)} | ${((100 * gbs) / b.copyGBs).toFixed(0)}% | ${((100 * kgbs) / b.copyGBs).toFixed(0)}% | ` +
                     `${((100 * dgbs) / b.copyGBs).toFixed(0)}% | ${b.copyGBs.toFixed(0)} | ${b.splits} | ${b.relErr.toExponential(1)} |`,
                 );

@@ -42,6 +42,10 @@ export interface GpuPackedBench {
   oursUs: number;
   /** the main kernel alone (without the x conversion and the sum of K splits), µs */
   kernelUs: number;
+  /** the x conversion alone, µs */
+  prepUs: number;
+  /** the sum of K splits alone (0 with one split), µs */
+  finishUs: number;
   /** cuBLAS on the same weights dense in fp16 (bf16 with bf16 activations), same x, µs */
   denseUs: number;
   /** device-to-device copy bandwidth measured in the same call (bytes read + written per second), GB/s */

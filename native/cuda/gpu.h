@@ -226,7 +226,9 @@ void qlinear_matmul(GpuQLinear& q, const float* x, int64_t M, int act, float* y,
 // Kernel time (median of `iters`, L2 flushed before each) vs cuBLAS on the same weights dense in fp16/bf16, and
 // the device-to-device copy bandwidth (bytes read + written), all in the same call.
 struct QBench {
-  double ours_us = 0, kernel_us = 0, dense_us = 0, copy_gbs = 0, ours_bytes = 0, dense_bytes = 0, rel_err = 0;
+  // prep_us / finish_us: the x conversion and the sum of K splits, each timed alone (0 where there is none)
+  double ours_us = 0, kernel_us = 0, prep_us = 0, finish_us = 0, dense_us = 0, copy_gbs = 0, ours_bytes = 0, dense_bytes = 0,
+         rel_err = 0;
   int splits = 1;
   bool wgmma = false;
 };

@@ -3,8 +3,8 @@
 //   gpuQLinearCreate(weight: PackedWeight | Int8Weight, {device}) → Promise<handle>
 //   gpuQLinearMatmul(handle, x: Float32Array [M·cols], {dtype: 'fp16'|'bf16', kernel?: 'auto'|'mma'|'wgmma'})
 //                   → Promise<Float32Array [M·rows]>
-//   gpuQLinearBench(handle, {batch, dtype, iters, kernel?, stages?, warpsPerSm?}) → Promise<{oursUs, kernelUs, denseUs, copyGBs,
-//                   oursBytes, denseBytes, relErr, splits, wgmma}>
+//   gpuQLinearBench(handle, {batch, dtype, iters, kernel?, stages?, warpsPerSm?}) → Promise<{oursUs, kernelUs, prepUs, finishUs,
+//                   denseUs, copyGBs, oursBytes, denseBytes, relErr, splits, wgmma}>
 //   gpuQLinearInfo(handle) → {device, bits, int8, rows, cols, deviceBytes, lastSplits, lastKernel, wgmma, gemmFrom}
 //   gpuQLinearFree(handle)
 #include <cmath>
@@ -126,6 +126,8 @@ Napi::Value GpuQLinearBench(const Napi::CallbackInfo& info) {
                        Napi::Object b = Napi::Object::New(env);
                        b.Set("oursUs", r->ours_us);
                        b.Set("kernelUs", r->kernel_us);
+                       b.Set("prepUs", r->prep_us);
+                       b.Set("finishUs", r->finish_us);
                        b.Set("denseUs", r->dense_us);
                        b.Set("copyGBs", r->copy_gbs);
                        b.Set("oursBytes", r->ours_bytes);
