@@ -500,7 +500,7 @@ PackedPlan packed_prep(GpuQLinear& q, const float* x, int64_t M, int act, float*
   p.gemm = use_gemm(L, M, kernel);
   const int nsubtot = static_cast<int>(L.nkb * L.nsub);
   const int64_t sms = sm_count(L.device);
-  int64_t row_blocks, zc, per_sm, slots;  // slots: blocks the GPU holds at once
+  int64_t row_blocks, zc, per_sm;
   if (p.gemm) {
     p.bn = qgemm_bn(M);
     zc = (M + p.bn - 1) / p.bn;
@@ -510,7 +510,6 @@ PackedPlan packed_prep(GpuQLinear& q, const float* x, int64_t M, int act, float*
     row_blocks = (L.ntiles + kQgemmTiles - 1) / kQgemmTiles;
     p.stages = gemm_stages_for(L, p.bn);
     per_sm = qgemm_blocks_per_sm(L.bits, act, p.bn, static_cast<int>(L.nsub), p.stages);
-    slots = per_sm * sms;
   } else {
     p.sh = shape_for(M);
     const int Mpad = static_cast<int>((M + 7) / 8 * 8);
@@ -529,9 +528,9 @@ PackedPlan packed_prep(GpuQLinear& q, const float* x, int64_t M, int act, float*
     row_blocks = (L.ntiles + kWarps * p.sh.wm - 1) / (kWarps * p.sh.wm);
     zc = (M + 8 * p.sh.wn - 1) / (8 * p.sh.wn);
     per_sm = qmm_blocks_per_sm(L.bits, act, p.sh, static_cast<int>(L.nsub), L.stages);
-    slots = per_sm * sms;
-    if (L.warps_per_sm > 0) per_sm = std::max<int64_t>(1, std::min<int64_t>(per_sm, L.warps_per_sm / kWarps));
   }
+  const int64_t slots = per_sm * sms;  // blocks the GPU holds at once
+  if (!p.gemm && L.warps_per_sm > 0) per_sm = std::max<int64_t>(1, std::min<int64_t>(per_sm, L.warps_per_sm / kWarps));  // the split aims lower
   const int S = choose_splits(row_blocks * zc, per_sm * sms, L.nkb);
   // Programmatic launch only when the grid fills ≥ 90% of the GPU's block slots — the hardware's, whatever split
   // the tuning aimed for: a grid that leaves slots empty, placed while the x conversion still holds SMs, runs far
