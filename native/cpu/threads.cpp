@@ -3,11 +3,18 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdlib>
+#include <exception>
+#include <memory>
+#include <stdexcept>
+#include <string>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include "async.h"
 #include "registry.h"
 
 namespace lowbit {
@@ -15,6 +22,10 @@ namespace {
 
 thread_local bool t_in_pool = false;
 
+// Chunks are claimed from one atomic word that also names the region they belong to: generation (32 bits) | chunks
+// (16) | next unclaimed chunk (16). A worker still draining one region when the next is published sees another
+// generation and stops, instead of claiming the new region's chunks before its pending count is set (which lost a
+// chunk's completion and left the caller waiting forever) or taking a chunk index the caller then hands out again.
 class Pool {
  public:
   explicit Pool(int n) { resize(n); }
@@ -26,7 +37,8 @@ class Pool {
     std::lock_guard<std::mutex> run_lock(run_mu_);
     stop();
     stopping_ = false;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { loop(i); });
+    n = std::min(n, kMaxThreads);
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this] { loop(); });
   }
 
   void run(std::size_t n, std::size_t min_chunk, const std::function<void(std::size_t, std::size_t, int)>& fn) {
@@ -38,43 +50,52 @@ class Pool {
       return;
     }
     std::lock_guard<std::mutex> run_lock(run_mu_);  // one parallel region at a time
-    std::size_t chunks = std::min(nthreads, max_chunks);
+    const uint64_t chunks = std::min(nthreads, max_chunks);
+    uint32_t gen;
     {
       std::lock_guard<std::mutex> lk(mu_);
+      gen = ++generation_;
       job_ = &fn;
       job_n_ = n;
-      job_chunks_ = chunks;
-      next_.store(1);
       pending_.store(static_cast<int>(chunks));
-      ++generation_;
+      claim_.store(static_cast<uint64_t>(gen) << 32 | chunks << 16);  // published last: the fields above are set
     }
     cv_.notify_all();
     t_in_pool = true;
-    do_chunk(0);
-    for (;;) {
-      std::size_t c = next_.fetch_add(1);
-      if (c >= job_chunks_) break;
-      do_chunk(c);
-    }
+    drain(gen);
     t_in_pool = false;
     std::unique_lock<std::mutex> lk(mu_);
     done_cv_.wait(lk, [this] { return pending_.load() == 0; });
-    job_ = nullptr;
+    if (error_) std::rethrow_exception(std::exchange(error_, nullptr));  // the first chunk's to throw, once all ended
   }
 
  private:
-  void do_chunk(std::size_t c) {
-    std::size_t b = job_n_ * c / job_chunks_, e = job_n_ * (c + 1) / job_chunks_;
-    (*job_)(b, e, static_cast<int>(c));
-    if (pending_.fetch_sub(1) == 1) {
-      std::lock_guard<std::mutex> lk(mu_);
-      done_cv_.notify_all();
+  static constexpr int kMaxThreads = 1024;  // chunks fit the claim word's 16 bits
+
+  // Runs chunks of region gen until none is left unclaimed.
+  void drain(uint32_t gen) {
+    uint64_t s = claim_.load();
+    for (;;) {
+      const uint64_t chunks = (s >> 16) & 0xffff, c = s & 0xffff;
+      if (s >> 32 != gen || c >= chunks) return;
+      if (!claim_.compare_exchange_weak(s, s + 1)) continue;  // s reloaded
+      try {
+        (*job_)(job_n_ * c / chunks, job_n_ * (c + 1) / chunks, static_cast<int>(c));
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (!error_) error_ = std::current_exception();
+      }
+      if (pending_.fetch_sub(1) == 1) {
+        std::lock_guard<std::mutex> lk(mu_);
+        done_cv_.notify_all();
+      }
+      s = claim_.load();
     }
   }
 
-  void loop(int) {
+  void loop() {
     t_in_pool = true;
-    unsigned long seen = 0;
+    uint32_t seen = 0;
     for (;;) {
       {
         std::unique_lock<std::mutex> lk(mu_);
@@ -82,11 +103,7 @@ class Pool {
         if (stopping_) return;
         seen = generation_;
       }
-      for (;;) {
-        std::size_t c = next_.fetch_add(1);
-        if (c >= job_chunks_) break;
-        do_chunk(c);
-      }
+      drain(seen);
     }
   }
 
@@ -104,11 +121,12 @@ class Pool {
   std::mutex mu_, run_mu_;
   std::condition_variable cv_, done_cv_;
   bool stopping_ = false;
-  unsigned long generation_ = 0;
+  uint32_t generation_ = 0;  // of the last region published (wraps; only inequality matters)
   const std::function<void(std::size_t, std::size_t, int)>* job_ = nullptr;
-  std::size_t job_n_ = 0, job_chunks_ = 0;
-  std::atomic<std::size_t> next_{0};
+  std::size_t job_n_ = 0;
+  std::atomic<uint64_t> claim_{0};
   std::atomic<int> pending_{0};
+  std::exception_ptr error_;  // under mu_
 };
 
 int default_threads() {
@@ -142,6 +160,41 @@ LOWBIT_EXPORTS {
   }));
   exports.Set("getThreads", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), num_threads());
+  }));
+  // threadPoolSelfTest(regions, throwAt = -1) → Promise<{wrong, late}>: `regions` parallel regions in a row, each of
+  // 2–64 one-item chunks (small work, so that workers are still draining one region when the next is published);
+  // wrong: items not run exactly once; late: items run after their region returned. In region throwAt item 0 throws:
+  // the promise rejects with that message once the region's other chunks have ended.
+  exports.Set("threadPoolSelfTest", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+    return guarded(info, [&]() -> Napi::Value {
+      const int64_t regions = info[0].As<Napi::Number>().Int64Value();
+      const int64_t throw_at = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int64Value() : -1;
+      auto out = std::make_shared<std::pair<int64_t, int64_t>>(0, 0);
+      return run_async(info.Env(), [=] {
+        std::vector<std::atomic<int>> hits(64);
+        std::atomic<int64_t> current{-1}, late{0};
+        for (int64_t r = 0; r < regions; ++r) {
+          const std::size_t n = 2 + static_cast<std::size_t>((r * 2654435761ull) >> 8) % 63;
+          for (std::size_t i = 0; i < n; ++i) hits[i].store(0);
+          current.store(r);
+          parallel_for(n, [&](std::size_t b, std::size_t e, int) {
+            for (std::size_t i = b; i < e; ++i) {
+              if (current.load() != r) late.fetch_add(1);
+              if (r == throw_at && i == 0) throw std::runtime_error("threadPoolSelfTest: item 0 of region " + std::to_string(r) + " threw");
+              hits[i].fetch_add(1);
+            }
+          }, 1);
+          current.store(-1);
+          for (std::size_t i = 0; i < n; ++i) out->first += hits[i].load() != 1;
+        }
+        out->second = late.load();
+      }, [out](Napi::Env env) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("wrong", static_cast<double>(out->first));
+        o.Set("late", static_cast<double>(out->second));
+        return o;
+      }, {});
+    });
   }));
 }
 
