@@ -31,7 +31,7 @@ class Pool {
   explicit Pool(int n) { resize(n); }
   ~Pool() { stop(); }
 
-  int size() const { return static_cast<int>(workers_.size()) + 1; }
+  int size() const { return size_.load(); }
 
   void resize(int n) {
     std::lock_guard<std::mutex> run_lock(run_mu_);
@@ -39,18 +39,18 @@ class Pool {
     stopping_ = false;
     n = std::min(n, kMaxThreads);
     for (int i = 1; i < n; ++i) workers_.emplace_back([this] { loop(); });
+    size_.store(static_cast<int>(workers_.size()) + 1);
   }
 
   void run(std::size_t n, std::size_t min_chunk, const std::function<void(std::size_t, std::size_t, int)>& fn) {
     if (n == 0) return;
-    std::size_t nthreads = static_cast<std::size_t>(size());
-    std::size_t max_chunks = (n + min_chunk - 1) / min_chunk;
-    if (t_in_pool || nthreads == 1 || max_chunks <= 1) {
+    const std::size_t max_chunks = (n + min_chunk - 1) / min_chunk;
+    if (t_in_pool || size() == 1 || max_chunks <= 1) {
       fn(0, n, 0);
       return;
     }
-    std::lock_guard<std::mutex> run_lock(run_mu_);  // one parallel region at a time
-    const uint64_t chunks = std::min(nthreads, max_chunks);
+    std::lock_guard<std::mutex> run_lock(run_mu_);  // one parallel region at a time; also holds off resize
+    const uint64_t chunks = std::min(static_cast<std::size_t>(size()), max_chunks);  // ≥ 1: a resize may have come between
     uint32_t gen;
     {
       std::lock_guard<std::mutex> lk(mu_);
@@ -118,6 +118,7 @@ class Pool {
   }
 
   std::vector<std::thread> workers_;
+  std::atomic<int> size_{1};  // workers + the caller
   std::mutex mu_, run_mu_;
   std::condition_variable cv_, done_cv_;
   bool stopping_ = false;
