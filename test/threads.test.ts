@@ -6,7 +6,8 @@
 import { spawnSync } from 'child_process';
 import * as path from 'path';
 
-const ROOT = path.resolve(__dirname, '..');
+// The package's own loader, compiled (the build before the tests writes dist/, as for the CLI tests).
+const ADDON = path.join(__dirname, '..', 'dist', 'native', 'addon.js');
 
 interface SelfTest {
   wrong?: number;
@@ -17,7 +18,7 @@ interface SelfTest {
 /** Runs threadPoolSelfTest(regions, throwAt) for each entry in one child process at `threads` threads. */
 function selfTest(threads: number, runs: [number, number][]): SelfTest[] {
   const script = `
-const addon = require(require.resolve('node-gyp-build', { paths: [${JSON.stringify(ROOT)}] }))(${JSON.stringify(ROOT)});
+const { addon } = require(${JSON.stringify(ADDON)});
 addon.setThreads(${threads});
 (async () => {
   for (const [regions, throwAt] of ${JSON.stringify(runs)}) {
