@@ -6,7 +6,7 @@
  * (b) our fp32 GEMM (addon.gemm, same M) and (c) OpenBLAS cblas_sgemv (M = 1) / cblas_sgemm (M > 1).
  *
  *   apt-get install -y libopenblas-dev
- *   sh bench/packed/run.sh [--threads 1,2] [--quick] [--bits 4,1]
+ *   sh bench/packed/run.sh [--threads 1,2] [--quick | --large] [--bits 4,1]
  */
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
@@ -114,6 +114,19 @@ function main(): void {
     for (const bits of [2, 3, 8]) cases.push({ bits, M: 1, rows: 4096, cols: 14336 });
     for (const M of [16, 64]) cases.push({ bits: 4, M, rows: 4096, cols: 14336 });
     cases.push({ bits: 1, M: 1, rows: 4096, cols: 14336 }, { bits: 1, M: 1, rows: 14336, cols: 4096 }, { bits: 1, M: 4, rows: 4096, cols: 14336 }, { bits: 1, M: 16, rows: 4096, cols: 14336 });
+  }
+  if (process.argv.includes('--large')) {
+    // Larger batches (prefill, batched log-likelihoods): the qwen3-tiny linears at a 2048-token window, and
+    // 8B-class rows at 256–512 tokens, where the packed path runs lowbit::gemm on weights expanded block by block.
+    cases.length = 0;
+    cases.push(
+      { bits: 4, M: 2048, rows: 768, cols: 256 },
+      { bits: 4, M: 2048, rows: 256, cols: 768 },
+      { bits: 4, M: 2048, rows: 256, cols: 256 },
+      { bits: 3, M: 2048, rows: 768, cols: 256 },
+      { bits: 4, M: 256, rows: 4096, cols: 4096 },
+      { bits: 4, M: 512, rows: 4096, cols: 1024 },
+    );
   }
   const onlyBits = arg('bits', '').split(',').filter(Boolean).map(Number);
   const rows: string[] = [];

@@ -117,12 +117,18 @@ describe('packedMatmul vs float64 reference', () => {
     [3, 9, 9216, 128, false],
     [2, 7, 8448, 64, false],
     [8, 6, 4160, -1, false],
+    // Several of the GEMM's 32-row micro-panels, the last partial; K blocks of the GEMM cut at the 512-column
+    // units of 3-bit weights, the last one partial.
+    [3, 70, 1664, 128, true],
+    [4, 70, 1344, 64, false],
   ];
-  test.each(shapes)('bits %i, %i×%i, group %i, act-order %s: M 1/3/16/64, every SIMD level, 1 and 2 threads', async (bits, rows, cols, gs, act) => {
+  // M 64 and 300 reach the GEMM on weights expanded block by block (AVX-512: from 64 tokens on rows shorter than
+  // 1024 columns, from 256 on longer ones; AVX2 and scalar from 8).
+  test.each(shapes)('bits %i, %i×%i, group %i, act-order %s: M 1/3/16/64/300, every SIMD level, 1 and 2 threads', async (bits, rows, cols, gs, act) => {
     const q = randomQuantized(bits, rows, cols, gs, act, rows * cols + bits);
     const p = packLinear(q, rows, cols);
     const r = rng(cols);
-    for (const M of [1, 3, 16, 64]) {
+    for (const M of [1, 3, 16, 64, 300]) {
       const x = Float32Array.from({ length: M * cols }, () => r() - 0.5);
       const ref = reference(q, rows, cols, x, M);
       for (const lvl of LEVELS) {

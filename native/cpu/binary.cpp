@@ -12,7 +12,7 @@
 
 #include "async.h"
 #include "matmul_binding.h"
-#include "panel_gemm.h"
+#include "dequant_gemm.h"
 #include "packed.h"
 #include "registry.h"
 #include "scratch.h"
@@ -86,9 +86,9 @@ const binary_detail::Kernels* kernels_for(const BinaryView& p) {
 #endif
 }
 
-constexpr int64_t kSmallM = 8;  // below: register tiles; from here: an L1 tile (AVX-512) or fp32 panels + lowbit::gemm
+constexpr int64_t kSmallM = 8;  // below: register tiles; from here: an L1 tile (AVX-512) or lowbit::gemm on expanded weights
 // The L1 tile re-reads every token's activations for each row block: past ~128 tokens they no longer stay in
-// L2 and the blocked GEMM on dequantized panels wins (measured: 1.3–1.6× faster than the panels at 16 tokens,
+// L2 and the blocked GEMM on dequantized weights wins (measured: 1.3–1.6× faster than the panels at 16 tokens,
 // even at ~128, 0.5–0.6× at 2048).
 constexpr int64_t kL1TileMaxM = 128;
 
@@ -117,14 +117,14 @@ void binary_matmul(const BinaryView& p, const float* x, int64_t M, float* y, boo
   if (M < kSmallM || (kr->gemm && M < kL1TileMaxM)) {
     // Units of kBinRB rows; enough units per chunk (~64k weights) to be worth a thread handoff.
     const int64_t unit = kBinRB, units = cdiv(p.rows, unit);
-    const std::size_t chunk = static_cast<std::size_t>(std::max<int64_t>(1, 65536 / (unit * kpad)));
+    const std::size_t chunk = static_cast<std::size_t>(std::max<int64_t>(1, 65536 / (unit * kpad * M)));
     const binary_detail::RowsFn fn = M == 1 ? kr->gemv : M < kSmallM ? kr->tile : kr->gemm;
     run(units, chunk, [&](std::size_t b, std::size_t e, int) {
       fn(p, xp.data(), ldx, M, cm.data(), y, b * unit, std::min<int64_t>(p.rows, e * unit));
     });
     return;
   }
-  panel_gemm(p.rows, p.rows, p.cols, kpad, kPanelK, xp.data(), ldx, M, y, parallel,
+  dequant_gemm(p.rows, p.cols, 16, xp.data(), ldx, M, y, parallel,
              [&](int64_t r0, int64_t n, int64_t k0, int64_t kc, float* out) { kr->dequant(p, cm.data(), r0, n, k0, kc, out); });
 }
 

@@ -35,8 +35,8 @@
 //   AVX2: 8 columns (half a word) a step, one block's LUT per register; 4 rows per pass (M = 1) or 2 rows ×
 //     up to 3 tokens.
 //   M = 8..127 on AVX-512: per ~1024-column chunk and 8-row block, the weights dequantized once into an L1
-//     buffer and every token run through them (dot_tile.h). Otherwise (M >= 128, AVX2, scalar): 128-row ×
-//     1024-column panels dequantized to fp32 (same LUTs) and multiplied with lowbit::gemm.
+//     buffer and every token run through them (dot_tile.h). Otherwise (M >= 128, AVX2, scalar): lowbit::gemm
+//     with the weights expanded to fp32 (same LUTs) one micro-panel at a time as it packs them (dequant_gemm.h).
 // Without the packed copy (block % 16 != 0), and at SimdLevel::Scalar, the scalar kernels run on the
 // stored layout (binary.cpp: the reference beside them).
 #pragma once
@@ -102,7 +102,7 @@ struct Kernels {
   RowsFn gemv;  // M = 1
   RowsFn tile;  // M = 2..7
   DequantFn dequant;
-  RowsFn gemm = nullptr;  // M = 8..127 from an L1 tile (null: fp32 panels + lowbit::gemm)
+  RowsFn gemm = nullptr;  // M = 8..127 from an L1 tile (null: lowbit::gemm on expanded weights)
 };
 #if defined(__x86_64__) && defined(__GNUC__)
 const Kernels* kernels_avx512();

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <new>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -134,7 +135,7 @@ class Scratch {
   std::size_t n_ = 0;
 };
 
-thread_local Scratch t_apack, t_bpack, t_tmp;
+thread_local Scratch t_apack, t_bpack, t_tmp, t_bq;
 
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t round_up(int64_t a, int64_t b) { return cdiv(a, b) * b; }
@@ -152,7 +153,8 @@ void scale_c(const GemmArgs& g) {
 // C[m0:m1, n0:n1] on the calling thread.
 void gemm_block(const Kernel& kr, const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   const int MR = kr.mr, NR = kr.nr;
-  const int64_t kc_max = balanced_block(g.K, kr.kc, 1);
+  const int64_t k_align = g.Bq ? g.Bq->k_align : 1;
+  const int64_t kc_max = balanced_block(g.K, kr.kc, k_align);
   const int64_t mc_max = balanced_block(m1 - m0, kr.mc, MR);
   const int64_t nc_max = balanced_block(n1 - n0, kr.nc, NR);
   float* bp = t_bpack.get(kc_max * nc_max);
@@ -166,7 +168,14 @@ void gemm_block(const Kernel& kr, const GemmArgs& g, int64_t m0, int64_t m1, int
       const float beta = pc == 0 ? g.beta : 1.f;
       for (int64_t jr = 0; jr < nc; jr += NR) {
         const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
-        (g.transB ? kr.pack_t : kr.pack_n)(g.B.data, b_dtype, g.B.ld, jc + jr, nr, pc, kc, bp + jr * kc, NR);
+        if (g.Bq) {  // expand the micro-panel's rows, then pack them as an fp32 B
+          const int64_t kq = round_up(kc, k_align);
+          float* blk = t_bq.get(nr * kq);
+          g.Bq->fn(jc + jr, nr, pc, kq, blk);
+          kr.pack_t(blk, static_cast<int>(DType::F32), kq, 0, nr, 0, kc, bp + jr * kc, NR);
+        } else {
+          (g.transB ? kr.pack_t : kr.pack_n)(g.B.data, b_dtype, g.B.ld, jc + jr, nr, pc, kc, bp + jr * kc, NR);
+        }
       }
       for (int64_t ic = m0; ic < m1; ic += mc_max) {
         const int64_t mc = std::min(mc_max, m1 - ic);
@@ -261,7 +270,8 @@ void gemm(const GemmArgs& g) {
   const Kernel& kr = kernel_for(simd_level());
   // Below ~1 MFLOP the pool handoff costs more than the second core gains.
   int threads = g.parallel && static_cast<double>(g.M) * g.N * g.K >= 5e5 ? num_threads() : 1;
-  if (g.M == 1) {
+  if (g.Bq && !g.transB) throw std::invalid_argument("gemm: a block-expanded B needs transB");
+  if (g.M == 1 && !g.Bq) {
     gemv(kr, g, threads);
     return;
   }

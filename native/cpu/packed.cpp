@@ -15,7 +15,7 @@
 
 #include "async.h"
 #include "matmul_binding.h"
-#include "panel_gemm.h"
+#include "dequant_gemm.h"
 #include "registry.h"
 #include "scratch.h"
 #include "simd.h"
@@ -98,7 +98,12 @@ const packed_detail::Kernels* simd_kernels(const PackedView& p) {
 #endif
 }
 
-constexpr int64_t kSmallM = 8;    // below: register tiles; from here: fp32 panels + lowbit::gemm
+constexpr int64_t kSmallM = 8;  // below: register tiles
+
+// From how many tokens the AVX-512 path runs lowbit::gemm on weights expanded block by block rather than its L1
+// tiles. The tiles pay a horizontal sum per token, row and 1024-column chunk, which short rows do not amortize;
+// on long rows they beat the GEMM up to ~256 tokens (bench/RESULTS.md, "Packed GEMM at larger batches").
+int64_t gemm_from_m(const PackedView& p) { return p.kpad >= 1024 ? 256 : 64; }
 
 }  // namespace
 
@@ -117,11 +122,11 @@ void packed_matmul(const PackedView& p, const float* x, int64_t M, float* y, boo
     if (parallel) parallel_for(n, fn, min_chunk);
     else fn(0, n, 0);
   };
-  // AVX-512 runs every M on the tile kernels (for M >= 8 they dequantize RB×1024 weights into L1 once
-  // and reuse them for all tokens); AVX2 has too few registers for that and uses fp32 panels + gemm.
-  if (M < kSmallM || (kr && simd_level() == SimdLevel::Avx512)) {
-    // Enough row blocks per chunk that a chunk is worth a thread handoff (~64k weights).
-    const std::size_t chunk = static_cast<std::size_t>(std::max<int64_t>(1, 65536 / (kPackRB * p.kpad)));
+  // AVX-512 runs the tile kernels up to gemm_from_m (from 8 tokens they dequantize RB×1024 weights into L1 once
+  // and reuse them for all tokens); AVX2 has too few registers for that tile.
+  if (M < kSmallM || (kr && simd_level() == SimdLevel::Avx512 && M < gemm_from_m(p))) {
+    // Enough row blocks per chunk that a chunk is worth a thread handoff (~64k multiply-adds).
+    const std::size_t chunk = static_cast<std::size_t>(std::max<int64_t>(1, 65536 / (kPackRB * p.kpad * M)));
     run(nrb, chunk, [&](std::size_t b, std::size_t e, int) {
       if (!kr) small_scalar(p, xp.data(), ldx, M, y, b, e);
       else if (gemv) kr->gemv(p, xp.data(), xsum.data(), y, b, e);
@@ -129,11 +134,9 @@ void packed_matmul(const PackedView& p, const float* x, int64_t M, float* y, boo
     });
     return;
   }
-  // M >= 8 without the AVX-512 tiles: fp32 panels + lowbit::gemm.
   const packed_detail::DequantFn dq = kr ? kr->dequant : dequant_scalar;
-  const int64_t uk = pack_unit_k(p.bits), kc_max = std::max<int64_t>(uk, kPanelK / uk * uk);
-  panel_gemm(p.rows, p.rows_pad, p.cols, p.kpad, kc_max, xp.data(), ldx, M, y, parallel,
-             [&](int64_t r0, int64_t n, int64_t k0, int64_t kc, float* out) { dq(p, r0, n, k0, kc, out); });
+  dequant_gemm(p.rows, p.cols, pack_unit_k(p.bits), xp.data(), ldx, M, y, parallel,
+               [&](int64_t r0, int64_t n, int64_t k0, int64_t kc, float* out) { dq(p, r0, n, k0, kc, out); });
 }
 
 void packed_dense_rows(const PackedView& p, int64_t r0, int64_t n, float* out) {

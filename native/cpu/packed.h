@@ -46,14 +46,15 @@
 //   chunk 0, then chunk 1, …; later chunks add to y), so x is read from L1 and the weights in one run.
 // Small GEMM (M = 2..4): a tile of up to 4 tokens × RB rows, weights dequantized in registers (A*f+B)
 //   once per step and used for every token of the tile.
-// GEMM (M >= 5, AVX-512): K in chunks of 1024 columns; per row block and chunk the RB×1024 weights are
+// Tiles (AVX-512, M >= 5 up to the GEMM below): K in chunks of 1024 columns; per row block and chunk the RB×1024 weights are
 //   dequantized once into an fp32 buffer in L1 (16 KiB) and multiplied with every token (tiles of
 //   6 tokens × 4 rows: 24 accumulators), so dequantization is amortized over all M tokens and every
 //   token's x chunk stays in L2 while the row blocks go by. Activation rows are kpad+16 floats apart
 //   (kpad is often a multiple of 4 KiB: set conflicts).
-// GEMM (M >= 8, AVX2 and scalar): a tile of 128 rows × 1024 columns is dequantized into a per-thread
-//   row-major fp32 panel (512 KiB) and multiplied with lowbit::gemm, accumulated over K blocks.
-// Multithreading: lowbit::parallel_for over row blocks / row tiles. Every SIMD kernel has a scalar
+// GEMM (AVX-512 from 64 tokens on rows under 1024 columns, from 256 on longer ones; AVX2 and scalar from 8):
+//   lowbit::gemm itself, its B expanded from the packed units one 32/16-row micro-panel at a time as the GEMM
+//   packs it (dequant_gemm.h), so it runs at the fp32 GEMM's speed with no fp32 copy of the weights.
+// Multithreading: lowbit::parallel_for over row blocks (the GEMM splits its own way). Every SIMD kernel has a scalar
 // reference (packed.cpp), which is also what SimdLevel::Scalar runs.
 //
 // W8A8 (int8gemm.cpp): weights int8 row-major [rows, kpad8] (kpad8 multiple of 64, zero padded) with
