@@ -2,7 +2,7 @@
 // of both golden sequences, for qwen3-tiny and qwen3-small; thread count and SIMD level must not matter.
 import * as fs from 'fs';
 import * as path from 'path';
-import { scoreSequences, SequenceScores } from '../lib/eval/forward';
+import { embedTokens, runLayer, scoreSequences, SequenceScores } from '../lib/eval/forward';
 import { loadModel } from '../lib/load/model';
 import type { LoadedModel } from '../lib/load/types';
 import { addon } from '../lib/native/addon';
@@ -104,5 +104,34 @@ describe('execution settings do not change results (qwen3-tiny)', () => {
       addon.simdLevel('avx512');
     }
     expect(addon.simdLevel()).not.toBe('scalar');
+  });
+});
+
+describe('layer forward with captures stopped at one linear input (qwen3-tiny)', () => {
+  let model: LoadedModel;
+  beforeAll(() => {
+    model = loadModel(path.join(__dirname, '..', 'models', 'qwen3-tiny'));
+  });
+
+  const bytes = (a: Float32Array | undefined) => Buffer.from(a!.buffer, a!.byteOffset, a!.byteLength);
+
+  // Calibration (GPTQ's true-sequential steps) asks for the inputs up to one linear only; they must be the full
+  // forward's captures bit for bit, the later ones absent. actBits 4: the captured inputs are fake-quantized.
+  test.each([0, 4])('actBits %i: attnIn, oIn, mlpIn, downIn each equal the full capture', async (actBits) => {
+    const h0 = await embedTokens(model, ids(golden('qwen3-tiny'), [0]));
+    const full = (await runLayer(model, 1, h0.slice(), SEQ, { actBits, capture: true }))!;
+    const order = ['attnIn', 'oIn', 'mlpIn', 'downIn'] as const;
+    for (const [i, upTo] of order.entries()) {
+      const h = h0.slice();
+      const part = (await runLayer(model, 1, h, SEQ, { actBits, capture: upTo }))!;
+      for (const k of order.slice(0, i + 1)) expect(bytes(part[k]).equals(bytes(full[k]))).toBe(true);
+      for (const k of order.slice(i + 1)) expect(part[k]).toBeUndefined();
+      if (i < 2) expect(bytes(h).equals(bytes(h0))).toBe(true); // stopped before the first residual add
+    }
+  });
+
+  test('an unknown capture point is named', async () => {
+    const h = await embedTokens(model, ids(golden('qwen3-tiny'), [0]));
+    await expect(runLayer(model, 0, h, SEQ, { capture: 'qIn' as never })).rejects.toThrow(/capture must be a boolean or one of attnIn, oIn, mlpIn, downIn \(got 'qIn'\)/);
   });
 });

@@ -258,6 +258,16 @@ describe('tiny Qwen3-MoE against transformers', () => {
     }
   });
 
+  test('a sparse layer captured up to mlpIn (the experts\' Hessians) equals the full capture; downIn is refused', async () => {
+    const l = model.weights.layers.findIndex((x) => x.moe);
+    const h = await embedTokens(model, ids);
+    const full = (await runLayer(model, l, h.slice(), SEQ, { capture: true }))!;
+    const part = (await runLayer(model, l, h.slice(), SEQ, { capture: 'mlpIn' }))!;
+    const bytes = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+    expect(bytes(part.mlpIn!).equals(bytes(full.mlpIn))).toBe(true);
+    await expect(runLayer(model, l, h.slice(), SEQ, { capture: 'downIn' })).rejects.toThrow(/sparse layer has no dense down_proj input/);
+  });
+
   test("transformers' fused in-memory layout (experts.gate_up_proj, experts.down_proj) loads to the same model", async () => {
     const fused = openSafetensors(path.join(FIXTURES, 'qwen3-moe-tiny-fused-experts.safetensors'));
     const tensors = fixtureTensors((name) => !/\.mlp\.experts\.\d+\./.test(name));

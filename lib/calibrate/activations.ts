@@ -51,11 +51,18 @@ export class LayerInputs {
     return this.store instanceof DiskStore;
   }
 
-  /** Runs layer l on a copy of every batch and hands each batch's captured linear inputs to fn. */
-  async capture(model: LoadedModel, l: number, fn: (c: LayerCaptures) => Promise<void>, signal?: AbortSignal): Promise<void> {
+  /** Runs layer l on a copy of every batch as far as the input `upTo` (in layer order: attnIn, oIn, mlpIn, downIn)
+   *  and hands each batch's captured linear inputs up to that one to fn. */
+  async capture(
+    model: LoadedModel,
+    l: number,
+    upTo: keyof LayerCaptures,
+    fn: (c: Partial<LayerCaptures>) => Promise<void>,
+    signal?: AbortSignal,
+  ): Promise<void> {
     for (let i = 0; i < this.count; i++) {
       throwIfAborted(signal);
-      const caps = await runLayer(model, l, this.store.read(i).slice(), this.seqLen, { capture: true });
+      const caps = await runLayer(model, l, this.store.read(i).slice(), this.seqLen, { capture: upTo });
       await fn(caps!);
     }
   }

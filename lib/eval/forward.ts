@@ -36,13 +36,14 @@ export async function embedTokens(model: LoadedModel, ids: Int32Array): Promise<
   return addon.embed(ids, model.weights.embed, c.hiddenSize, c.vocabSize);
 }
 
-/** Runs one decoder layer in place on h [nseq*seqLen, hidden]. */
+/** Runs one decoder layer in place on h [nseq*seqLen, hidden]. capture: true returns every linear's input; the name
+ *  of one returns those up to it and stops there (the later fields absent, h left partly updated: pass a copy). */
 export async function runLayer(
   model: LoadedModel,
   index: number,
   h: Float32Array,
   seqLen: number,
-  opts: { actBits?: number; capture?: boolean } = {},
+  opts: { actBits?: number; capture?: boolean | keyof LayerCaptures } = {},
 ): Promise<LayerCaptures | undefined> {
   return addon.layerForward(h, {
     cfg: model.config,

@@ -16,6 +16,8 @@ export const INPUT_OF: Record<LinearName, keyof LayerCaptures> = {
   q: 'attnIn', k: 'attnIn', v: 'attnIn', o: 'oIn', gate: 'mlpIn', up: 'mlpIn', down: 'downIn',
 };
 
+const CAPTURE_ORDER: (keyof LayerCaptures)[] = ['attnIn', 'oIn', 'mlpIn', 'downIn'];
+
 export const SEQUENTIAL_SUBSETS: LinearName[][] = [['k', 'v', 'q'], ['o'], ['up', 'gate'], ['down']];
 export const ALL_AT_ONCE: LinearName[][] = [['q', 'k', 'v', 'o', 'gate', 'up', 'down']];
 
@@ -43,7 +45,9 @@ export async function collectHessians(
     const cols = lins[n]!.inFeatures;
     if (!H.has(k)) H.set(k, new Float32Array(cols * cols));
   }
-  await inputs.capture(model, l, async (cap) => {
+  // The forward stops at the last of these inputs in layer order (k,v,q need no more than the input norm).
+  const upTo = CAPTURE_ORDER.filter((k) => H.has(k)).pop()!;
+  await inputs.capture(model, l, upTo, async (cap) => {
     for (const [k, h] of H) await addon.hessianAccumulate(h, cap[k]!, 2 / inputs.nsamples);
   }, signal);
   for (const [k, h] of H) checkFiniteStatistic(h, `model.layers.${l}.${names.filter((n) => INPUT_OF[n] === k).join('/')}`);
@@ -139,10 +143,10 @@ async function collectExpertInputHessians(
   const shared = new Float32Array(h * h);
   const own: (Float32Array | undefined)[] = new Array(E);
   const alpha = 2 / inputs.nsamples;
-  await inputs.capture(model, l, async (cap) => {
-    const b = await ExpertBatch.of(model, l, cap.mlpIn);
+  await inputs.capture(model, l, 'mlpIn', async (cap) => {
+    const b = await ExpertBatch.of(model, l, cap.mlpIn!);
     cov.add(b);
-    await addon.hessianAccumulate(shared, cap.mlpIn, alpha);
+    await addon.hessianAccumulate(shared, cap.mlpIn!, alpha);
     if (cov.mode === 'all') return;
     for (let e = 0; e < E; e++) {
       if (!b.routedRows[e].length) continue;
@@ -164,8 +168,8 @@ async function collectExpertDownHessians(
 ): Promise<Float32Array[]> {
   const { numExperts: E, expertIntermediateSize: I } = model.config.moe!;
   const H = Array.from({ length: E }, () => new Float32Array(I * I));
-  await inputs.capture(model, l, async (cap) => {
-    const b = await ExpertBatch.of(model, l, cap.mlpIn);
+  await inputs.capture(model, l, 'mlpIn', async (cap) => {
+    const b = await ExpertBatch.of(model, l, cap.mlpIn!);
     for (let e = 0; e < E; e++) {
       const x = b.input(e, cov.usesAll(e));
       if (x.length) await addon.hessianAccumulate(H[e], await expertHidden(model, l, e, x), 2 / inputs.nsamples);

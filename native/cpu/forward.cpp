@@ -160,8 +160,13 @@ LayerW parse_layer(const Napi::Object& L, const Cfg& c) {
   return w;
 }
 
+// Where a capturing forward may stop: calibration that needs only the inputs of the first linears of a layer
+// (GPTQ's true-sequential steps) need not run the rest of it.
+enum class Stop { None, AttnIn, OIn, MlpIn, DownIn };
+
 struct Captures {
   bool on = false;
+  Stop stop = Stop::None;  // return right after capturing this input (h then holds no valid output)
   Buf attn_in, o_in, mlp_in, down_in;
 };
 
@@ -185,7 +190,7 @@ void attn_block(const LayerW& w, const Cfg& c, const float* x_in, float* out, in
   Buf att(T * c.nh * c.hd);
   causal_attention(q.p, k.p, v.p, att.p, T, S, c.nh, c.nkv, c.hd);
   if (abits > 0 && !native_int8(abits, {&w.o})) fake_quant_rows_sym(att.p, T, c.nh * c.hd, abits);
-  apply_linear(w.o, att.p, T, out);
+  if (!(cap && cap->stop == Stop::OIn)) apply_linear(w.o, att.p, T, out);
   if (cap && cap->on) cap->o_in = std::move(att);
 }
 
@@ -201,7 +206,7 @@ void mlp_block(const LayerW& w, const Cfg& c, const float* x_in, float* out, int
   apply_linear(w.up, x, T, u.p, &qa);
   silu_mul(g.p, u.p, T * c.inter);
   if (abits > 0 && !native_int8(abits, {&w.down})) fake_quant_rows_sym(g.p, T, c.inter, abits);
-  apply_linear(w.down, g.p, T, out);
+  if (!(cap && cap->stop == Stop::DownIn)) apply_linear(w.down, g.p, T, out);
   if (cap && cap->on) cap->down_in = std::move(g);
 }
 
@@ -237,30 +242,57 @@ Common parse_common(const Napi::CallbackInfo& info, const Napi::Value& xv, int64
   return cm;
 }
 
+Stop parse_stop(const Napi::Value& v) {
+  const std::string s = v.As<Napi::String>();
+  if (s == "attnIn") return Stop::AttnIn;
+  if (s == "oIn") return Stop::OIn;
+  if (s == "mlpIn") return Stop::MlpIn;
+  if (s == "downIn") return Stop::DownIn;
+  throw std::invalid_argument("capture must be a boolean or one of attnIn, oIn, mlpIn, downIn (got '" + s + "')");
+}
+
 // layerForward(h, {cfg, layer, seqLen, actBits?, capture?}) → Promise<captures | undefined>; h updated in place.
+// capture: true captures every linear's input; the name of one ('attnIn' | 'oIn' | 'mlpIn' | 'downIn') captures up
+// to that input and stops there, leaving h partly updated (callers pass a copy).
 Napi::Value LayerForward(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     float* h = f32_from_js(info[0], -1, "h");
     auto cm = std::make_shared<Common>(parse_common(info, info[0], nullptr));
     auto cap = std::make_shared<Captures>();
     Napi::Object o = info[1].As<Napi::Object>();
-    cap->on = o.Has("capture") && o.Get("capture").ToBoolean();
+    if (o.Has("capture") && o.Get("capture").IsString()) {
+      cap->on = true;
+      cap->stop = parse_stop(o.Get("capture"));
+      if (cap->stop == Stop::DownIn && cm->layer.moe) throw std::invalid_argument("capture 'downIn': a sparse layer has no dense down_proj input");
+    } else {
+      cap->on = o.Has("capture") && o.Get("capture").ToBoolean();
+    }
     return run_async(info.Env(), [h, cm, cap] {
       const Cfg& c = cm->cfg;
       int64_t T = cm->T, n = T * c.hidden;
-      Buf xn(n), y(n);
+      Buf xn(n), y(n), xq;
       rmsnorm(h, cm->layer.in_norm, xn.p, T, c.hidden, c.eps, c.hidden, c.hidden);
+      if (cap->stop == Stop::AttnIn) {  // what attn_block's capture holds
+        linear_input(xn.p, T, c.hidden, cm->abits, xq, &cap->attn_in);
+        return;
+      }
       attn_block(cm->layer, c, xn.p, y.p, T, cm->S, cm->abits, cap.get());
+      if (cap->stop == Stop::OIn) return;
       for (int64_t i = 0; i < n; ++i) h[i] += y.p[i];
       rmsnorm(h, cm->layer.post_norm, xn.p, T, c.hidden, c.eps, c.hidden, c.hidden);
+      if (cap->stop == Stop::MlpIn) {  // what ffn_block's capture holds, dense or sparse
+        linear_input(xn.p, T, c.hidden, cm->abits, xq, &cap->mlp_in);
+        return;
+      }
       ffn_block(cm->layer, c, xn.p, y.p, T, cm->abits, cap.get());
+      if (cap->stop == Stop::DownIn) return;
       for (int64_t i = 0; i < n; ++i) h[i] += y.p[i];
     }, [cap](Napi::Env env) -> Napi::Value {
       if (!cap->on) return env.Undefined();
       Napi::Object r = Napi::Object::New(env);
       r.Set("attnIn", cap->attn_in.to_js(env));
-      r.Set("oIn", cap->o_in.to_js(env));
-      r.Set("mlpIn", cap->mlp_in.to_js(env));
+      if (cap->o_in.p) r.Set("oIn", cap->o_in.to_js(env));
+      if (cap->mlp_in.p) r.Set("mlpIn", cap->mlp_in.to_js(env));
       if (cap->down_in.p) r.Set("downIn", cap->down_in.to_js(env));
       return r;
     }, cm->keep);
