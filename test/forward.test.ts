@@ -130,6 +130,23 @@ describe('layer forward with captures stopped at one linear input (qwen3-tiny)',
     }
   });
 
+  test("the attention half then the MLP half is the whole layer bit for bit, and the MLP half's captures match", async () => {
+    const h0 = await embedTokens(model, ids(golden('qwen3-tiny'), [0]));
+    const whole = h0.slice();
+    const full = (await runLayer(model, 2, whole, SEQ, { capture: true }))!;
+    const h = h0.slice();
+    expect(await runLayer(model, 2, h, SEQ, { part: 'attn' })).toBeUndefined();
+    const mid = h.slice();
+    const mlpCaps = (await runLayer(model, 2, mid.slice(), SEQ, { part: 'mlp', capture: 'downIn' }))!;
+    expect(mlpCaps.attnIn).toBeUndefined();
+    expect(bytes(mlpCaps.mlpIn).equals(bytes(full.mlpIn))).toBe(true);
+    expect(bytes(mlpCaps.downIn).equals(bytes(full.downIn))).toBe(true);
+    await runLayer(model, 2, h, SEQ, { part: 'mlp' });
+    expect(bytes(h).equals(bytes(whole))).toBe(true);
+    expect(bytes(h).equals(bytes(mid))).toBe(false);
+    await expect(runLayer(model, 2, mid, SEQ, { part: 'mlp', capture: 'oIn' })).rejects.toThrow(/not in the part of the layer run/);
+  });
+
   test('an unknown capture point is named', async () => {
     const h = await embedTokens(model, ids(golden('qwen3-tiny'), [0]));
     await expect(runLayer(model, 0, h, SEQ, { capture: 'qIn' as never })).rejects.toThrow(/capture must be a boolean or one of attnIn, oIn, mlpIn, downIn \(got 'qIn'\)/);

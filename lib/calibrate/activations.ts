@@ -8,6 +8,9 @@ import type { LoadedModel } from '../load/types';
 import type { CalibrationSet } from './calibration';
 
 export class LayerInputs {
+  /** The layer whose attention half the activations have gone through already (advanceAttention), or −1. */
+  private half = -1;
+
   private constructor(
     private readonly store: ActivationStore,
     private readonly count: number,
@@ -52,7 +55,8 @@ export class LayerInputs {
   }
 
   /** Runs layer l on a copy of every batch as far as the input `upTo` (in layer order: attnIn, oIn, mlpIn, downIn)
-   *  and hands each batch's captured linear inputs up to that one to fn. */
+   *  and hands each batch's captured linear inputs up to that one to fn. After advanceAttention(l) only the MLP
+   *  half runs (upTo mlpIn or downIn). */
   async capture(
     model: LoadedModel,
     l: number,
@@ -60,25 +64,41 @@ export class LayerInputs {
     fn: (c: Partial<LayerCaptures>) => Promise<void>,
     signal?: AbortSignal,
   ): Promise<void> {
+    const part = this.half === l ? 'mlp' : undefined;
     for (let i = 0; i < this.count; i++) {
       throwIfAborted(signal);
-      const caps = await runLayer(model, l, this.store.read(i).slice(), this.seqLen, { capture: upTo });
+      const caps = await runLayer(model, l, this.store.read(i).slice(), this.seqLen, { capture: upTo, part });
       await fn(caps!);
     }
   }
 
-  /** Replaces the inputs by layer l's outputs; with capture, fn also sees each batch's linear inputs on the way. */
+  /** Moves the activations through layer l's attention half, once its attention weights are final: the steps
+   *  after it (the MLP's inputs, propagate) then run only the MLP half instead of the attention again each time. */
+  async advanceAttention(model: LoadedModel, l: number, signal?: AbortSignal): Promise<void> {
+    for (let i = 0; i < this.count; i++) {
+      throwIfAborted(signal);
+      const b = this.store.read(i);
+      await runLayer(model, l, b, this.seqLen, { part: 'attn' });
+      this.store.write(i, b);
+    }
+    this.half = l;
+  }
+
+  /** Replaces the inputs by layer l's outputs; with capture, fn also sees each batch's linear inputs on the way
+   *  (those of the MLP only after advanceAttention(l)). */
   async propagate(model: LoadedModel, l: number, signal?: AbortSignal, fn?: (c: LayerCaptures) => Promise<void>): Promise<void> {
+    const part = this.half === l ? 'mlp' : undefined;
     let first = 0;
     for (let i = 0; i < this.count; i++) {
       throwIfAborted(signal);
       const b = this.store.read(i);
-      const caps = await runLayer(model, l, b, this.seqLen, { capture: !!fn });
+      const caps = await runLayer(model, l, b, this.seqLen, { capture: !!fn, part });
       if (fn) await fn(caps!);
       checkFinite(b, first, this.seqLen, model.config.hiddenSize, `the output of model.layers.${l} for`);
       this.store.write(i, b);
       first += b.length / (this.seqLen * model.config.hiddenSize);
     }
+    this.half = -1;
   }
 
   /** Releases the activations (removes a spill file). */

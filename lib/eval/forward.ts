@@ -37,13 +37,15 @@ export async function embedTokens(model: LoadedModel, ids: Int32Array): Promise<
 }
 
 /** Runs one decoder layer in place on h [nseq*seqLen, hidden]. capture: true returns every linear's input; the name
- *  of one returns those up to it and stops there (the later fields absent, h left partly updated: pass a copy). */
+ *  of one returns those up to it and stops there (the later fields absent, h left partly updated: pass a copy).
+ *  part: 'attn' runs only the attention half (h becomes the residual stream after attention), 'mlp' only the MLP
+ *  half on such a stream. */
 export async function runLayer(
   model: LoadedModel,
   index: number,
   h: Float32Array,
   seqLen: number,
-  opts: { actBits?: number; capture?: boolean | keyof LayerCaptures } = {},
+  opts: { actBits?: number; capture?: boolean | keyof LayerCaptures; part?: 'attn' | 'mlp' } = {},
 ): Promise<LayerCaptures | undefined> {
   return addon.layerForward(h, {
     cfg: model.config,
@@ -51,6 +53,7 @@ export async function runLayer(
     seqLen,
     actBits: opts.actBits ?? 0,
     capture: opts.capture ?? false,
+    part: opts.part,
   });
 }
 

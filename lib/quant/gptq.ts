@@ -77,7 +77,16 @@ export async function hessianLayer(
   const ref = (name: LinearName, expert?: number) => refs.find((r) => r.kind === name && r.expert === expert)!;
   const reports: LinearReport[] = [];
   if (!layer.moe) {
-    for (const subset of spec.trueSequential ? SEQUENTIAL_SUBSETS : ALL_AT_ONCE) {
+    const subsets = spec.trueSequential ? SEQUENTIAL_SUBSETS : ALL_AT_ONCE;
+    // Once no step left reads the attention's inputs, its weights are final: the activations go through it once,
+    // and the MLP's steps and the propagation after this layer run only the MLP half.
+    const mlpOnly = (s: LinearName[]) => s.every((n) => INPUT_OF[n] === 'mlpIn' || INPUT_OF[n] === 'downIn');
+    const advanceAt = subsets.findIndex((_, i) => i > 0 && subsets.slice(i).every(mlpOnly));
+    for (const [i, subset] of subsets.entries()) {
+      if (i === advanceAt) {
+        onStage?.('attention');
+        await inputs.advanceAttention(model, l, signal);
+      }
       onStage?.(`hessian ${subset.join(',')}`);
       const H = await collectHessians(model, l, inputs, subset, signal);
       for (const name of subset) {

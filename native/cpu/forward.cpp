@@ -251,9 +251,10 @@ Stop parse_stop(const Napi::Value& v) {
   throw std::invalid_argument("capture must be a boolean or one of attnIn, oIn, mlpIn, downIn (got '" + s + "')");
 }
 
-// layerForward(h, {cfg, layer, seqLen, actBits?, capture?}) → Promise<captures | undefined>; h updated in place.
+// layerForward(h, {cfg, layer, seqLen, actBits?, capture?, part?}) → Promise<captures | undefined>; h updated in place.
 // capture: true captures every linear's input; the name of one ('attnIn' | 'oIn' | 'mlpIn' | 'downIn') captures up
-// to that input and stops there, leaving h partly updated (callers pass a copy).
+// to that input and stops there, leaving h partly updated (callers pass a copy). part: 'attn' runs the attention
+// half only (h becomes the residual stream after attention), 'mlp' the MLP half on such a stream; default both.
 Napi::Value LayerForward(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     float* h = f32_from_js(info[0], -1, "h");
@@ -267,18 +268,30 @@ Napi::Value LayerForward(const Napi::CallbackInfo& info) {
     } else {
       cap->on = o.Has("capture") && o.Get("capture").ToBoolean();
     }
-    return run_async(info.Env(), [h, cm, cap] {
+    bool attn = true, mlp = true;
+    if (o.Has("part") && !o.Get("part").IsUndefined()) {
+      const std::string part = o.Get("part").As<Napi::String>();
+      if (part == "attn") mlp = false;
+      else if (part == "mlp") attn = false;
+      else if (part != "all") throw std::invalid_argument("part must be attn, mlp or all (got '" + part + "')");
+    }
+    if ((!attn && (cap->stop == Stop::AttnIn || cap->stop == Stop::OIn)) || (!mlp && (cap->stop == Stop::MlpIn || cap->stop == Stop::DownIn)))
+      throw std::invalid_argument("capture: that input is not in the part of the layer run");
+    return run_async(info.Env(), [h, cm, cap, attn, mlp] {
       const Cfg& c = cm->cfg;
       int64_t T = cm->T, n = T * c.hidden;
       Buf xn(n), y(n), xq;
-      rmsnorm(h, cm->layer.in_norm, xn.p, T, c.hidden, c.eps, c.hidden, c.hidden);
-      if (cap->stop == Stop::AttnIn) {  // what attn_block's capture holds
-        linear_input(xn.p, T, c.hidden, cm->abits, xq, &cap->attn_in);
-        return;
+      if (attn) {
+        rmsnorm(h, cm->layer.in_norm, xn.p, T, c.hidden, c.eps, c.hidden, c.hidden);
+        if (cap->stop == Stop::AttnIn) {  // what attn_block's capture holds
+          linear_input(xn.p, T, c.hidden, cm->abits, xq, &cap->attn_in);
+          return;
+        }
+        attn_block(cm->layer, c, xn.p, y.p, T, cm->S, cm->abits, cap.get());
+        if (cap->stop == Stop::OIn) return;
+        for (int64_t i = 0; i < n; ++i) h[i] += y.p[i];
       }
-      attn_block(cm->layer, c, xn.p, y.p, T, cm->S, cm->abits, cap.get());
-      if (cap->stop == Stop::OIn) return;
-      for (int64_t i = 0; i < n; ++i) h[i] += y.p[i];
+      if (!mlp) return;
       rmsnorm(h, cm->layer.post_norm, xn.p, T, c.hidden, c.eps, c.hidden, c.hidden);
       if (cap->stop == Stop::MlpIn) {  // what ffn_block's capture holds, dense or sparse
         linear_input(xn.p, T, c.hidden, cm->abits, xq, &cap->mlp_in);
@@ -290,7 +303,7 @@ Napi::Value LayerForward(const Napi::CallbackInfo& info) {
     }, [cap](Napi::Env env) -> Napi::Value {
       if (!cap->on) return env.Undefined();
       Napi::Object r = Napi::Object::New(env);
-      r.Set("attnIn", cap->attn_in.to_js(env));
+      if (cap->attn_in.p) r.Set("attnIn", cap->attn_in.to_js(env));
       if (cap->o_in.p) r.Set("oIn", cap->o_in.to_js(env));
       if (cap->mlp_in.p) r.Set("mlpIn", cap->mlp_in.to_js(env));
       if (cap->down_in.p) r.Set("downIn", cap->down_in.to_js(env));
