@@ -13,6 +13,9 @@ import { dequantize } from '../lib/export/pack';
 import { loadModel } from '../lib/load/model';
 import { LINEAR_NAMES, LINEAR_TENSORS, LoadedModel } from '../lib/load/types';
 import { addon } from '../lib/native/addon';
+
+// The level this file found (LOWBIT_SIMD may have lowered it): what it restores after forcing others.
+const SIMD0 = addon.simdLevel();
 import { attachPacked, binaryWeight, Int8Weight, packInt8, packLinear, PackedLinear, unpackLinear } from '../lib/quant/packed';
 import { quantize } from '../lib/quant/pipeline';
 import { parseSpec } from '../lib/quant/spec';
@@ -56,7 +59,7 @@ beforeAll(() => {
 });
 afterAll(() => {
   addon.setThreads(threads0);
-  addon.simdLevel('avx512');
+  addon.simdLevel(SIMD0);
 });
 
 describe('pack → unpack round trip is bit-exact', () => {
@@ -136,7 +139,7 @@ describe('packedMatmul vs float64 reference', () => {
           addon.setThreads(th);
           addon.simdLevel(lvl);
           const y = await addon.packedMatmul(x, p);
-          addon.simdLevel('avx512');
+          addon.simdLevel(SIMD0);
           expect(y).toHaveLength(M * rows);
           let worst = 0;
           for (let i = 0; i < y.length; i++) worst = Math.max(worst, Math.abs(y[i] - ref.y[i]) / (ref.mag[i] + 1e-30));
@@ -182,7 +185,7 @@ describe('1-bit (BiLLM binary) matmul vs float64 over the independently decoded 
           addon.setThreads(th);
           addon.simdLevel(lvl);
           const y = await addon.binaryMatmul(x, p);
-          addon.simdLevel('avx512');
+          addon.simdLevel(SIMD0);
           expect(y).toHaveLength(M * rows);
           let worst = 0;
           for (let i = 0; i < y.length; i++) worst = Math.max(worst, Math.abs(y[i] - ref[i]) / (mag[i] + 1e-30));
@@ -233,7 +236,7 @@ describe('W8A8 int8 GEMM', () => {
         addon.simdLevel(lvl);
         const acc = addon.int8MatmulI32(xq, p) as Int32Array;
         const y = (await addon.int8Matmul(x, p)) as Float32Array;
-        addon.simdLevel('avx512');
+        addon.simdLevel(SIMD0);
         expect(Array.from(acc)).toEqual(Array.from(exact));
         for (let m = 0; m < M; m++) {
           for (let n = 0; n < rows; n++) {

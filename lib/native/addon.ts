@@ -10,9 +10,12 @@ export interface WeightView {
 }
 export type Weight = Float32Array | WeightView;
 
+/** A SIMD level of the CPU kernels (simdLevel caps the running level at what the hardware has). */
+export type SimdLevel = 'scalar' | 'avx2' | 'avx512';
+
 export interface NativeAddon {
   mmapFile(path: string): ArrayBuffer;
-  simdLevel(cap?: 'scalar' | 'avx2' | 'avx512'): string;
+  simdLevel(cap?: SimdLevel): SimdLevel;
   setThreads(n: number): number;
   getThreads(): number;
   [name: string]: any;
