@@ -138,8 +138,8 @@ function main(): void {
       const gbs = pk.bytes / pk.s * 1e-9;
       const rd = threads >= 2 ? bw.sum2_gbps : bw.sum1_gbps;
       const row =
-        `| ${c.bits === 1 ? 'bin1 b128' : `int${c.bits} g128`} | ${c.M} | ${c.rows}×${c.cols} | ${threads} | ${(pk.s * 1e3).toFixed(2)} | ${gbs.toFixed(1)} | ` +
-        `${(gbs / bw.copy_gbps).toFixed(2)} / ${(gbs / rd).toFixed(2)} | ${(f * 1e3).toFixed(2)} | ${(f / pk.s).toFixed(1)}× | ` +
+        `| ${c.bits === 1 ? 'bin1 b128' : `int${c.bits} g128`} | ${c.M} | ${c.rows}×${c.cols} | ${threads} | ${(pk.s * 1e3).toFixed(2)} | ${c.M === 1 ? gbs.toFixed(1) : '–'} | ` +
+        `${c.M === 1 ? `${(gbs / bw.copy_gbps).toFixed(2)} / ${(gbs / rd).toFixed(2)}` : '–'} | ${(f * 1e3).toFixed(2)} | ${(f / pk.s).toFixed(1)}× | ` +
         `${(ob * 1e3).toFixed(2)} | ${(ob / pk.s).toFixed(1)}× |`;
       rows.push(row);
       console.error(row);

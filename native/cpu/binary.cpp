@@ -87,9 +87,10 @@ const binary_detail::Kernels* kernels_for(const BinaryView& p) {
 }
 
 constexpr int64_t kSmallM = 8;  // below: register tiles; from here: an L1 tile (AVX-512) or lowbit::gemm on expanded weights
-// The L1 tile re-reads every token's activations for each row block: past ~128 tokens they no longer stay in
-// L2 and the blocked GEMM on dequantized weights wins (measured: 1.3–1.6× faster than the panels at 16 tokens,
-// even at ~128, 0.5–0.6× at 2048).
+// The L1 tile re-reads every token's activations for each row block, which stop fitting L2 at a few hundred tokens;
+// the blocked GEMM on dequantized weights does not. Around 128 tokens the two are within ~10% either way (tile/GEMM
+// time, 1 thread, 2026-12-07, commit a93463b with the threshold switched: 0.91–0.93 at 128 tokens on 4096×1024 and
+// 1024×4096, 0.98–1.0 at 256; on 256-column rows 0.92–1.14 at 128, 0.99–1.26 at 256).
 constexpr int64_t kL1TileMaxM = 128;
 
 }  // namespace
