@@ -7,7 +7,7 @@
  *   sh bench/gemm/run.sh              # builds the OpenBLAS driver and this script, then runs it
  * or by hand:
  *   gcc -O2 bench/gemm/openblas_sgemm.c -o /tmp/lowbit-openblas-sgemm -lopenblas
- *   npx tsc -p tsconfig.json --outDir /tmp/lowbit-bench && node /tmp/lowbit-bench/bench/gemm.js [--threads 1,2]
+ *   npx tsc -p tsconfig.json --outDir /tmp/lowbit-bench && node /tmp/lowbit-bench/bench/gemm.js [--threads 1,2] [--m 32,64,128]
  *
  * OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are removed from the baseline's environment so OpenBLAS picks
  * its own kernel for this CPU; the table names the kernel it chose.
@@ -70,13 +70,16 @@ function openblas(bin: string, s: Shape, threads: number): { gflops: number; cor
 function main(): void {
   const bin = arg('openblas', '/tmp/lowbit-openblas-sgemm');
   const threadCounts = arg('threads', '1,2').split(',').map(Number);
+  // --m 32,64,128: the fp32 shapes again at these token counts (short sequences: zero-shot tasks, MMLU).
+  const ms = arg('m', '').split(',').filter(Boolean).map(Number);
+  const shapes = ms.length ? ms.flatMap((M) => SHAPES.filter((s) => s.dtype === 'F32').map((s) => ({ ...s, M }))) : SHAPES;
   const cpu = /model name\s*:\s*(.*)/.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown';
   console.log(`CPU: ${cpu}; SIMD level: ${addon.simdLevel()}`);
   const rows: string[] = [];
   let core = '';
   const baseline = new Map<string, number>();
   for (const threads of threadCounts) {
-    for (const s of SHAPES) {
+    for (const s of shapes) {
       const key = `${s.M}x${s.N}x${s.K}/${threads}`;
       if (!baseline.has(key)) {
         const r = openblas(bin, s, threads);

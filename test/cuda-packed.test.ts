@@ -129,12 +129,16 @@ gpuDescribe('packed linears on the GPU', () => {
         const x = randomX(M, cols, M * 31 + bits);
         const ref = deviceReference(q, rows, cols, x, M, dtype);
         const cpu = await packedMatmul(x, p);
-        for (const kernel of kernels) {
-          const y = await lin.matmul(x, { dtype, kernel });
+        // The mma.sync kernel with x converted in the kernel (the default up to 16 tokens here) and by its own launch.
+        const variants: ['mma' | 'wgmma', boolean][] = kernels.flatMap((k): ['mma' | 'wgmma', boolean][] => (k === 'mma' ? [['mma', true], ['mma', false]] : [[k, true]]));
+        for (const [kernel, fuseX] of variants) {
+          const y = await lin.matmul(x, { dtype, kernel, fuseX });
           expect(y.length).toBe(M * rows);
           expect(lin.info().lastKernel).toBe(kernel);
+          if (!fuseX || M > 16) expect(lin.info().lastFusedX).toBe(false);
+          if (kernel === 'mma' && fuseX && M <= 8) expect(lin.info().lastFusedX).toBe(true);
           const e = worst(y, ref.y[kernel], ref.mag);
-          if (e > 2e-5) throw new Error(`${kernel}, M ${M}: max |gpu − reference| / Σ|s|(q+|z|)|x| = ${e.toExponential(2)} (limit 2e-5)`);
+          if (e > 2e-5) throw new Error(`${kernel}${fuseX ? '' : ' (x by its own launch)'}, M ${M}: max |gpu − reference| / Σ|s|(q+|z|)|x| = ${e.toExponential(2)} (limit 2e-5)`);
           // The CPU kernels take x in fp32: the difference is the 16-bit rounding of x and of the scales (and for wgmma of the weights).
           expect(worst(y, cpu, ref.mag)).toBeLessThan(dtype === 'fp16' ? 2e-3 : 8e-3);
         }
@@ -180,14 +184,16 @@ gpuDescribe('packed linears on the GPU', () => {
       const q = randomQuantized(4, rows, cols, 128, false, rows + cols);
       const lin = await GpuPackedLinear.create(packLinear(q, rows, cols));
       try {
-        for (const M of [1, 3]) {
-          const x = randomX(M, cols, cols + M);
-          const y = await lin.matmul(x);
-          if (rows === 64) expect(lin.info().lastSplits).toBeGreaterThan(1);
-          const ref = deviceReference(q, rows, cols, x, M, 'fp16');
-          expect(worst(y, ref.y.mma, ref.mag)).toBeLessThan(2e-5);
-          expect(await lin.matmul(x)).toEqual(y);
-        }
+        for (const M of [1, 3])
+          for (const fuseX of [true, false]) {
+            const x = randomX(M, cols, cols + M);
+            const y = await lin.matmul(x, { fuseX });
+            if (rows === 64) expect(lin.info().lastSplits).toBeGreaterThan(1);
+            expect(lin.info().lastFusedX).toBe(fuseX);
+            const ref = deviceReference(q, rows, cols, x, M, 'fp16');
+            expect(worst(y, ref.y.mma, ref.mag)).toBeLessThan(2e-5);
+            expect(await lin.matmul(x, { fuseX })).toEqual(y);
+          }
       } finally {
         lin.free();
       }

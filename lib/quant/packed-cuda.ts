@@ -31,6 +31,8 @@ export interface GpuPackedInfo {
   lastSplits: number;
   /** the kernel of the last launch */
   lastKernel: 'mma' | 'wgmma' | 'int8';
+  /** whether the last launch's mma.sync kernel converted x itself (no separate conversion launch) */
+  lastFusedX: boolean;
   /** whether the wgmma GEMM kernel exists for this GPU in this build (compute capability 9.0, built with sm_90a) */
   wgmma: boolean;
   /** the batch from which 'auto' runs the wgmma kernel */
@@ -42,7 +44,7 @@ export interface GpuPackedBench {
   oursUs: number;
   /** the main kernel alone (without the x conversion and the sum of K splits), µs */
   kernelUs: number;
-  /** the x conversion alone, µs */
+  /** the x conversion alone, µs (0 where the kernel converts x itself) */
   prepUs: number;
   /** the sum of K splits alone (0 with one split), µs */
   finishUs: number;
@@ -54,6 +56,8 @@ export interface GpuPackedBench {
   denseBytes: number;
   /** ‖y_ours − y_cuBLAS‖ / ‖y_cuBLAS‖ */
   relErr: number;
+  /** whether the mma.sync kernel converted x itself */
+  fusedX: boolean;
   splits: number;
   /** whether the packed path ran the wgmma kernel */
   wgmma: boolean;
@@ -75,9 +79,12 @@ export class GpuPackedLinear {
     return new GpuPackedLinear(handle, w.rows, w.cols);
   }
 
-  /** y [M, rows] = x [M, cols] · Wᵀ (x in the original column order). */
-  async matmul(x: Float32Array, opts: { dtype?: PackedActDType; kernel?: PackedKernel } = {}): Promise<Float32Array> {
-    return addon.gpuQLinearMatmul(this.live(), x, { dtype: opts.dtype ?? 'fp16', kernel: opts.kernel ?? 'auto' });
+  /**
+   * y [M, rows] = x [M, cols] · Wᵀ (x in the original column order). fuseX (default true): the mma.sync kernel
+   * converts x to fp16/bf16 itself where that costs it no occupancy, instead of a separate launch before it.
+   */
+  async matmul(x: Float32Array, opts: { dtype?: PackedActDType; kernel?: PackedKernel; fuseX?: boolean } = {}): Promise<Float32Array> {
+    return addon.gpuQLinearMatmul(this.live(), x, { dtype: opts.dtype ?? 'fp16', kernel: opts.kernel ?? 'auto', fuseX: opts.fuseX ?? true });
   }
 
   /**
@@ -92,6 +99,7 @@ export class GpuPackedLinear {
     iters?: number;
     stages?: number;
     warpsPerSm?: number;
+    fuseX?: boolean;
   }): Promise<GpuPackedBench> {
     return addon.gpuQLinearBench(this.live(), { dtype: 'fp16', iters: 50, ...opts });
   }

@@ -207,6 +207,7 @@ struct QLinearInfo {
   uint64_t device_bytes = 0;
   int last_splits = 1;      // K splits of the last packed launch
   bool last_wgmma = false;  // and whether it ran the wgmma kernel
+  bool last_fused_x = false;  // and whether the mma.sync kernel converted x itself (no conversion launch)
   // The Hopper wgmma kernel (qgemm.cu) is in this build for this device; it runs batches from gemm_from tokens on.
   bool wgmma = false;
   int gemm_from = 17;
@@ -221,8 +222,9 @@ std::shared_ptr<GpuQLinear> qlinear_create_int8(const Int8Host& h, int device);
 const QLinearInfo& qlinear_info(const GpuQLinear& q);
 // y [M, rows] = x [M, cols] · Wᵀ (host fp32 in and out; original column order). act: activations rounded to
 // 1 bf16 or 2 fp16 for the packed kernels (int8 weights quantize them to int8 per token instead). kernel: 0 the
-// one that serves M, 1 the mma.sync kernel, 2 the wgmma kernel (an error where there is none).
-void qlinear_matmul(GpuQLinear& q, const float* x, int64_t M, int act, float* y, int kernel = 0);
+// one that serves M, 1 the mma.sync kernel, 2 the wgmma kernel (an error where there is none). fuse_x: the mma.sync
+// kernel converts x itself where that costs it no blocks per SM (false: always a separate conversion launch).
+void qlinear_matmul(GpuQLinear& q, const float* x, int64_t M, int act, float* y, int kernel = 0, bool fuse_x = true);
 // Kernel time (median of `iters`, L2 flushed before each) vs cuBLAS on the same weights dense in fp16/bf16, and
 // the device-to-device copy bandwidth (bytes read + written), all in the same call.
 struct QBench {
@@ -230,10 +232,10 @@ struct QBench {
   double ours_us = 0, kernel_us = 0, prep_us = 0, finish_us = 0, dense_us = 0, copy_gbs = 0, ours_bytes = 0, dense_bytes = 0,
          rel_err = 0;
   int splits = 1;
-  bool wgmma = false;
+  bool wgmma = false, fused_x = false;
 };
 // kernel as for qlinear_matmul; stages / warps_per_sm > 0 override the launch tuning for this call (to compare settings).
-QBench qlinear_bench(GpuQLinear& q, int64_t M, int act, int iters, int kernel = 0, int stages = 0, int warps_per_sm = 0);
+QBench qlinear_bench(GpuQLinear& q, int64_t M, int act, int iters, int kernel = 0, int stages = 0, int warps_per_sm = 0, bool fuse_x = true);
 
 }  // namespace cuda
 }  // namespace lowbit

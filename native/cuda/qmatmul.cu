@@ -9,7 +9,9 @@
 // registers, makes a step's A registers with masks and one half2 op per pair, and runs mma.sync m16n8k16 with fp32
 // accumulation. The integers go in as exact values; a sub-group's sums Σ q·x become Σ s·(q − z)·x with the group
 // sums Σx precomputed per token (acc += s·(Σ q·x − z·Σx)), so scales and zeros are applied in fp32 once per group
-// rather than rounded into every weight. Partial sums of a K split go to their own slice and a second launch adds
+// rather than rounded into every weight. x comes converted (T, packed column order, group sums) from its own launch,
+// or, where its K range fits in shared memory at no cost in blocks per SM (batch 1–3 on large linears), each block
+// converts it itself (qmm_convert_x). Partial sums of a K split go to their own slice and a second launch adds
 // them in a fixed order (deterministic). Any batch runs here on sm_80+; on Hopper, batches from
 // QLinearInfo::gemm_from tokens on run the wgmma GEMM of qgemm.cu instead (same records; there the weights are
 // rounded to fp16/bf16 as they are dequantized, see there), whose larger tiles read each x tile once per 128 rows
@@ -46,6 +48,11 @@ struct QmmArgs {
   int M, Mpad, N, ntiles, nkb, nsub, kpad, stages;
   int64_t split_stride;
   float oscale;
+  // x converted in the kernel (FX): the fp32 x [M, cols] and its column order; xstride: halves between token rows
+  // of the block's x in shared memory (the block's K range + 32, so that rows g and g + 1 fall in different banks).
+  const float* x32;
+  const int32_t* perm;
+  int cols, xstride;
 };
 
 // x tile rows in shared memory are 160 halves (320 B ≡ 64 mod 128) apart, so the 16-byte loads of lanes
@@ -58,9 +65,16 @@ constexpr int kXStride = 160;
 #define LB_QMM_BULK 0
 #endif
 
-template <int BITS, int WM, int WN, int NSUB>
+// A ring slot: the block's records of one 128-column block, and (unless x is converted in the kernel) its x tile.
+template <int BITS, int WM, int WN, int NSUB, bool FX>
 __host__ __device__ constexpr int qmm_stage_bytes() {
-  return kWarps * WM * q_record_bytes(BITS, NSUB) + 8 * WN * kXStride * 2;
+  return kWarps * WM * q_record_bytes(BITS, NSUB) + (FX ? 0 : 8 * WN * kXStride * 2);
+}
+// With FX, after the ring and its mbarriers (from a 128-byte boundary): the block's x as T, min(M, 8·WN) rows of
+// xstride halves, then Σx per sub-group [K range's sub-groups][8·WN tokens].
+__host__ __device__ constexpr int qmm_fx_offset(int stages, int stage_bytes) { return (stages * (stage_bytes + 8) + 127) / 128 * 128; }
+__host__ __device__ constexpr int qmm_fx_bytes(int xrows, int xstride, int maxnk, int nsub, int wn) {
+  return xrows * xstride * 2 + maxnk * nsub * 8 * wn * 4;
 }
 
 #if !LB_QMM_BULK
@@ -78,11 +92,69 @@ __device__ __forceinline__ void cp_async_wait_n(int n) {
 }
 #endif
 
-// NSUB sub-groups (of 128 / NSUB columns) per 128-column block.
-template <int BITS, class T, int WM, int WN, int NSUB>
+// FX's conversion: x rows tok0 … tok0 + xrows − 1, packed columns [kb0·128, kb1·128) → xsh (T, row stride
+// a.xstride) and xsum[(kb − kb0)·NSUB + j][token − tok0] = Σ of the T values over sub-group j (0 for tokens
+// ≥ xrows). Each thread takes 8 consecutive columns of a token (an item) and up to four items per round, all
+// loads issued before any is used: the whole conversion costs about one memory round trip, hidden behind the
+// prologue's records. A sub-group's 8-column chunks are consecutive items, i.e. lanes of one half-warp, summed
+// with a butterfly in a fixed order (repeatable bit for bit).
+template <class T, int WN, int NSUB>
+__device__ __forceinline__ void qmm_convert_x(const QmmArgs& a, int tok0, int xrows, int kb0, int kb1, T* xsh, float* xsum) {
+  constexpr int CPS = 16 / NSUB, ROUND = 4 * kWarps * 32;  // chunks per sub-group; items per round
+  const int nch = (kb1 - kb0) * 16, items = xrows * nch;
+  for (int i = threadIdx.x; i < (kb1 - kb0) * NSUB * 8 * WN; i += blockDim.x)
+    if (i % (8 * WN) >= xrows) xsum[i] = 0.f;
+  const bool vec = a.perm == nullptr && a.cols % 4 == 0;
+  for (int base = 0; base < items; base += ROUND) {
+    float v[4][8];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = base + r * kWarps * 32 + threadIdx.x;
+      const int m = i / nch, j0 = kb0 * 128 + (i % nch) * 8;
+      const float* src = a.x32 + static_cast<int64_t>(tok0 + m) * a.cols;
+      if (i < items && vec && j0 + 8 <= a.cols) {
+        const float4 lo = __ldg(reinterpret_cast<const float4*>(src + j0)), hi = __ldg(reinterpret_cast<const float4*>(src + j0 + 4));
+        v[r][0] = lo.x, v[r][1] = lo.y, v[r][2] = lo.z, v[r][3] = lo.w, v[r][4] = hi.x, v[r][5] = hi.y, v[r][6] = hi.z, v[r][7] = hi.w;
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const int j = j0 + e;
+          v[r][e] = i < items && j < a.cols ? __ldg(src + (a.perm ? __ldg(a.perm + j) : j)) : 0.f;
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      if (base + r * kWarps * 32 >= items) break;  // the same for the whole block: the shuffles below stay full-warp
+      const int i = base + r * kWarps * 32 + threadIdx.x;
+      union {
+        T h[8];
+        uint4 u;
+      } c;
+      float sum = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        c.h[e] = from_f<T>(v[r][e]);
+        sum += to_f(c.h[e]);
+      }
+#pragma unroll
+      for (int o = 1; o < CPS; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      if (i < items) {
+        const int m = i / nch, ch = i % nch;
+        *reinterpret_cast<uint4*>(xsh + m * a.xstride + ch * 8) = c.u;
+        if (ch % CPS == 0) xsum[(ch / CPS) * 8 * WN + m] = sum;
+      }
+    }
+  }
+}
+
+// NSUB sub-groups (of 128 / NSUB columns) per 128-column block. FX: the block converts the x of its K range itself
+// (fp32 → T in the packed column order, Σx per sub-group) into shared memory once, while the prologue's records
+// are on their way, instead of reading what a conversion launch wrote.
+template <int BITS, class T, int WM, int WN, int NSUB, bool FX>
 __global__ void __launch_bounds__(kWarps * 32) qmm_kernel(QmmArgs a) {
-  extern __shared__ __align__(16) uint8_t smem[];
-  constexpr int WORDS = q_words(BITS), R = q_record_bytes(BITS, NSUB), SB = qmm_stage_bytes<BITS, WM, WN, NSUB>();
+  extern __shared__ __align__(128) uint8_t smem[];
+  constexpr int WORDS = q_words(BITS), R = q_record_bytes(BITS, NSUB), SB = qmm_stage_bytes<BITS, WM, WN, NSUB, FX>();
   constexpr int XOFF = kWarps * WM * R, SPS = 4 / NSUB;  // k32 super-steps per sub-group
   const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int tile0 = (blockIdx.x * kWarps + wid) * WM;
@@ -92,6 +164,7 @@ __global__ void __launch_bounds__(kWarps * 32) qmm_kernel(QmmArgs a) {
   const int kb1 = static_cast<int>(static_cast<int64_t>(a.nkb) * (blockIdx.y + 1) / S);
   const int tok0 = blockIdx.z * 8 * WN;
   const T* x = static_cast<const T*>(a.x);
+  const int xrows = max(0, min(8 * WN, a.M - tok0));  // the block's real tokens
   pdl_launch_dependents();
 
 #if LB_QMM_BULK
@@ -100,14 +173,15 @@ __global__ void __launch_bounds__(kWarps * 32) qmm_kernel(QmmArgs a) {
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + stages * SB);
   const int blk_tile0 = blockIdx.x * kWarps * WM;
   const int ntile_blk = min(kWarps * WM, a.ntiles - blk_tile0);
-  const int xrows = max(0, min(8 * WN, a.M - tok0));
   if (threadIdx.x == 0) {
     for (int i = 0; i < stages; ++i) mbar_init(bars + i, 1);
     fence_mbar_init();
   }
-  for (int i = threadIdx.x; i < stages * (8 * WN - xrows) * 16; i += blockDim.x) {  // rows no copy fills: zero
-    const int per = (8 * WN - xrows) * 16, sl = i / per, r = xrows + (i % per) / 16, c = i % 16;
-    *reinterpret_cast<uint4*>(smem + sl * SB + XOFF + r * kXStride * 2 + c * 16) = make_uint4(0, 0, 0, 0);
+  if constexpr (!FX) {
+    for (int i = threadIdx.x; i < stages * (8 * WN - xrows) * 16; i += blockDim.x) {  // rows no copy fills: zero
+      const int per = (8 * WN - xrows) * 16, sl = i / per, r = xrows + (i % per) / 16, c = i % 16;
+      *reinterpret_cast<uint4*>(smem + sl * SB + XOFF + r * kXStride * 2 + c * 16) = make_uint4(0, 0, 0, 0);
+    }
   }
   __syncthreads();
   // A stage's records (which the previous grid does not write) and its x rows (which it does) are issued apart,
@@ -115,11 +189,11 @@ __global__ void __launch_bounds__(kWarps * 32) qmm_kernel(QmmArgs a) {
   auto issue_w = [&](int kb, int slot) {
     if (kb >= kb1 || threadIdx.x != 0) return;
     uint8_t* st = smem + slot * SB;
-    mbar_expect_tx(bars + slot, static_cast<uint32_t>(ntile_blk * R + xrows * 256));
+    mbar_expect_tx(bars + slot, static_cast<uint32_t>(ntile_blk * R + (FX ? 0 : xrows * 256)));
     bulk_g2s(st, a.w + q_record_offset(blk_tile0, kb, a.ntiles, BITS, NSUB), static_cast<uint32_t>(ntile_blk * R), bars + slot);
   };
   auto issue_x = [&](int kb, int slot) {
-    if (kb >= kb1 || wid != 0) return;
+    if (FX || kb >= kb1 || wid != 0) return;
     uint8_t* st = smem + slot * SB;
     for (int r = lane; r < xrows; r += 32)
       bulk_g2s(st + XOFF + r * kXStride * 2, x + static_cast<int64_t>(tok0 + r) * a.kpad + kb * 128, 256, bars + slot);
@@ -129,9 +203,13 @@ __global__ void __launch_bounds__(kWarps * 32) qmm_kernel(QmmArgs a) {
     __syncwarp();
     issue_x(kb, slot);
   };
-  for (int i = 0; i < stages - 1; ++i) issue_w(kb0 + i, i);
+  // With FX the prologue fills every slot (the first iteration issues none), so that while the block converts x
+  // two stages of records are on their way, not one (H100, batch 1: kernel 0.4–1.0 µs shorter; without FX the
+  // same order made batch 16 slower).
+  const int pre = FX ? stages : stages - 1;
+  for (int i = 0; i < pre; ++i) issue_w(kb0 + i, i);
   pdl_wait();
-  for (int i = 0; i < stages - 1; ++i) issue_x(kb0 + i, i);
+  for (int i = 0; i < pre; ++i) issue_x(kb0 + i, i);
 #else
   // sm_80..89: cp.async, 16 bytes per thread; this warp copies its records, all threads the x tile.
   auto issue = [&](int kb, int slot) {
@@ -146,7 +224,7 @@ __global__ void __launch_bounds__(kWarps * 32) qmm_kernel(QmmArgs a) {
         }
       }
       T* xs = reinterpret_cast<T*>(st + XOFF);
-      for (int c = threadIdx.x; c < 8 * WN * 16; c += kWarps * 32) {
+      for (int c = threadIdx.x; c < (FX ? 0 : 8 * WN * 16); c += kWarps * 32) {
         const int r = c >> 4, col = (c & 15) * 8;
         const bool ok = tok0 + r < a.M;
         const T* src = ok ? x + static_cast<int64_t>(tok0 + r) * a.kpad + kb * 128 + col : x;
@@ -157,6 +235,15 @@ __global__ void __launch_bounds__(kWarps * 32) qmm_kernel(QmmArgs a) {
   };
   for (int i = 0; i < stages - 1; ++i) issue(kb0 + i, i);
 #endif
+  // FX: this block's x (the main loop's first barrier orders these writes before any read).
+  T* xsh = nullptr;
+  float* xsum = nullptr;
+  if constexpr (FX) {
+    const int fx = qmm_fx_offset(stages, SB);
+    xsh = reinterpret_cast<T*>(smem + fx);
+    xsum = reinterpret_cast<float*>(smem + fx + min(a.M, 8 * WN) * a.xstride * 2);
+    qmm_convert_x<T, WN, NSUB>(a, tok0, xrows, kb0, kb1, xsh, xsum);
+  }
 
   float acc[WM][WN][4];
 #pragma unroll
@@ -171,7 +258,7 @@ __global__ void __launch_bounds__(kWarps * 32) qmm_kernel(QmmArgs a) {
   for (int kb = kb0; kb < kb1; ++kb) {
 #if LB_QMM_BULK
     __syncthreads();  // everyone is done with the slot refilled next
-    issue(kb + stages - 1, fill);
+    if (!FX || kb > kb0) issue(kb + stages - 1, fill);
     mbar_wait(bars + slot, phase);
 #else
     cp_async_wait_n(stages - 2);
@@ -189,10 +276,13 @@ __global__ void __launch_bounds__(kWarps * 32) qmm_kernel(QmmArgs a) {
 #pragma unroll
       for (int j = 0; j < NSUB; ++j)
 #pragma unroll
-        for (int n = 0; n < WN; ++n)
-          xs[j][n] = tok0 + 8 * n < a.Mpad
-                         ? __ldg(reinterpret_cast<const float2*>(a.xs + static_cast<int64_t>(kb * NSUB + j) * a.Mpad + tok0 + 8 * n + 2 * t))
-                         : make_float2(0.f, 0.f);
+        for (int n = 0; n < WN; ++n) {
+          if constexpr (FX) xs[j][n] = *reinterpret_cast<const float2*>(xsum + ((kb - kb0) * NSUB + j) * 8 * WN + 8 * n + 2 * t);
+          else
+            xs[j][n] = tok0 + 8 * n < a.Mpad
+                           ? __ldg(reinterpret_cast<const float2*>(a.xs + static_cast<int64_t>(kb * NSUB + j) * a.Mpad + tok0 + 8 * n + 2 * t))
+                           : make_float2(0.f, 0.f);
+        }
       float tmp[WM][WN][4];
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
@@ -206,7 +296,13 @@ __global__ void __launch_bounds__(kWarps * 32) qmm_kernel(QmmArgs a) {
         }
         uint4 xv[WN];
 #pragma unroll
-        for (int n = 0; n < WN; ++n) xv[n] = *reinterpret_cast<const uint4*>(xsm + (8 * n + g) * kXStride + 32 * s + 8 * t);
+        for (int n = 0; n < WN; ++n) {
+          if constexpr (FX)  // tokens past the batch multiply zeros, not shared memory
+            xv[n] = 8 * n + g < xrows ? *reinterpret_cast<const uint4*>(xsh + (8 * n + g) * a.xstride + (kb - kb0) * 128 + 32 * s + 8 * t)
+                                      : make_uint4(0, 0, 0, 0);
+          else
+            xv[n] = *reinterpret_cast<const uint4*>(xsm + (8 * n + g) * kXStride + 32 * s + 8 * t);
+        }
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
 #pragma unroll
@@ -422,37 +518,42 @@ Shape shape_for(int64_t M) {
 }
 
 // Calls f(kernel, dynamic shared memory bytes) with the instantiation that serves (bits, activation type, warp
-// tile, sub-groups per block, stages).
+// tile, sub-groups per block, stages); fx_bytes ≥ 0: the one converting x itself (up to 16 tokens), with that
+// much shared memory for x (qmm_fx_bytes).
 template <class F>
-void with_qmm(int bits, int act, Shape sh, int nsub, int stages, F&& f) {
+void with_qmm(int bits, int act, Shape sh, int nsub, int stages, int fx_bytes, F&& f) {
   dispatch_packed(bits, act, nsub, [&](auto b, auto tt, auto ns) {
-    auto go = [&](auto wm, auto wn) {
+    auto go = [&](auto wm, auto wn, auto fx) {
       constexpr int B = decltype(b)::value, WM = decltype(wm)::value, WN = decltype(wn)::value, NS = decltype(ns)::value;
+      constexpr bool FX = decltype(fx)::value;
       using T = typename decltype(tt)::type;
-      f(qmm_kernel<B, T, WM, WN, NS>, stages * (qmm_stage_bytes<B, WM, WN, NS>() + 8));  // + the stages' mbarriers
+      constexpr int SB = qmm_stage_bytes<B, WM, WN, NS, FX>();
+      f(qmm_kernel<B, T, WM, WN, NS, FX>, FX ? qmm_fx_offset(stages, SB) + fx_bytes : stages * (SB + 8));  // + the stages' mbarriers
     };
-    if (sh.wn == 1) go(IC<2>{}, IC<1>{});
-    else if (sh.wn == 2) go(IC<2>{}, IC<2>{});
-    else if (sh.wn == 4) go(IC<2>{}, IC<4>{});
-    else go(IC<1>{}, IC<8>{});
+    const bool fx = fx_bytes >= 0;
+    if (sh.wn == 1) fx ? go(IC<2>{}, IC<1>{}, std::true_type{}) : go(IC<2>{}, IC<1>{}, std::false_type{});
+    else if (sh.wn == 2) fx ? go(IC<2>{}, IC<2>{}, std::true_type{}) : go(IC<2>{}, IC<2>{}, std::false_type{});
+    else if (sh.wn == 4) go(IC<2>{}, IC<4>{}, std::false_type{});
+    else go(IC<1>{}, IC<8>{}, std::false_type{});
   });
 }
 
-void launch_qmm(int bits, int act, const QmmArgs& a, Shape sh, dim3 grid, cudaStream_t st, bool pdl) {
-  with_qmm(bits, act, sh, a.nsub, a.stages, [&](auto k, int smem) {
+void launch_qmm(int bits, int act, const QmmArgs& a, Shape sh, int fx_bytes, dim3 grid, cudaStream_t st, bool pdl) {
+  with_qmm(bits, act, sh, a.nsub, a.stages, fx_bytes, [&](auto k, int smem) {
     LB_CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     launch_pdl(k, grid, dim3(kWarps * 32), smem, st, pdl, a);
   });
 }
 
-// Blocks of that instantiation one SM holds at once.
-int qmm_blocks_per_sm(int bits, int act, Shape sh, int nsub, int stages) {
-  int nb = 0;
-  with_qmm(bits, act, sh, nsub, stages, [&](auto k, int smem) {
+// Blocks of that instantiation one SM holds at once (0: not even one).
+int qmm_blocks_per_sm(int device, int bits, int act, Shape sh, int nsub, int stages, int fx_bytes = -1) {
+  int nb = 0, optin = 0;
+  LB_CK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  with_qmm(bits, act, sh, nsub, stages, fx_bytes, [&](auto k, int smem) {
+    if (smem > optin) return;
     LB_CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     LB_CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, k, kWarps * 32, smem));
   });
-  if (nb < 1) throw std::runtime_error("the packed kernel does not fit on an SM (" + std::to_string(stages) + " stages)");
   return nb;
 }
 
@@ -474,6 +575,7 @@ struct PackedPlan {
   bool gemm = false;  // the Hopper wgmma kernel (qgemm.cu), else the mma.sync kernel
   bool pdl = false;   // the main kernel may start while the x conversion finishes
   Shape sh;           // mma.sync: warp tile
+  int fx_bytes = -1;  // mma.sync: ≥ 0 when it converts x itself (no conversion launch), the shared memory for it
   int bn = 0;         // wgmma: tokens per block
   int stages = 0;     // wgmma: ring slots
   dim3 grid;
@@ -493,8 +595,9 @@ bool use_gemm(const QLinearInfo& L, int64_t M, int kernel) {
   return kernel == 2 || (kernel == 0 && L.wgmma && L.gemm_from > 0 && M >= L.gemm_from);
 }
 
-// x_dev [M, cols] fp32 → q.xq (T, the kernel's order) and q.xs (group sums); the plan of the main kernel writing y.
-PackedPlan packed_prep(GpuQLinear& q, const float* x, int64_t M, int act, float* y, int kernel) {
+// x_dev [M, cols] fp32 → q.xq (T, the kernel's order) and q.xs (group sums), unless the mma.sync kernel converts x
+// itself; the plan of the main kernel writing y. fuse_x: let it do so where that costs no blocks per SM.
+PackedPlan packed_prep(GpuQLinear& q, const float* x, int64_t M, int act, float* y, int kernel, bool fuse_x) {
   const QLinearInfo& L = q.info;
   PackedPlan p;
   p.gemm = use_gemm(L, M, kernel);
@@ -512,6 +615,22 @@ PackedPlan packed_prep(GpuQLinear& q, const float* x, int64_t M, int act, float*
     per_sm = qgemm_blocks_per_sm(L.bits, act, p.bn, static_cast<int>(L.nsub), p.stages);
   } else {
     p.sh = shape_for(M);
+    row_blocks = (L.ntiles + kWarps * p.sh.wm - 1) / (kWarps * p.sh.wm);
+    zc = (M + 8 * p.sh.wn - 1) / (8 * p.sh.wn);
+    per_sm = qmm_blocks_per_sm(L.device, L.bits, act, p.sh, static_cast<int>(L.nsub), L.stages);
+    if (per_sm < 1) throw std::runtime_error("the packed kernel does not fit on an SM (" + std::to_string(L.stages) + " stages)");
+  }
+  const int64_t slots = per_sm * sms;  // blocks the GPU holds at once
+  if (!p.gemm && L.warps_per_sm > 0) per_sm = std::max<int64_t>(1, std::min<int64_t>(per_sm, L.warps_per_sm / kWarps));  // the split aims lower
+  const int S = choose_splits(row_blocks * zc, per_sm * sms, L.nkb);
+  int xstride = 0;
+  if (!p.gemm && fuse_x && p.sh.wn <= 2) {
+    const int maxnk = static_cast<int>((L.nkb + S - 1) / S);  // the longest K range of a split
+    xstride = maxnk * 128 + 32;
+    const int bytes = qmm_fx_bytes(static_cast<int>(std::min<int64_t>(M, 8 * p.sh.wn)), xstride, maxnk, static_cast<int>(L.nsub), p.sh.wn);
+    if (qmm_blocks_per_sm(L.device, L.bits, act, p.sh, static_cast<int>(L.nsub), L.stages, bytes) >= per_sm) p.fx_bytes = bytes;
+  }
+  if (!p.gemm && p.fx_bytes < 0) {
     const int Mpad = static_cast<int>((M + 7) / 8 * 8);
     const int sub = 128 / static_cast<int>(L.nsub);
     q.xq.alloc(static_cast<size_t>(M) * L.kpad * 2);
@@ -525,20 +644,15 @@ PackedPlan packed_prep(GpuQLinear& q, const float* x, int64_t M, int act, float*
       qmm_prep_kernel<f16><<<pb, 256, 0, q.st>>>(x, q.perm.as<int32_t>(), q.xq.as<f16>(), q.xs.as<float>(), static_cast<int>(M), Mpad,
                                                  static_cast<int>(L.cols), static_cast<int>(L.kpad), sub, nsubtot);
     LB_LAUNCHED();
-    row_blocks = (L.ntiles + kWarps * p.sh.wm - 1) / (kWarps * p.sh.wm);
-    zc = (M + 8 * p.sh.wn - 1) / (8 * p.sh.wn);
-    per_sm = qmm_blocks_per_sm(L.bits, act, p.sh, static_cast<int>(L.nsub), L.stages);
   }
-  const int64_t slots = per_sm * sms;  // blocks the GPU holds at once
-  if (!p.gemm && L.warps_per_sm > 0) per_sm = std::max<int64_t>(1, std::min<int64_t>(per_sm, L.warps_per_sm / kWarps));  // the split aims lower
-  const int S = choose_splits(row_blocks * zc, per_sm * sms, L.nkb);
   // Programmatic launch only when the grid fills ≥ 90% of the GPU's block slots — the hardware's, whatever split
   // the tuning aimed for: a grid that leaves slots empty, placed while the x conversion still holds SMs, runs far
   // slower than the launch latency it would hide (H200: +20 µs at 224 blocks for 396 slots; H100, batch 8 as 512
   // blocks for 1056 slots: 77.6 µs against 53.2 launched plainly). The split sum is launched early regardless.
-  p.pdl = q.pdl && 10 * row_blocks * zc * S >= 9 * slots;
+  p.pdl = q.pdl && p.fx_bytes < 0 && 10 * row_blocks * zc * S >= 9 * slots;  // a fused kernel is the call's first launch
   q.info.last_splits = S;
   q.info.last_wgmma = p.gemm;
+  q.info.last_fused_x = p.fx_bytes >= 0;
   float* out = y;
   if (S > 1) {
     q.parts.alloc(static_cast<size_t>(S) * M * L.rows * 4);
@@ -550,7 +664,7 @@ PackedPlan packed_prep(GpuQLinear& q, const float* x, int64_t M, int act, float*
   else
     p.args = QmmArgs{q.w.as<uint8_t>(), q.xq.p, q.xs.as<float>(), out, static_cast<int>(M), static_cast<int>((M + 7) / 8 * 8),
                      static_cast<int>(L.rows), static_cast<int>(L.ntiles), static_cast<int>(L.nkb), static_cast<int>(L.nsub),
-                     static_cast<int>(L.kpad), L.stages, M * L.rows, L.oscale};
+                     static_cast<int>(L.kpad), L.stages, M * L.rows, L.oscale, x, q.perm.as<int32_t>(), static_cast<int>(L.cols), xstride};
   p.grid = dim3(static_cast<unsigned>(row_blocks), S, static_cast<unsigned>(zc));
   return p;
 }
@@ -558,7 +672,7 @@ PackedPlan packed_prep(GpuQLinear& q, const float* x, int64_t M, int act, float*
 // The main kernel; pdl: it may start while the x conversion finishes (the bench times it alone without).
 void packed_main(GpuQLinear& q, const PackedPlan& p, int act, bool pdl) {
   if (p.gemm) qgemm_launch(q.info.bits, act, p.bn, static_cast<int>(q.info.nsub), p.gargs, p.grid, q.st, pdl);
-  else launch_qmm(q.info.bits, act, p.args, p.sh, p.grid, q.st, pdl);
+  else launch_qmm(q.info.bits, act, p.args, p.sh, p.fx_bytes, p.grid, q.st, pdl);
 }
 
 // The sum of K splits into y; pdl: it may start while the main kernel finishes.
@@ -570,8 +684,8 @@ void packed_finish(GpuQLinear& q, const PackedPlan& p, float* y, bool pdl) {
 }
 
 // y_dev [M, rows] = x_dev [M, cols] · Wᵀ on q.st.
-void packed_forward(GpuQLinear& q, const float* x, int64_t M, int act, float* y, int kernel) {
-  const PackedPlan p = packed_prep(q, x, M, act, y, kernel);
+void packed_forward(GpuQLinear& q, const float* x, int64_t M, int act, float* y, int kernel, bool fuse_x) {
+  const PackedPlan p = packed_prep(q, x, M, act, y, kernel, fuse_x);
   packed_main(q, p, act, p.pdl);
   packed_finish(q, p, y, q.pdl);
 }
@@ -593,9 +707,9 @@ void int8_forward(GpuQLinear& q, const float* x, int64_t M, float* y) {
   LB_LAUNCHED();
 }
 
-void forward(GpuQLinear& q, const float* x, int64_t M, int act, float* y, int kernel) {
+void forward(GpuQLinear& q, const float* x, int64_t M, int act, float* y, int kernel, bool fuse_x) {
   if (q.info.int8) int8_forward(q, x, M, y);
-  else packed_forward(q, x, M, act, y, kernel);
+  else packed_forward(q, x, M, act, y, kernel, fuse_x);
 }
 
 }  // namespace
@@ -653,7 +767,7 @@ std::shared_ptr<GpuQLinear> qlinear_create_int8(const Int8Host& h, int device) {
 
 const QLinearInfo& qlinear_info(const GpuQLinear& q) { return q.info; }
 
-void qlinear_matmul(GpuQLinear& q, const float* x, int64_t M, int act, float* y, int kernel) {
+void qlinear_matmul(GpuQLinear& q, const float* x, int64_t M, int act, float* y, int kernel, bool fuse_x) {
   if (M <= 0) return;
   std::lock_guard<std::mutex> lock(q.mu);
   DeviceGuard dg(q.info.device);
@@ -661,12 +775,12 @@ void qlinear_matmul(GpuQLinear& q, const float* x, int64_t M, int act, float* y,
   q.x32.alloc(static_cast<size_t>(M) * L.cols * 4);
   q.y.alloc(static_cast<size_t>(M) * L.rows * 4);
   LB_CK(cudaMemcpyAsync(q.x32.p, x, static_cast<size_t>(M) * L.cols * 4, cudaMemcpyHostToDevice, q.st));
-  forward(q, q.x32.as<float>(), M, act, q.y.as<float>(), kernel);
+  forward(q, q.x32.as<float>(), M, act, q.y.as<float>(), kernel, fuse_x);
   LB_CK(cudaMemcpyAsync(y, q.y.p, static_cast<size_t>(M) * L.rows * 4, cudaMemcpyDeviceToHost, q.st));
   LB_CK(cudaStreamSynchronize(q.st));
 }
 
-QBench qlinear_bench(GpuQLinear& q, int64_t M, int act, int iters, int kernel, int stages, int warps_per_sm) {
+QBench qlinear_bench(GpuQLinear& q, int64_t M, int act, int iters, int kernel, int stages, int warps_per_sm, bool fuse_x) {
   std::lock_guard<std::mutex> lock(q.mu);
   DeviceGuard dg(q.info.device);
   const QLinearInfo saved = q.info;
@@ -731,7 +845,7 @@ QBench qlinear_bench(GpuQLinear& q, int64_t M, int act, int iters, int kernel, i
                         static_cast<int>(L.cols), xd.p, dt, static_cast<int>(L.cols), &zero, yd.p, CUDA_R_32F, static_cast<int>(L.rows),
                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   };
-  auto ours_run = [&] { forward(q, q.x32.as<float>(), M, act, q.y.as<float>(), kernel); };
+  auto ours_run = [&] { forward(q, q.x32.as<float>(), M, act, q.y.as<float>(), kernel, fuse_x); };
   cudaEvent_t e0, e1;
   LB_CK(cudaEventCreate(&e0));
   LB_CK(cudaEventCreate(&e1));
@@ -757,13 +871,14 @@ QBench qlinear_bench(GpuQLinear& q, int64_t M, int act, int iters, int kernel, i
   r.ours_us = time_it(ours_run);
   r.dense_us = time_it(dense_run);
   if (!L.int8) {  // each launch of the whole call alone: where its time goes
-    r.prep_us = time_it([&] { packed_prep(q, q.x32.as<float>(), M, act, q.y.as<float>(), kernel); });
-    const PackedPlan p = packed_prep(q, q.x32.as<float>(), M, act, q.y.as<float>(), kernel);
+    const PackedPlan p = packed_prep(q, q.x32.as<float>(), M, act, q.y.as<float>(), kernel, fuse_x);
+    if (p.fx_bytes < 0) r.prep_us = time_it([&] { packed_prep(q, q.x32.as<float>(), M, act, q.y.as<float>(), kernel, fuse_x); });
     r.kernel_us = time_it([&] { packed_main(q, p, act, false); });
     if (p.grid.y > 1) r.finish_us = time_it([&] { packed_finish(q, p, q.y.as<float>(), false); });  // leaves y summed
   }
   r.splits = q.info.last_splits;
   r.wgmma = q.info.last_wgmma;
+  r.fused_x = q.info.last_fused_x;
   // Agreement of the two on the same weights.
   std::vector<float> ya(static_cast<size_t>(M) * L.rows), yb(ya.size());
   LB_CK(cudaMemcpyAsync(ya.data(), q.y.p, ya.size() * 4, cudaMemcpyDeviceToHost, q.st));

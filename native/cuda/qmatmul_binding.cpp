@@ -1,11 +1,11 @@
 // N-API bindings of the packed low-bit linears on the GPU (built only with LOWBIT_CUDA; the host-side repack
 // into the device layout is qlayout_pack.cpp, in every build):
 //   gpuQLinearCreate(weight: PackedWeight | Int8Weight, {device}) → Promise<handle>
-//   gpuQLinearMatmul(handle, x: Float32Array [M·cols], {dtype: 'fp16'|'bf16', kernel?: 'auto'|'mma'|'wgmma'})
+//   gpuQLinearMatmul(handle, x: Float32Array [M·cols], {dtype: 'fp16'|'bf16', kernel?: 'auto'|'mma'|'wgmma', fuseX?})
 //                   → Promise<Float32Array [M·rows]>
-//   gpuQLinearBench(handle, {batch, dtype, iters, kernel?, stages?, warpsPerSm?}) → Promise<{oursUs, kernelUs, prepUs, finishUs,
-//                   denseUs, copyGBs, oursBytes, denseBytes, relErr, splits, wgmma}>
-//   gpuQLinearInfo(handle) → {device, bits, int8, rows, cols, deviceBytes, lastSplits, lastKernel, wgmma, gemmFrom}
+//   gpuQLinearBench(handle, {batch, dtype, iters, kernel?, stages?, warpsPerSm?, fuseX?}) → Promise<{oursUs, kernelUs, prepUs,
+//                   finishUs, denseUs, copyGBs, oursBytes, denseBytes, relErr, splits, wgmma, fusedX}>
+//   gpuQLinearInfo(handle) → {device, bits, int8, rows, cols, deviceBytes, lastSplits, lastKernel, lastFusedX, wgmma, gemmFrom}
 //   gpuQLinearFree(handle)
 #include <cmath>
 #include <cstring>
@@ -48,6 +48,9 @@ int kernel_of(const Napi::Object& o) {
   if (k == "wgmma") return 2;
   throw std::invalid_argument("kernel must be auto, mma or wgmma, got '" + k + "'");
 }
+
+// fuseX (default true): the mma.sync kernel may convert x itself (qlinear_matmul's fuse_x).
+bool fuse_x_of(const Napi::Object& o) { return !o.Has("fuseX") || o.Get("fuseX").IsUndefined() || o.Get("fuseX").ToBoolean().Value(); }
 
 Napi::Object opts_of(const Napi::CallbackInfo& info, size_t i) {
   return info.Length() > i && info[i].IsObject() ? info[i].As<Napi::Object>() : Napi::Object::New(info.Env());
@@ -98,9 +101,10 @@ Napi::Value GpuQLinearMatmul(const Napi::CallbackInfo& info) {
     const int64_t M = n / L.cols;
     const Napi::Object o = opts_of(info, 2);
     const int act = act_dtype(o), kernel = kernel_of(o);
+    const bool fuse = fuse_x_of(o);
     auto y = std::make_shared<std::vector<float>>(static_cast<size_t>(M * L.rows));
     const float* xp = x.Data();
-    return run_async(info.Env(), [=] { cuda::qlinear_matmul(*q, xp, M, act, y->data(), kernel); },
+    return run_async(info.Env(), [=] { cuda::qlinear_matmul(*q, xp, M, act, y->data(), kernel, fuse); },
                      [y](Napi::Env env) -> Napi::Value {
                        auto a = Napi::Float32Array::New(env, y->size());
                        std::memcpy(a.Data(), y->data(), y->size() * 4);
@@ -120,8 +124,9 @@ Napi::Value GpuQLinearBench(const Napi::CallbackInfo& info) {
     const int act = act_dtype(o), kernel = kernel_of(o);
     const int stages = o.Has("stages") ? o.Get("stages").As<Napi::Number>().Int32Value() : 0;
     const int wps = o.Has("warpsPerSm") ? o.Get("warpsPerSm").As<Napi::Number>().Int32Value() : 0;
+    const bool fuse = fuse_x_of(o);
     auto r = std::make_shared<cuda::QBench>();
-    return run_async(info.Env(), [=] { *r = cuda::qlinear_bench(*q, M, act, iters, kernel, stages, wps); },
+    return run_async(info.Env(), [=] { *r = cuda::qlinear_bench(*q, M, act, iters, kernel, stages, wps, fuse); },
                      [r](Napi::Env env) -> Napi::Value {
                        Napi::Object b = Napi::Object::New(env);
                        b.Set("oursUs", r->ours_us);
@@ -135,6 +140,7 @@ Napi::Value GpuQLinearBench(const Napi::CallbackInfo& info) {
                        b.Set("relErr", r->rel_err);
                        b.Set("splits", r->splits);
                        b.Set("wgmma", r->wgmma);
+                       b.Set("fusedX", r->fused_x);
                        return b;
                      },
                      {});
@@ -153,6 +159,7 @@ Napi::Value GpuQLinearInfo(const Napi::CallbackInfo& info) {
     r.Set("deviceBytes", static_cast<double>(L.device_bytes));
     r.Set("lastSplits", L.last_splits);
     r.Set("lastKernel", L.int8 ? "int8" : L.last_wgmma ? "wgmma" : "mma");
+    r.Set("lastFusedX", L.last_fused_x);
     r.Set("wgmma", L.wgmma);
     r.Set("gemmFrom", L.gemm_from);
     return r;
