@@ -4,7 +4,9 @@
 // baseline ISA, or the linker could pick an AVX-512 copy of it for the whole addon.
 #include <immintrin.h>
 
+#include <array>
 #include <cstdint>
+#include <utility>
 
 #include "tensor.h"
 
@@ -128,25 +130,27 @@ void pack_n_avx512(const void* src, int dtype, int64_t ld, int64_t j0, int n, in
   }
 }
 
-// C[mr, nr] = alpha * (A panel · B panel) + beta * C. a: kc x 14 (k-major), b: kc x 32 (k-major).
-// 28 accumulators + 2 B vectors fill the 32 zmm registers; A is broadcast straight from memory.
-void ukr_avx512(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha, float beta, int mr, int nr) {
-  __m512 acc[kMR512][2];
+// C[R, nr] = alpha * (A panel · B panel) + beta * C. a: kc x 14 (k-major, rows past R unused), b: kc x 32 (k-major).
+// With R = 14, 28 accumulators + 2 B vectors fill the 32 zmm registers; A is broadcast straight from memory.
+// Short panels (the last rows of M) get their own instance: a 2-row remainder then costs 4 FMAs per k, not 28.
+// Every element's sum runs over k in the same order whatever R is, so results do not depend on the panel's height.
+template <int R>
+static void ukr_rows(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha, float beta, int nr) {
+  __m512 acc[R][2];
   // C is written once per KC block; on large problems its tile has left the caches by then, so
   // start fetching it while the k loop runs.
 #pragma GCC unroll 14
-  for (int i = 0; i < kMR512; ++i) {
-    if (i >= mr) break;
+  for (int i = 0; i < R; ++i) {
     _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 31), _MM_HINT_T0);
   }
 #pragma GCC unroll 14
-  for (int i = 0; i < kMR512; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
     __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
     _mm_prefetch(reinterpret_cast<const char*>(b + 8 * kNR512), _MM_HINT_T0);
 #pragma GCC unroll 14
-    for (int i = 0; i < kMR512; ++i) {
+    for (int i = 0; i < R; ++i) {
       __m512 ai = _mm512_set1_ps(a[i]);
       acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
       acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
@@ -157,8 +161,7 @@ void ukr_avx512(int64_t kc, const float* a, const float* b, float* c, int64_t ld
   __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
   __mmask16 m0 = lanes(nr), m1 = lanes(nr - 16);
 #pragma GCC unroll 14
-  for (int i = 0; i < kMR512; ++i) {
-    if (i >= mr) break;
+  for (int i = 0; i < R; ++i) {
     float* ci = c + i * ldc;
     __m512 r0 = _mm512_mul_ps(va, acc[i][0]), r1 = _mm512_mul_ps(va, acc[i][1]);
     if (beta != 0.f) {  // BLAS: beta == 0 never reads C, so NaN/garbage there is overwritten
@@ -168,6 +171,17 @@ void ukr_avx512(int64_t kc, const float* a, const float* b, float* c, int64_t ld
     _mm512_mask_storeu_ps(ci, m0, r0);
     _mm512_mask_storeu_ps(ci + 16, m1, r1);
   }
+}
+
+using RowsFn = void (*)(int64_t, const float*, const float*, float*, int64_t, float, float, int);
+template <int... R>
+static constexpr std::array<RowsFn, sizeof...(R)> rows_table(std::integer_sequence<int, R...>) {
+  return {ukr_rows<R + 1>...};
+}
+
+void ukr_avx512(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha, float beta, int mr, int nr) {
+  static constexpr auto table = rows_table(std::make_integer_sequence<int, kMR512>{});
+  table[mr - 1](kc, a, b, c, ldc, alpha, beta, nr);
 }
 
 }  // namespace gemm_detail
