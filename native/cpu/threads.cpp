@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
@@ -21,6 +22,14 @@ namespace lowbit {
 namespace {
 
 thread_local bool t_in_pool = false;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
 
 // Chunks are claimed from one atomic word that also names the region they belong to: generation (32 bits) | chunks
 // (16) | next unclaimed chunk (16). A worker still draining one region when the next is published sees another
@@ -71,6 +80,19 @@ class Pool {
 
  private:
   static constexpr int kMaxThreads = 1024;  // chunks fit the claim word's 16 bits
+  static constexpr auto kSpin = std::chrono::microseconds(200);
+
+  // Until region `seen` is no longer the newest one or kSpin has passed.
+  void spin_while_idle(uint32_t seen) const {
+    const auto until = std::chrono::steady_clock::now() + kSpin;
+    for (;;) {
+      for (int i = 0; i < 64; ++i) {
+        if (static_cast<uint32_t>(claim_.load(std::memory_order_relaxed) >> 32) != seen) return;
+        cpu_relax();
+      }
+      if (std::chrono::steady_clock::now() >= until) return;
+    }
+  }
 
   // Runs chunks of region gen until none is left unclaimed.
   void drain(uint32_t gen) {
@@ -97,6 +119,9 @@ class Pool {
     t_in_pool = true;
     uint32_t seen = 0;
     for (;;) {
+      // Spin a while before sleeping: parallel regions come in runs (a layer's GEMMs), and a worker woken through
+      // the condition variable arrives tens of µs late, after the caller has run a small region's chunks alone.
+      spin_while_idle(seen);
       {
         std::unique_lock<std::mutex> lk(mu_);
         cv_.wait(lk, [&] { return stopping_ || generation_ != seen; });
