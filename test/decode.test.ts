@@ -1,4 +1,4 @@
-// KV-cache decoding (addon.layerDecode via lib/eval/decode): feeding a sequence token by token must give
+// KV-cache decoding (addon.decodeStep via lib/eval/decode): feeding a sequence token by token must give
 // the same per-position NLL as scoring the whole sequence at once (scoreSequences), for the fp32 model and
 // for the packed 4-bit kernels.
 import * as fs from 'fs';
@@ -65,5 +65,13 @@ describe('token-by-token decode with a KV cache matches the full-sequence forwar
     const full = await scoreSequences(model, seq, seq.length, { topk: 1 });
     for (let s = 0; s < 4; s++) expect(out[s]).toBe(full.topIdx![7 + s]);
     await expect(decodeStep(model, 1, 4, createKvCache(model, 4))).rejects.toThrow(/outside the cache/);
+    await expect(decodeStep(model, model.config.vocabSize, 0, createKvCache(model, 4))).rejects.toThrow(/token id \d+ is outside the vocabulary/);
+  }, 30000);
+
+  test('greedyDecode stops between steps once its signal aborts', async () => {
+    const model = loadModel(path.join(SHARED, 'models', 'qwen3-tiny'));
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 0); // fires while the first step runs off the event loop
+    await expect(greedyDecode(model, ids.slice(0, 8), 64, { signal: ac.signal })).rejects.toMatchObject({ name: 'AbortError' });
   }, 30000);
 });

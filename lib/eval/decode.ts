@@ -1,9 +1,9 @@
-// Token-by-token decoding with a KV cache (batch 1): each step runs one token through every layer
-// (addon.layerDecode: the same math as layerForward, attention over the cached keys/values), then the
-// final norm + LM head (addon.headNll, which also gives the argmax for greedy decoding).
+// Token-by-token decoding with a KV cache (batch 1): addon.decodeStep runs one token through the embedding, every
+// layer (the same math as layerForward, attention over the cached keys/values) and the final norm + LM head (with the
+// argmax for greedy decoding), as one job off the event loop. One step at a time per cache: a step writes its row.
 import { addon } from '../native/addon';
 import type { LoadedModel } from '../load/types';
-import { embedTokens } from './forward';
+import { throwIfAborted } from './forward';
 
 /** Per-layer key/value caches, each [maxLen, numKvHeads*headDim]. */
 export interface KvCache {
@@ -46,32 +46,41 @@ export async function decodeStep(
 ): Promise<DecodeStep> {
   if (pos < 0 || pos >= cache.maxLen) throw new Error(`decodeStep: position ${pos} outside the cache (maxLen ${cache.maxLen})`);
   const c = model.config;
-  const h = await embedTokens(model, Int32Array.of(token));
-  const actBits = opts.actBits ?? model.quantization?.actBits ?? 0;
-  for (let l = 0; l < c.numLayers; l++) {
-    addon.layerDecode(h, { cfg: c, layer: model.weights.layers[l], pos, kCache: cache.k[l], vCache: cache.v[l], actBits });
-  }
   const w = model.weights;
-  const r = await addon.headNll(h, {
-    norm: w.finalNorm,
-    head: w.lmHead,
+  const r = await addon.decodeStep(token, {
+    cfg: c,
+    layers: w.layers,
+    kCaches: cache.k,
+    vCaches: cache.v,
+    pos,
+    embed: w.embed,
+    finalNorm: w.finalNorm,
+    lmHead: w.lmHead,
     vocab: c.vocabSize,
-    eps: c.rmsNormEps,
-    targets: Int32Array.of(opts.target ?? -1),
-    topk: 1,
+    target: opts.target,
+    actBits: opts.actBits ?? model.quantization?.actBits ?? 0,
   });
-  return { h, nll: opts.target === undefined ? 0 : r.nll[0], next: r.topIdx[0] };
+  return { h: r.h, nll: r.nll, next: r.next };
 }
 
 /** Greedy generation: feeds `prompt`, then `steps` argmax tokens. Returns the generated tokens. */
-export async function greedyDecode(model: LoadedModel, prompt: Int32Array, steps: number, cache?: KvCache): Promise<Int32Array> {
-  const kv = cache ?? createKvCache(model, prompt.length + steps);
+export async function greedyDecode(
+  model: LoadedModel,
+  prompt: Int32Array,
+  steps: number,
+  opts: { cache?: KvCache; signal?: AbortSignal } = {},
+): Promise<Int32Array> {
+  const kv = opts.cache ?? createKvCache(model, prompt.length + steps);
   const out = new Int32Array(steps);
   let next = 0;
-  for (let i = 0; i < prompt.length; i++) next = (await decodeStep(model, prompt[i], i, kv)).next;
+  const step = async (token: number, pos: number) => {
+    throwIfAborted(opts.signal);
+    return (await decodeStep(model, token, pos, kv)).next;
+  };
+  for (let i = 0; i < prompt.length; i++) next = await step(prompt[i], i);
   for (let s = 0; s < steps; s++) {
     out[s] = next;
-    if (s + 1 < steps) next = (await decodeStep(model, next, prompt.length + s, kv)).next;
+    if (s + 1 < steps) next = await step(next, prompt.length + s);
   }
   return out;
 }

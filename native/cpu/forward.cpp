@@ -470,35 +470,80 @@ void decode_attn(const LayerW& w, const Cfg& c, const float* x_in, float* out, i
   apply_linear(w.o, att.p, 1, out);
 }
 
-// layerDecode(h: Float32Array [hidden], {cfg, layer, pos, kCache, vCache: Float32Array [maxLen, nkv*hd],
-// actBits?}) — synchronous (one token is far below a thread handoff): runs the token at position pos
-// through the layer in place (same math as layerForward), writing its k/v into row pos of the caches.
-Napi::Value LayerDecode(const Napi::CallbackInfo& info) {
+// One token through one layer in place on h [hidden] (same math as layerForward); its k/v go to row pos of the caches.
+void decode_layer(const LayerW& w, const Cfg& c, float* h, int64_t pos, float* kc, float* vc, int abits) {
+  Buf xn(c.hidden), y(c.hidden);
+  rmsnorm(h, w.in_norm, xn.p, 1, c.hidden, c.eps, c.hidden, c.hidden);
+  decode_attn(w, c, xn.p, y.p, pos, kc, vc, abits);
+  for (int64_t i = 0; i < c.hidden; ++i) h[i] += y.p[i];
+  rmsnorm(h, w.post_norm, xn.p, 1, c.hidden, c.eps, c.hidden, c.hidden);
+  ffn_block(w, c, xn.p, y.p, 1, abits, nullptr);
+  for (int64_t i = 0; i < c.hidden; ++i) h[i] += y.p[i];
+}
+
+struct DecodeOut {
+  Buf h;
+  double nll = 0;
+  int32_t next = 0;
+  float top = 0;
+};
+
+// decodeStep(token, {cfg, layers, kCaches, vCaches: Float32Array [maxLen, nkv*hd] per layer, pos, embed, finalNorm,
+// lmHead, vocab, target?, actBits?}) → Promise<{h: Float32Array [hidden], nll, next}>: the token at position pos
+// through the embedding, every layer (its k/v written into row pos of that layer's caches) and the final norm + LM
+// head; nll of target (0 without one), next the argmax. One worker job per token: a server's event loop stays free,
+// and the step pays one thread handoff instead of one per layer.
+Napi::Value DecodeStep(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
+    if (!info[0].IsNumber()) throw std::invalid_argument("decodeStep: token must be a number");
     Napi::Object o = info[1].As<Napi::Object>();
     const Cfg c = parse_cfg(o.Get("cfg").As<Napi::Object>());
-    const LayerW w = parse_layer(o.Get("layer").As<Napi::Object>(), c);
-    float* h = f32_from_js(info[0], c.hidden, "h");
-    const int64_t pos = num(o, "pos");
-    const int64_t ldk = c.nkv * c.hd;
-    if (!o.Get("kCache").IsTypedArray() || !o.Get("vCache").IsTypedArray()) throw std::invalid_argument("layerDecode: kCache and vCache must be Float32Arrays");
-    const int64_t cap = static_cast<int64_t>(o.Get("kCache").As<Napi::Float32Array>().ElementLength());
-    if (cap % ldk || static_cast<int64_t>(o.Get("vCache").As<Napi::Float32Array>().ElementLength()) != cap)
-      throw std::invalid_argument("layerDecode: caches must both be [maxLen, numKvHeads*headDim]");
-    if (pos < 0 || pos >= cap / ldk) throw std::invalid_argument("layerDecode: pos " + std::to_string(pos) + " outside the cache");
-    float* kc = f32_from_js(o.Get("kCache"), cap, "kCache");
-    float* vc = f32_from_js(o.Get("vCache"), cap, "vCache");
+    const int64_t V = num(o, "vocab"), pos = num(o, "pos"), ldk = c.nkv * c.hd;
+    const int64_t token = info[0].As<Napi::Number>().Int64Value();
+    if (token < 0 || token >= V)
+      throw std::invalid_argument("decodeStep: token id " + std::to_string(token) + " is outside the vocabulary (size " + std::to_string(V) + ")");
+    if (!o.Get("layers").IsArray() || !o.Get("kCaches").IsArray() || !o.Get("vCaches").IsArray())
+      throw std::invalid_argument("decodeStep: layers, kCaches and vCaches must be arrays");
+    Napi::Array layers = o.Get("layers").As<Napi::Array>(), kcs = o.Get("kCaches").As<Napi::Array>(), vcs = o.Get("vCaches").As<Napi::Array>();
+    const uint32_t L = layers.Length();
+    if (kcs.Length() != L || vcs.Length() != L) throw std::invalid_argument("decodeStep: one kCache and one vCache per layer");
+    auto ws = std::make_shared<std::vector<LayerW>>();
+    auto kc = std::make_shared<std::vector<float*>>(L), vc = std::make_shared<std::vector<float*>>(L);
+    for (uint32_t l = 0; l < L; ++l) {
+      ws->push_back(parse_layer(layers.Get(l).As<Napi::Object>(), c));
+      const std::string at = "decodeStep: layer " + std::to_string(l) + ": ";
+      if (!kcs.Get(l).IsTypedArray() || !vcs.Get(l).IsTypedArray()) throw std::invalid_argument(at + "kCache and vCache must be Float32Arrays");
+      const int64_t cap = static_cast<int64_t>(kcs.Get(l).As<Napi::Float32Array>().ElementLength());
+      if (cap % ldk || static_cast<int64_t>(vcs.Get(l).As<Napi::Float32Array>().ElementLength()) != cap)
+        throw std::invalid_argument(at + "caches must both be [maxLen, numKvHeads*headDim]");
+      if (pos < 0 || pos >= cap / ldk) throw std::invalid_argument(at + "pos " + std::to_string(pos) + " outside the cache");
+      (*kc)[l] = f32_from_js(kcs.Get(l), cap, "kCache");
+      (*vc)[l] = f32_from_js(vcs.Get(l), cap, "vCache");
+    }
+    const MatView table = mat_from_js(o.Get("embed"), V, c.hidden, "embed_tokens");
+    const MatView head = mat_from_js(o.Get("lmHead"), V, c.hidden, "lm_head");
+    const float* norm = cf32_from_js(o.Get("finalNorm"), c.hidden, "norm");
+    const int32_t target = o.Has("target") && o.Get("target").IsNumber() ? o.Get("target").As<Napi::Number>().Int32Value() : -1;
+    if (target >= V) throw std::invalid_argument("decodeStep: target id " + std::to_string(target) + " outside the vocabulary");
     int abits = 0;
     if (o.Has("actBits") && o.Get("actBits").IsNumber()) abits = o.Get("actBits").As<Napi::Number>().Int32Value();
     if (abits < 0 || abits == 1 || abits > 16) throw std::invalid_argument("actBits must be 2..16 (or 0 for none)");
-    Buf xn(c.hidden), y(c.hidden);
-    rmsnorm(h, w.in_norm, xn.p, 1, c.hidden, c.eps, c.hidden, c.hidden);
-    decode_attn(w, c, xn.p, y.p, pos, kc, vc, abits);
-    for (int64_t i = 0; i < c.hidden; ++i) h[i] += y.p[i];
-    rmsnorm(h, w.post_norm, xn.p, 1, c.hidden, c.eps, c.hidden, c.hidden);
-    ffn_block(w, c, xn.p, y.p, 1, abits, nullptr);
-    for (int64_t i = 0; i < c.hidden; ++i) h[i] += y.p[i];
-    return info.Env().Undefined();
+    auto out = std::make_shared<DecodeOut>();
+    out->h = Buf(c.hidden);
+    return run_async(info.Env(), [=] {
+      const int32_t id = static_cast<int32_t>(token);
+      embed_rows(table, &id, 1, c.hidden, out->h.p);
+      for (uint32_t l = 0; l < L; ++l) decode_layer((*ws)[l], c, out->h.p, pos, (*kc)[l], (*vc)[l], abits);
+      Buf xn(c.hidden);
+      rmsnorm(out->h.p, norm, xn.p, 1, c.hidden, c.eps, c.hidden, c.hidden);
+      lm_head_nll(xn.p, head, 1, c.hidden, V, &target, &out->nll, 1, &out->next, &out->top);
+    }, [out](Napi::Env env) -> Napi::Value {
+      Napi::Object r = Napi::Object::New(env);
+      r.Set("h", out->h.to_js(env));
+      r.Set("nll", out->nll);
+      r.Set("next", out->next);
+      return r;
+    }, {info[1]});
   });
 }
 
@@ -511,7 +556,7 @@ LOWBIT_EXPORTS {
   exports.Set("rmsnorm", Napi::Function::New(env, RmsNorm));
   exports.Set("embed", Napi::Function::New(env, Embed));
   exports.Set("headNll", Napi::Function::New(env, HeadNll));
-  exports.Set("layerDecode", Napi::Function::New(env, LayerDecode));
+  exports.Set("decodeStep", Napi::Function::New(env, DecodeStep));
 }
 
 }  // namespace lowbit
