@@ -20,6 +20,7 @@
 #include "ops.h"
 #include "packed.h"
 #include "registry.h"
+#include "threads.h"
 #include "vexp.h"
 
 namespace lowbit {
@@ -444,28 +445,33 @@ void decode_attn(const LayerW& w, const Cfg& c, const float* x_in, float* out, i
   if (w.k_norm) rmsnorm(k, w.k_norm, k, c.nkv, c.hd, c.eps, c.hd, c.hd);
   rope_at(q.p, pos, c.nh, c.hd, c.theta);
   rope_at(k, pos, c.nkv, c.hd, c.theta);
+  // Per KV head, its `group` query heads as one small GEMM over the cached rows (scores = scale · Q·Kᵀ, softmax,
+  // then P·V), as causal_attention does for a block of queries: the cached keys are read once per KV head, and at
+  // long contexts the heads split across threads.
   Buf att(c.nh * c.hd);
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
-  std::vector<float> p(n);
-  for (int64_t h = 0; h < c.nh; ++h) {
-    const float* qh = q.p + h * c.hd;
-    const int64_t off = (h / group) * c.hd;
-    for (int64_t j = 0; j < n; ++j) {
-      const float* kj = kc + j * ldk + off;
-      float s = 0;
-      for (int64_t d = 0; d < c.hd; ++d) s += qh[d] * kj[d];
-      p[j] = scale * s;
+  const std::size_t min_heads = n * c.nh * c.hd < (1 << 16) ? c.nkv : 1;  // a few µs of work: not worth a handoff
+  parallel_for(c.nkv, [&](std::size_t h0, std::size_t h1, int) {
+    std::vector<float> p(group * n);
+    for (int64_t kh = h0; kh < static_cast<int64_t>(h1); ++kh) {
+      GemmArgs g;
+      g.M = group; g.N = n; g.K = c.hd; g.transB = true; g.A = q.p + kh * group * c.hd; g.lda = c.hd;
+      g.B.data = kc + kh * c.hd; g.B.dtype = DType::F32; g.B.ld = ldk;
+      g.C = p.data(); g.ldc = n; g.alpha = scale; g.parallel = false;
+      gemm(g);
+      for (int64_t i = 0; i < group; ++i) {
+        float* row = p.data() + i * n;
+        const float m = max_f32(row, n);
+        const float inv = static_cast<float>(1.0 / exp_shift_sum(row, row, n, m));
+        for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+      }
+      GemmArgs o;
+      o.M = group; o.N = c.hd; o.K = n; o.A = p.data(); o.lda = n;
+      o.B.data = vc + kh * c.hd; o.B.dtype = DType::F32; o.B.ld = ldk;
+      o.C = att.p + kh * group * c.hd; o.ldc = c.hd; o.parallel = false;
+      gemm(o);
     }
-    const float m = max_f32(p.data(), n);
-    const float inv = static_cast<float>(1.0 / exp_shift_sum(p.data(), p.data(), n, m));
-    float* o = att.p + h * c.hd;
-    std::fill(o, o + c.hd, 0.f);
-    for (int64_t j = 0; j < n; ++j) {
-      const float pj = p[j] * inv;
-      const float* vj = vc + j * ldk + off;
-      for (int64_t d = 0; d < c.hd; ++d) o[d] += pj * vj[d];
-    }
-  }
+  }, min_heads);
   if (abits > 0 && !native_int8(abits, {&w.o})) fake_quant_rows_sym(att.p, 1, c.nh * c.hd, abits);
   apply_linear(w.o, att.p, 1, out);
 }
