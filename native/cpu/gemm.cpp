@@ -25,7 +25,7 @@ namespace gemm_detail {
 using PackFn = void (*)(const void*, int, int64_t, int64_t, int, int64_t, int64_t, float*, int);
 using UkrFn = void (*)(int64_t, const float*, const float*, float*, int64_t, float, float, int, int);
 using CvtFn = void (*)(const void*, int, int64_t, float*);
-using DotFn = float (*)(const float*, const float*, int64_t);
+using DotFn = float (*)(const float*, const void*, int, int64_t);  // Σ x[i]·y[i], y stored as dtype
 using AxpyFn = void (*)(int64_t, float, const float*, float*);
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -34,13 +34,13 @@ void pack_t_avx512(const void*, int, int64_t, int64_t, int, int64_t, int64_t, fl
 void pack_n_avx512(const void*, int, int64_t, int64_t, int, int64_t, int64_t, float*, int);
 void ukr_avx512(int64_t, const float*, const float*, float*, int64_t, float, float, int, int);
 void cvt_avx512(const void*, int, int64_t, float*);
-float dot_avx512(const float*, const float*, int64_t);
+float dot_avx512(const float*, const void*, int, int64_t);
 void axpy_avx512(int64_t, float, const float*, float*);
 void pack_t_avx2(const void*, int, int64_t, int64_t, int, int64_t, int64_t, float*, int);
 void pack_n_avx2(const void*, int, int64_t, int64_t, int, int64_t, int64_t, float*, int);
 void ukr_avx2(int64_t, const float*, const float*, float*, int64_t, float, float, int, int);
 void cvt_avx2(const void*, int, int64_t, float*);
-float dot_avx2(const float*, const float*, int64_t);
+float dot_avx2(const float*, const void*, int, int64_t);
 void axpy_avx2(int64_t, float, const float*, float*);
 #endif
 
@@ -86,9 +86,10 @@ void cvt_scalar(const void* src, int dtype, int64_t n, float* out) {
   MatView{src, static_cast<DType>(dtype), n}.row_to_f32(0, 0, n, out);
 }
 
-float dot_scalar(const float* x, const float* y, int64_t n) {
+float dot_scalar(const float* x, const void* y, int dtype, int64_t n) {
+  const MatView v{y, static_cast<DType>(dtype), n};
   float s = 0;
-  for (int64_t i = 0; i < n; ++i) s += x[i] * y[i];
+  for (int64_t i = 0; i < n; ++i) s += x[i] * v.at(0, i);
   return s;
 }
 
@@ -217,19 +218,9 @@ void gemv(const Kernel& kr, const GemmArgs& g, int threads) {
   std::function<void(std::size_t, std::size_t, int)> body;
   if (g.transB) {
     body = [&](std::size_t b, std::size_t e, int) {
-      float* tmp = f32 ? nullptr : t_tmp.get(kChunk);
       for (int64_t j = b; j < static_cast<int64_t>(e); ++j) {
         float s = 0;
-        for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
-          const int64_t n = std::min(kChunk, K - k0);
-          const void* row = src_at(j * g.B.ld + k0);
-          if (f32) {
-            s += kr.dot(x + k0, static_cast<const float*>(row), n);
-          } else {
-            kr.cvt(row, dtype, n, tmp);
-            s += kr.dot(x + k0, tmp, n);
-          }
-        }
+        for (int64_t k0 = 0; k0 < K; k0 += kChunk) s += kr.dot(x + k0, src_at(j * g.B.ld + k0), dtype, std::min(kChunk, K - k0));
         finish(j, s);
       }
     };

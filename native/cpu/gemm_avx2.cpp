@@ -2,6 +2,7 @@
 // headers come before the pragma).
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstdint>
 
 #include "tensor.h"
@@ -35,22 +36,23 @@ void cvt_avx2(const void* src, int dtype, int64_t n, float* out) {
   for (; i < n; ++i) out[i] = cvt1(src, dtype, i);
 }
 
-float dot_avx2(const float* x, const float* y, int64_t n) {
+// y in its stored type, widened in registers (exact), so a GEMV over bf16/f16 weights reads them once.
+float dot_avx2(const float* x, const void* y, int dtype, int64_t n) {
   __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), s1);
-    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), _mm256_loadu_ps(y + i + 16), s2);
-    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), _mm256_loadu_ps(y + i + 24), s3);
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), load_cvt8(y, dtype, i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), load_cvt8(y, dtype, i + 8), s1);
+    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), load_cvt8(y, dtype, i + 16), s2);
+    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), load_cvt8(y, dtype, i + 24), s3);
   }
-  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), s0);
+  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), load_cvt8(y, dtype, i), s0);
   __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
   __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
   h = _mm_add_ps(h, _mm_movehl_ps(h, h));
   h = _mm_add_ss(h, _mm_movehdup_ps(h));
   float r = _mm_cvtss_f32(h);
-  for (; i < n; ++i) r += x[i] * y[i];
+  for (; i < n; ++i) r = std::fma(x[i], cvt1(y, dtype, i), r);  // fused: the compiler's contraction choice cannot move it
   return r;
 }
 

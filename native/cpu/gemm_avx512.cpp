@@ -45,19 +45,20 @@ void cvt_avx512(const void* src, int dtype, int64_t n, float* out) {
   }
 }
 
-float dot_avx512(const float* x, const float* y, int64_t n) {
+// y in its stored type, widened in registers (exact), so a GEMV over bf16/f16 weights reads them once.
+float dot_avx512(const float* x, const void* y, int dtype, int64_t n) {
   __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
   int64_t i = 0;
   for (; i + 64 <= n; i += 64) {
-    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), s0);
-    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(y + i + 16), s1);
-    s2 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 32), _mm512_loadu_ps(y + i + 32), s2);
-    s3 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 48), _mm512_loadu_ps(y + i + 48), s3);
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), load_cvt16(y, dtype, i), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), load_cvt16(y, dtype, i + 16), s1);
+    s2 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 32), load_cvt16(y, dtype, i + 32), s2);
+    s3 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 48), load_cvt16(y, dtype, i + 48), s3);
   }
-  for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), s0);
+  for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), load_cvt16(y, dtype, i), s0);
   if (i < n) {
     __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
-    s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i), s1);
+    s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), load_cvt16_mask(y, dtype, i, m), s1);
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
 }
