@@ -72,6 +72,7 @@ describe('token-by-token decode with a KV cache matches the full-sequence forwar
     for (let s = 0; s < 4; s++) expect(out[s]).toBe(full.topIdx![7 + s]);
     await expect(decodeStep(model, 1, 4, createKvCache(model, 4))).rejects.toThrow(/outside the cache/);
     await expect(decodeStep(model, model.config.vocabSize, 0, createKvCache(model, 4))).rejects.toThrow(/token id \d+ is outside the vocabulary/);
+    await expect(decodeStep(model, NaN, 0, createKvCache(model, 4))).rejects.toThrow(/token NaN is not a token id/);
   }, 30000);
 
   test('greedyDecode stops between steps once its signal aborts', async () => {

@@ -1,6 +1,7 @@
 // Token-by-token decoding with a KV cache (batch 1): addon.decodeStep runs one token through the embedding, every
 // layer (the same math as layerForward, attention over the cached keys/values) and the final norm + LM head (with the
 // argmax for greedy decoding), as one job off the event loop. One step at a time per cache: a step writes its row.
+import { LowbitError } from '../load/errors';
 import { addon } from '../native/addon';
 import type { LoadedModel } from '../load/types';
 import { throwIfAborted } from './forward';
@@ -44,7 +45,9 @@ export async function decodeStep(
   cache: KvCache,
   opts: { target?: number; actBits?: number } = {},
 ): Promise<DecodeStep> {
-  if (pos < 0 || pos >= cache.maxLen) throw new Error(`decodeStep: position ${pos} outside the cache (maxLen ${cache.maxLen})`);
+  if (!Number.isInteger(pos) || pos < 0 || pos >= cache.maxLen)
+    throw new LowbitError('BAD_ARGUMENT', `decodeStep: position ${pos} outside the cache (maxLen ${cache.maxLen})`);
+  if (!Number.isInteger(token)) throw new LowbitError('BAD_ARGUMENT', `decodeStep: token ${token} is not a token id`);
   const c = model.config;
   const w = model.weights;
   const r = await addon.decodeStep(token, {
