@@ -23,6 +23,15 @@ namespace {
 
 thread_local bool t_in_pool = false;
 
+// A non-negative integer from the environment, else `fallback`.
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  return *end == '\0' && n >= 0 && n <= 1000000 ? static_cast<int>(n) : fallback;
+}
+
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
@@ -80,11 +89,10 @@ class Pool {
 
  private:
   static constexpr int kMaxThreads = 1024;  // chunks fit the claim word's 16 bits
-  static constexpr auto kSpin = std::chrono::microseconds(200);
-
-  // Until region `seen` is no longer the newest one or kSpin has passed.
+  // Until region `seen` is no longer the newest one or spin_ has passed.
   void spin_while_idle(uint32_t seen) const {
-    const auto until = std::chrono::steady_clock::now() + kSpin;
+    if (spin_.count() == 0) return;
+    const auto until = std::chrono::steady_clock::now() + spin_;
     for (;;) {
       for (int i = 0; i < 64; ++i) {
         if (static_cast<uint32_t>(claim_.load(std::memory_order_relaxed) >> 32) != seen) return;
@@ -143,6 +151,9 @@ class Pool {
   }
 
   std::vector<std::thread> workers_;
+  // How long an idle worker spins before it sleeps: LOWBIT_SPIN_US, default 200 (0 where processes share the cores,
+  // as OMP_WAIT_POLICY=passive does for OpenMP).
+  const std::chrono::microseconds spin_{env_int("LOWBIT_SPIN_US", 200)};
   std::atomic<int> size_{1};  // workers + the caller
   std::mutex mu_, run_mu_;
   std::condition_variable cv_, done_cv_;
@@ -156,10 +167,7 @@ class Pool {
 };
 
 int default_threads() {
-  if (const char* env = std::getenv("LOWBIT_THREADS")) {
-    int n = std::atoi(env);
-    if (n > 0) return n;
-  }
+  if (const int n = env_int("LOWBIT_THREADS", 0); n > 0) return n;
   unsigned hc = std::thread::hardware_concurrency();
   return hc ? static_cast<int>(hc) : 1;
 }
