@@ -89,6 +89,7 @@ class Pool {
 
  private:
   static constexpr int kMaxThreads = 1024;  // chunks fit the claim word's 16 bits
+
   // Until region `seen` is no longer the newest one or spin_ has passed.
   void spin_while_idle(uint32_t seen) const {
     if (spin_.count() == 0) return;
