@@ -516,13 +516,13 @@ Napi::Value DecodeStep(const Napi::CallbackInfo& info) {
     auto ws = std::make_shared<std::vector<LayerW>>();
     auto kc = std::make_shared<std::vector<float*>>(L), vc = std::make_shared<std::vector<float*>>(L);
     for (uint32_t l = 0; l < L; ++l) {
+      auto bad = [l](const std::string& what) { return std::invalid_argument("decodeStep: layer " + std::to_string(l) + ": " + what); };
       ws->push_back(parse_layer(layers.Get(l).As<Napi::Object>(), c));
-      const std::string at = "decodeStep: layer " + std::to_string(l) + ": ";
-      if (!kcs.Get(l).IsTypedArray() || !vcs.Get(l).IsTypedArray()) throw std::invalid_argument(at + "kCache and vCache must be Float32Arrays");
+      if (!kcs.Get(l).IsTypedArray() || !vcs.Get(l).IsTypedArray()) throw bad("kCache and vCache must be Float32Arrays");
       const int64_t cap = static_cast<int64_t>(kcs.Get(l).As<Napi::Float32Array>().ElementLength());
       if (cap % ldk || static_cast<int64_t>(vcs.Get(l).As<Napi::Float32Array>().ElementLength()) != cap)
-        throw std::invalid_argument(at + "caches must both be [maxLen, numKvHeads*headDim]");
-      if (pos < 0 || pos >= cap / ldk) throw std::invalid_argument(at + "pos " + std::to_string(pos) + " outside the cache");
+        throw bad("caches must both be [maxLen, numKvHeads*headDim]");
+      if (pos < 0 || pos >= cap / ldk) throw bad("pos " + std::to_string(pos) + " outside the cache");
       (*kc)[l] = f32_from_js(kcs.Get(l), cap, "kCache");
       (*vc)[l] = f32_from_js(vcs.Get(l), cap, "vCache");
     }
